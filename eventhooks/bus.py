@@ -1,0 +1,459 @@
+"""The bus: subscribe, emit, order, filters, stop requests and the error policy.
+
+Every event is a :class:`blinker.Signal` of this bus (``bus.signal(name)``), and blinker is
+the connection layer: receivers connected with plain blinker hear the bus too, called as
+``receiver(bus, payload=payload)``. Dispatch does not go through ``Signal.send`` (about 50x
+a bare call): each event keeps a tuple of callables, rebuilt only when its signal connects or
+disconnects a receiver (blinker's weak-reference cleanup included), so an emit with nobody
+listening is one dict lookup, and one with listeners is one pydantic validation and a loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import weakref
+from collections.abc import Callable, Hashable, Iterator
+from typing import Any, TypeVar, overload
+
+import blinker
+from blinker._utilities import make_id
+from pydantic import BaseModel, ValidationError
+
+from . import events as ev
+from . import registry as _registry
+from ._subscription import (
+    Attachment,
+    ErrorPolicy,
+    Subscription,
+    connection_seq,
+    describe,
+)
+from .errors import PayloadError, SubscriberError
+from .events import Event
+
+log = logging.getLogger("eventhooks")
+
+P = TypeVar("P", bound=BaseModel)
+R = TypeVar("R")
+
+#: Events at which a run begins: a stop request from an earlier run is forgotten there.
+_RUN_EDGE_EVENTS: tuple[Event[Any], ...] = (
+    ev.on_pretrain_routine_start, ev.on_train_start, ev.on_train_end, ev.teardown,
+)  # fmt: skip
+_RUN_EDGES: frozenset[object] = frozenset(
+    key for event in _RUN_EDGE_EVENTS for key in (event, *event.names)
+)
+
+
+class _EventSignal(blinker.Signal):
+    """A blinker signal that tells its bus whenever its receivers change."""
+
+    def __init__(self, event: Event[Any], changed: Callable[[Event[Any]], None]) -> None:
+        super().__init__(doc=event.doc)
+        self.event = event
+        self.connected_at: dict[Hashable, int] = {}
+        self._changed = changed
+
+    def connect(self, receiver: Any, sender: Any = blinker.ANY, weak: bool = True) -> Any:
+        self.connected_at.setdefault(make_id(receiver), next(connection_seq))
+        result = super().connect(receiver, sender, weak)
+        self._changed(self.event)
+        return result
+
+    def _disconnect(self, receiver_id: Hashable, sender_id: Hashable) -> None:
+        super()._disconnect(receiver_id, sender_id)
+        if receiver_id not in self.receivers:
+            self.connected_at.pop(receiver_id, None)
+        self._changed(self.event)
+
+
+class _BlinkerReceiver:
+    """A receiver connected with plain blinker, called blinker-style."""
+
+    __slots__ = ("bus", "errors", "failures", "held", "label", "max_failures", "priority", "seq")
+
+    def __init__(self, bus: EventBus, held: Any, seq: int) -> None:
+        self.bus, self.held, self.seq = bus, held, seq
+        self.priority = 0
+        self.errors: ErrorPolicy | None = None
+        self.max_failures: int | None = None
+        self.failures = 0
+        self.label = describe(self.target)
+
+    @property
+    def target(self) -> Any:
+        return self.held() if isinstance(self.held, weakref.ref) else self.held
+
+    def __call__(self, payload: Any) -> object:
+        fn = self.target
+        return None if fn is None else fn(self.bus, payload=payload)
+
+
+class EventBus:
+    """Delivers typed lifecycle events to subscribers.
+
+    ``errors`` is the bus-wide error policy (``"raise"``, ``"warn"`` or ``"disable"``, the
+    last disconnecting a subscriber after ``max_failures`` failures); each subscription can
+    override it.
+    """
+
+    def __init__(
+        self,
+        *,
+        errors: ErrorPolicy = "raise",
+        max_failures: int = 3,
+        registry: _registry.Registry | None = None,
+    ) -> None:
+        if errors not in ("raise", "warn", "disable"):
+            raise ValueError(f"errors= must be 'raise', 'warn' or 'disable', got {errors!r}")
+        self.errors: ErrorPolicy = errors
+        self.max_failures = max_failures
+        self.registry = registry or _registry.default
+        self._signals: dict[Event[Any], _EventSignal] = {}
+        self._calls: dict[object, tuple[Callable[[Any], object], ...]] = {}
+        self._entries: dict[Event[Any], tuple[Any, ...]] = {}
+        self._event_of: dict[object, Event[Any]] = {}
+        self._muted: dict[Event[Any] | None, int] = {}
+        self._stop_reason: str | None = None
+        self._stop = False
+        self._pretrain_opened = False
+        for event in self.registry.events():
+            self._learn(event)
+
+    # -- events -----------------------------------------------------------------------------
+
+    def _learn(self, key: object) -> Event[Any]:
+        """Find an event by name or object, creating its signal on first use."""
+        event = self._event_of.get(key)
+        if event is not None:
+            return event
+        event = self.registry.resolve(key)  # type: ignore[arg-type]
+        if event not in self._signals:
+            self._signals[event] = _EventSignal(event, self._rebuild)
+            for name in (event, *event.names):
+                self._event_of[name] = event
+            self._rebuild(event)
+        self._event_of[key] = event
+        return event
+
+    def signal(self, event: str | Event[Any]) -> blinker.Signal:
+        """The blinker signal of an event: ``connect`` to it with plain blinker if you like."""
+        return self._signals[self._learn(event)]
+
+    def listening(self, event: str | Event[Any]) -> bool:
+        """Whether an emit of ``event`` would reach anyone (adapters skip conversions if not)."""
+        try:
+            return bool(self._calls[event])
+        except KeyError:
+            return bool(self._calls[self._learn(event)])
+
+    # -- subscribing ------------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        event: str | Event[Any],
+        fn: Callable[[Any], object],
+        *,
+        priority: int = 0,
+        every: int | None = None,
+        once: int | None = None,
+        when: Callable[[Any], bool] | None = None,
+        rank: int | None = None,
+        weak: bool = False,
+        errors: ErrorPolicy | None = None,
+        max_failures: int | None = None,
+        owner: object = None,
+        label: str | None = None,
+    ) -> Subscription:
+        """Connect ``fn(payload)`` to ``event`` and return the subscription (its undo handle).
+
+        ``every=N`` delivers every N-th occurrence and ``once=N`` only the N-th, counted by
+        epoch on epoch events, by batch on batch events, and by this subscription's own count
+        of deliveries elsewhere; ``once`` fires at most once. ``when`` is a predicate on the
+        payload; ``rank`` delivers only on that distributed rank. ``weak=True`` holds ``fn``
+        by weak reference: once it is gone it is no longer called.
+        """
+        target = self._learn(event)
+        sub = Subscription(
+            self, target, fn, priority=priority, every=every, once=once, when=when, rank=rank,
+            weak=weak, errors=errors, max_failures=max_failures, owner=owner, label=label,
+        )  # fmt: skip
+        self._signals[target].connect(sub.receive, weak=False)
+        return sub
+
+    @overload
+    def on(
+        self, event: Event[P], *, priority: int = ..., every: int | None = ...,
+        once: int | None = ..., when: Callable[[P], bool] | None = ..., rank: int | None = ...,
+        weak: bool = ..., errors: ErrorPolicy | None = ..., max_failures: int | None = ...,
+    ) -> Callable[[Callable[[P], R]], Callable[[P], R]]: ...
+    @overload
+    def on(
+        self, event: str, *, priority: int = ..., every: int | None = ...,
+        once: int | None = ..., when: Callable[[Any], bool] | None = ..., rank: int | None = ...,
+        weak: bool = ..., errors: ErrorPolicy | None = ..., max_failures: int | None = ...,
+    ) -> Callable[[Callable[[Any], R]], Callable[[Any], R]]: ...
+    def on(
+        self, event: str | Event[Any], *, priority: int = 0, every: int | None = None,
+        once: int | None = None, when: Callable[[Any], bool] | None = None,
+        rank: int | None = None, weak: bool = False, errors: ErrorPolicy | None = None,
+        max_failures: int | None = None,
+    ) -> Callable[[Callable[[Any], R]], Callable[[Any], R]]:
+        """Decorator form of :meth:`subscribe`; returns the function unchanged.
+
+        Undo with ``bus.disconnect(fn)``. Pass an ``events.*`` constant instead of a string
+        and type checkers know the payload type.
+        """
+        self._learn(event)  # a misspelt name fails here, at decoration time
+
+        def decorate(fn: Callable[[Any], R]) -> Callable[[Any], R]:
+            self.subscribe(
+                event, fn, priority=priority, every=every, once=once, when=when, rank=rank,
+                weak=weak, errors=errors, max_failures=max_failures,
+            )  # fmt: skip
+            return fn
+
+        return decorate
+
+    def add_callback(self, event: str | Event[Any], fn: Callable[[Any], object]) -> Subscription:
+        """Ultralytics-style ``add_callback(name, fn)``; a misspelt name is an error."""
+        return self.subscribe(event, fn)
+
+    def attach(
+        self,
+        obj: object,
+        *,
+        priority: int = 0,
+        errors: ErrorPolicy | None = None,
+        max_failures: int | None = None,
+    ) -> Attachment:
+        """Subscribe an object's ``on_*`` methods, Keras-style, under any of the 35 names.
+
+        For an :class:`eventhooks.Callback` only overridden methods are subscribed; for any
+        other object, every callable attribute named like an event. A method under a Keras
+        name and one under its Ultralytics twin both run, the Ultralytics one first.
+        """
+        from .callback import Callback  # here, not at import: callback.py imports this module
+
+        subs: list[Subscription] = []
+        for event in self.registry.events():
+            for name in event.names:
+                if not name.isidentifier():
+                    continue
+                if isinstance(obj, Callback):
+                    if getattr(type(obj), name, None) is getattr(Callback, name, None):
+                        continue
+                method = getattr(obj, name, None)
+                if not callable(method):
+                    continue
+                subs.append(
+                    self.subscribe(
+                        event, method, priority=priority, errors=errors,
+                        max_failures=max_failures, owner=obj,
+                        label=f"{type(obj).__qualname__}.{name}",
+                    )
+                )
+        if isinstance(obj, Callback):
+            obj.bus = self
+        return Attachment(self, obj, tuple(subs))
+
+    def disconnect(self, target: object, event: str | Event[Any] | None = None) -> int:
+        """Undo subscriptions: a Subscription, an Attachment, a function or an attached object.
+
+        With ``event``, only on that event. Returns how many connections were removed.
+        """
+        if isinstance(target, Attachment):
+            return sum(self.disconnect(sub) for sub in target.subscriptions)
+        if isinstance(target, Subscription):
+            signal = self._signals.get(target.event)
+            if signal is None or make_id(target.receive) not in signal.receivers:
+                return 0
+            signal.disconnect(target.receive)
+            return 1
+        only = None if event is None else self._learn(event)
+        removed = 0
+        for evt, entries in list(self._entries.items()):
+            if only is not None and evt is not only:
+                continue
+            for entry in entries:
+                if isinstance(entry, Subscription):
+                    if entry.owner is target or _same(entry.target, target):
+                        removed += self.disconnect(entry)
+                elif _same(entry.target, target):
+                    self._signals[evt].disconnect(entry.target)
+                    removed += 1
+        return removed
+
+    def is_connected(self, sub: Subscription) -> bool:
+        signal = self._signals.get(sub.event)
+        return signal is not None and make_id(sub.receive) in signal.receivers
+
+    def subscriptions(self, event: str | Event[Any] | None = None) -> list[Subscription]:
+        """The live subscriptions, in delivery order per event."""
+        chosen = self._entries if event is None else {self._learn(event): None}
+        return [
+            entry
+            for evt in chosen
+            for entry in self._entries.get(evt, ())
+            if isinstance(entry, Subscription)
+        ]
+
+    @contextlib.contextmanager
+    def muted(self, *events: str | Event[Any]) -> Iterator[None]:
+        """Silence the bus (or only the given events) for the ``with`` block."""
+        keys: list[Event[Any] | None] = [self._learn(e) for e in events] or [None]
+        for key in keys:
+            self._muted[key] = self._muted.get(key, 0) + 1
+        self._rebuild_all()
+        try:
+            yield
+        finally:
+            for key in keys:
+                self._muted[key] -= 1
+                if not self._muted[key]:
+                    del self._muted[key]
+            self._rebuild_all()
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    def _rebuild_all(self) -> None:
+        for event in self._signals:
+            self._rebuild(event)
+
+    def _rebuild(self, event: Event[Any]) -> None:
+        """Recompute an event's delivery tuple: priority first, then connection order."""
+        signal = self._signals[event]
+        entries: list[Any] = []
+        for rid, held in list(signal.receivers.items()):
+            strong = held() if isinstance(held, weakref.ref) else held
+            if strong is None:
+                continue
+            owner = getattr(strong, "__self__", None)
+            if isinstance(owner, Subscription) and getattr(strong, "__func__", None) is (
+                Subscription.receive
+            ):
+                entries.append(owner)
+            else:
+                entries.append(_BlinkerReceiver(self, held, signal.connected_at.get(rid, 0)))
+        entries.sort(key=lambda e: (-e.priority, e.seq))
+        calls: list[Callable[[Any], object]] = []
+        for entry in entries:
+            # An unfiltered, strongly held function is called directly: no wrapper on the hot
+            # path. Each callable appears once so a failure can be traced to its subscription.
+            fn = entry.target if isinstance(entry, Subscription) else None
+            direct = fn is not None and not entry.weak and not entry.filtered
+            calls.append(fn if direct and not any(c is fn for c in calls) else entry)  # type: ignore[arg-type]
+        self._entries[event] = tuple(entries)
+        silent = None in self._muted or event in self._muted
+        delivered = () if silent else tuple(calls)
+        for key in (event, *event.names):
+            self._calls[key] = delivered
+
+    def emit(self, event: str | Event[Any], /, **fields: Any) -> Any:
+        """Validate ``fields`` into the event's payload and deliver it; returns the payload.
+
+        When nobody listens, nothing is built or validated and ``None`` is returned. Wrong
+        fields raise :class:`~eventhooks.errors.PayloadError` naming the event and the field.
+        """
+        try:
+            calls = self._calls[event]
+        except (KeyError, TypeError):
+            calls = self._calls[self._learn(event)]
+        if not calls:
+            if event in _RUN_EDGES:
+                self._run_edge(self._event_of[event])
+            return None
+        target = self._event_of[event]
+        try:
+            payload = target._validate(fields)
+        except ValidationError as exc:
+            errors = [dict(err) for err in exc.errors(include_url=False)]
+            raise PayloadError(target.name, errors) from None
+        if event in _RUN_EDGES:
+            self._run_edge(target)
+        try:
+            for call in calls:
+                call(payload)
+        except Exception as exc:
+            self._recover(target, calls, call, payload, exc)
+        return payload
+
+    def _recover(
+        self,
+        event: Event[Any],
+        calls: tuple[Callable[[Any], object], ...],
+        failed: Callable[[Any], object],
+        payload: Any,
+        exc: Exception,
+    ) -> None:
+        """Apply the failed subscriber's error policy, then deliver to the ones after it."""
+        index = next(i for i, call in enumerate(calls) if call is failed)
+        entry = self._entry_for(event, failed)
+        label = entry.label if entry is not None else describe(failed)
+        policy = (entry.errors if entry is not None else None) or self.errors
+        if policy == "raise":
+            raise SubscriberError(event.name, label, exc) from exc
+        log.warning("subscriber %s failed on event %r", label, event.name, exc_info=exc)
+        if policy == "disable" and entry is not None:
+            entry.failures += 1
+            limit = entry.max_failures or self.max_failures
+            if entry.failures >= limit:
+                log.warning("subscriber %s disabled after %d failures", label, entry.failures)
+                if isinstance(entry, Subscription):
+                    self.disconnect(entry)
+                elif entry.target is not None:
+                    self._signals[event].disconnect(entry.target)
+        rest = calls[index + 1 :]
+        try:
+            for call in rest:
+                call(payload)
+        except Exception as again:
+            self._recover(event, calls, call, payload, again)
+
+    def _entry_for(self, event: Event[Any], call: object) -> Any:
+        if isinstance(call, (Subscription, _BlinkerReceiver)):
+            return call
+        for entry in self._entries.get(event, ()):
+            if isinstance(entry, Subscription) and entry.target is call:
+                return entry
+        return None
+
+    # -- flow control -----------------------------------------------------------------------
+
+    def request_stop(self, reason: str | None = None) -> None:
+        """Ask the running loop to stop after the current batch or epoch."""
+        self._stop = True
+        self._stop_reason = reason
+
+    @property
+    def stop_requested(self) -> bool:
+        """True once a subscriber asked to stop; forgotten when the next run starts."""
+        return self._stop
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self._stop_reason
+
+    def _run_edge(self, event: Event[Any]) -> None:
+        # A run opens at on_pretrain_routine_start, or at on_train_start when the adapter
+        # emits no pretrain routine (Keras). A stop request of the previous run ends there.
+        if event is ev.on_pretrain_routine_start or (
+            event is ev.on_train_start and not self._pretrain_opened
+        ):
+            self._stop = False
+            self._stop_reason = None
+        self._pretrain_opened = event is ev.on_pretrain_routine_start
+
+    def __repr__(self) -> str:
+        live = sum(len(e) for e in self._entries.values())
+        return f"<EventBus {live} receivers, errors={self.errors!r}>"
+
+
+def _same(a: object, b: object) -> bool:
+    if a is b:
+        return True
+    try:
+        return bool(a == b) and hasattr(a, "__self__")  # bound methods compare by (self, func)
+    except Exception:
+        return False

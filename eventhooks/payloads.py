@@ -1,0 +1,128 @@
+"""Payload types: what each lifecycle event carries, validated by pydantic.
+
+Only what every framework can supply is required (Keras gives ``on_train_begin`` nothing but
+``logs``, and its batch hooks no epoch). Framework objects ride along in fields that are kept
+out of serialization and out of the JSON Schema, so every payload dumps to JSON.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic.json_schema import SkipJsonSchema
+
+#: Metrics by name. numpy and torch scalars become floats; NaN and inf are kept (a NaN loss
+#: is information) and written to JSON as ``NaN``/``Infinity``.
+Logs = dict[str, float]
+
+Index = Annotated[int, Field(ge=0)]
+"""A 0-based epoch or batch index."""
+
+
+def _fspath(value: Any) -> Any:
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+PathStr = Annotated[str, BeforeValidator(_fspath)]
+"""A filesystem path, given as ``str`` or ``os.PathLike`` and stored as ``str``."""
+
+
+class Payload(BaseModel):
+    """Fields every event carries.
+
+    ``source`` is the framework object that emitted the event (a Keras model, an Ultralytics
+    trainer, the NumPy trainer); ``params`` are the run's parameters where the framework has
+    them (Keras ``params``). Neither is serialized. ``rank``/``world_size`` locate the process
+    under distributed training.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        arbitrary_types_allowed=True,
+        ser_json_inf_nan="constants",
+        revalidate_instances="never",
+    )
+
+    source: SkipJsonSchema[Any] = Field(default=None, exclude=True, repr=False)
+    params: SkipJsonSchema[dict[str, Any] | None] = Field(default=None, exclude=True, repr=False)
+    rank: Index = 0
+    world_size: Annotated[int, Field(ge=1)] = 1
+
+
+class RunPayload(Payload):
+    """A phase boundary: routine, train, validation or prediction start/end."""
+
+    epoch: Index | None = None
+    logs: Logs = Field(default_factory=dict)
+
+
+class EpochPayload(Payload):
+    """An epoch boundary; ``epoch`` is 0-based and absolute (it does not restart on resume)."""
+
+    epoch: Index
+    logs: Logs = Field(default_factory=dict)
+
+
+class BatchPayload(Payload):
+    """A batch boundary; ``batch`` is 0-based and restarts each epoch."""
+
+    batch: Index
+    epoch: Index | None = None
+    logs: Logs = Field(default_factory=dict)
+
+
+class PredictBatchPayload(BatchPayload):
+    """A prediction batch; ``outputs`` are the framework's own (arrays, result objects)."""
+
+    outputs: SkipJsonSchema[Any] = Field(default=None, exclude=True, repr=False)
+
+
+class StepPayload(Payload):
+    """An optimizer moment inside a training batch; ``step`` counts optimizer steps in the run."""
+
+    epoch: Index | None = None
+    batch: Index | None = None
+    step: Index | None = None
+
+
+class ParamsUpdatePayload(StepPayload):
+    """Hyper-parameters changed (``{"lr": 0.01}``, or ``{"lr/pg1": ...}`` per param group)."""
+
+    hyperparams: dict[str, float] = Field(default_factory=dict)
+
+
+class CheckpointPayload(Payload):
+    """A checkpoint was written to ``path``."""
+
+    path: PathStr
+    epoch: Index | None = None
+    logs: Logs = Field(default_factory=dict)
+
+
+class TeardownPayload(Payload):
+    """Always the last event of a run; ``error`` describes the failure, if the run failed.
+
+    Pass ``exception=exc``: ``error`` is then filled as ``"TypeName: message"``.
+    """
+
+    error: str | None = None
+    exception: SkipJsonSchema[BaseException | None] = Field(
+        default=None, exclude=True, repr=False
+    )
+    epoch: Index | None = None
+    logs: Logs = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _describe_exception(self) -> TeardownPayload:
+        if self.exception is not None and self.error is None:
+            self.error = f"{type(self.exception).__name__}: {self.exception}"
+        return self
+
+
+class ExportPayload(Payload):
+    """Export of the model: ``format`` at the start, and the artifact's ``path`` at the end."""
+
+    format: str | None = None
+    path: PathStr | None = None

@@ -1,0 +1,61 @@
+"""Test environment: every framework offline, CPU only, writing nothing outside a temp folder.
+
+Environment variables are set here, at import, because Keras and Ultralytics read them when
+first imported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+_HOME = Path(tempfile.mkdtemp(prefix="eventhooks-tests-"))
+
+os.environ["KERAS_BACKEND"] = "torch"
+os.environ["KERAS_HOME"] = str(_HOME / "keras")
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+os.environ["MPLBACKEND"] = "Agg"
+
+# Ultralytics, offline (PRODUCT.md §2): its settings and the font it would download.
+os.environ["YOLO_OFFLINE"] = "1"
+os.environ["YOLO_AUTOINSTALL"] = "0"
+os.environ["YOLO_VERBOSE"] = "0"
+os.environ["YOLO_CONFIG_DIR"] = str(_HOME / "ultralytics")
+_settings = _HOME / "ultralytics" / "Ultralytics"
+_settings.mkdir(parents=True)
+(_settings / "settings.json").write_text(
+    json.dumps(
+        {
+            "sync": False,
+            "hub": False,
+            "clearml": False,
+            "comet": False,
+            "dvc": False,
+            "mlflow": False,
+            "neptune": False,
+            "raytune": False,
+            "tensorboard": False,
+            "wandb": False,
+            "vscode_msg": False,
+            "openvino_msg": False,
+        }
+    )
+)
+
+
+def _copy_font() -> None:
+    """Ultralytics downloads Arial.ttf unless it finds one: give it matplotlib's DejaVu."""
+    try:
+        import matplotlib
+    except ImportError:
+        return
+    font = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    if font.exists():
+        for name in ("Arial.ttf", "Arial.Unicode.ttf"):
+            shutil.copy(font, _settings / name)
+
+
+_copy_font()
