@@ -12,6 +12,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from hypothesis import HealthCheck, settings
+
+# Machines here are noisy: no per-example deadline, no "too slow" verdicts. Speed is measured
+# by the benchmarks, never asserted by tests.
+settings.register_profile(
+    "eventhooks", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("eventhooks")
+
 _HOME = Path(tempfile.mkdtemp(prefix="eventhooks-tests-"))
 
 os.environ["KERAS_BACKEND"] = "torch"

@@ -1,0 +1,150 @@
+"""Payloads validate what frameworks give, reject what they should not, and survive JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eventhooks import EventBus, PayloadError, events, registry
+
+names = st.text(max_size=12)
+floats = st.floats(allow_nan=True, allow_infinity=True)
+index = st.integers(min_value=0, max_value=10**9)
+
+FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
+    "epoch": index,
+    "batch": index,
+    "step": index,
+    "rank": st.integers(0, 64),
+    "world_size": st.integers(1, 64),
+    "logs": st.dictionaries(names, floats, max_size=6),
+    "hyperparams": st.dictionaries(names, floats, max_size=3),
+    "path": names,
+    "format": names,
+    "error": names,
+}
+EXCLUDED = {"source", "params", "outputs", "exception"}
+
+
+@st.composite
+def emitted_fields(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
+    event = draw(st.sampled_from(registry.events()))
+    fields: dict[str, Any] = {}
+    for name, info in event.payload.model_fields.items():
+        if name in EXCLUDED:
+            continue
+        if info.is_required() or draw(st.booleans()):
+            fields[name] = draw(FIELD_STRATEGIES[name])
+    return event.name, fields
+
+
+def same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+@settings(max_examples=300)
+@given(emitted_fields())
+def test_payload_json_round_trip(case: tuple[str, dict[str, Any]]) -> None:
+    name, fields = case
+    event = registry.resolve(name)
+    payload = event.payload(**fields, source=object())
+    text = payload.model_dump_json()
+    back = event.payload.model_validate_json(text)
+    assert same(back.model_dump(), payload.model_dump())
+    for key, value in fields.items():
+        assert same(getattr(back, key), value)
+    assert back.source is None  # the framework object is not serialized
+    json.loads(text)  # Python's json reads NaN/Infinity
+
+
+def listened(bus: EventBus, name: str) -> list[Any]:
+    got: list[Any] = []
+    bus.subscribe(name, got.append)
+    return got
+
+
+def test_numpy_and_torch_scalars_become_floats() -> None:
+    bus = EventBus()
+    got = listened(bus, "on_train_batch_end")
+    bus.emit(
+        "on_train_batch_end",
+        batch=np.int64(2),
+        epoch=1,
+        logs={"a": np.float32(0.5), "b": np.float64(1.5), "c": torch.tensor(2.5), "d": 3},
+    )
+    logs = got[0].logs
+    assert logs == {"a": 0.5, "b": 1.5, "c": 2.5, "d": 3.0}
+    assert all(type(v) is float for v in logs.values())
+    assert got[0].batch == 2 and type(got[0].batch) is int
+
+
+def test_nan_loss_is_kept() -> None:
+    bus = EventBus()
+    got = listened(bus, "on_epoch_end")
+    bus.emit("on_epoch_end", epoch=0, logs={"loss": float("nan"), "x": float("inf")})
+    assert math.isnan(got[0].logs["loss"]) and got[0].logs["x"] == math.inf
+    assert '"loss":NaN' in got[0].model_dump_json()
+
+
+@pytest.mark.parametrize(
+    ("name", "fields", "field"),
+    [
+        ("on_train_batch_end", {"batch": "three"}, "batch"),
+        ("on_train_batch_end", {"batch": -1}, "batch"),
+        ("on_train_batch_end", {}, "batch"),
+        ("on_epoch_end", {"epoch": 1, "logs": {"loss": "high"}}, "logs"),
+        ("on_model_save", {"epoch": 1}, "path"),
+        ("on_fit_epoch_end", {"epoch": 1, "lgos": {}}, "lgos"),
+        ("on_params_update", {"hyperparams": {"lr": "fast"}}, "hyperparams"),
+    ],
+)
+def test_bad_fields_name_the_event_and_the_field(
+    name: str, fields: dict[str, Any], field: str
+) -> None:
+    bus = EventBus()
+    bus.subscribe(name, lambda p: None)
+    with pytest.raises(PayloadError) as info:
+        bus.emit(name, **fields)
+    message = str(info.value)
+    canonical = registry.resolve(name).name
+    assert repr(canonical) in message and repr(field) in message.replace(".", "'")
+    assert field in info.value.fields
+    assert info.value.event == canonical
+
+
+def test_teardown_describes_the_exception() -> None:
+    bus = EventBus()
+    got = listened(bus, events.teardown)
+    error = ValueError("boom")
+    bus.emit("teardown", exception=error)
+    assert got[0].error == "ValueError: boom" and got[0].exception is error
+    assert json.loads(got[0].model_dump_json())["error"] == "ValueError: boom"
+
+
+def test_paths_accept_pathlike() -> None:
+    bus = EventBus()
+    got = listened(bus, "on_model_save")
+    bus.emit("on_model_save", path=Path("/tmp/x.npz"), epoch=0)
+    assert got[0].path == "/tmp/x.npz"
+
+
+def test_optional_fields_keras_cannot_supply() -> None:
+    """Keras gives on_train_begin only logs, and its batch hooks no epoch."""
+    bus = EventBus()
+    begin = listened(bus, "on_train_begin")
+    batch = listened(bus, "on_train_batch_begin")
+    bus.emit("on_train_begin", logs={})
+    bus.emit("on_train_batch_begin", batch=0, logs={})
+    assert begin[0].epoch is None and batch[0].epoch is None
