@@ -1,0 +1,482 @@
+"""The bus: every subscription style, delivery order, filters, muting, errors and stops."""
+
+from __future__ import annotations
+
+import gc
+import logging
+from contextlib import ExitStack
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eventhooks import (
+    BatchPayload,
+    Callback,
+    EpochPayload,
+    EventBus,
+    RunPayload,
+    SubscriberError,
+    UnknownEventError,
+    events,
+)
+
+STYLES = ("on", "subscribe", "add_callback", "attach", "blinker")
+
+
+class EpochEnd(Callback):
+    def __init__(self, log: list[int], tag: int) -> None:
+        self.log, self.tag = log, tag
+
+    def on_epoch_end(self, payload: EpochPayload) -> None:
+        self.log.append(self.tag)
+
+
+def connect(bus: EventBus, style: str, priority: int, log: list[int], tag: int) -> Any:
+    """Connect a subscriber that appends ``tag`` to on_fit_epoch_end, in one of five styles."""
+
+    def fn(payload: Any) -> None:
+        log.append(tag)
+
+    if style == "on":
+        bus.on("on_fit_epoch_end", priority=priority)(fn)
+        return fn
+    if style == "subscribe":
+        return bus.subscribe(events.on_fit_epoch_end, fn, priority=priority)
+    if style == "add_callback":
+        assert priority == 0
+        return bus.add_callback("on_epoch_end", fn)
+    if style == "attach":
+        return bus.attach(EpochEnd(log, tag), priority=priority)
+
+    def receiver(sender: Any, payload: Any = None) -> None:
+        assert sender is bus and isinstance(payload, EpochPayload)
+        log.append(tag)
+
+    bus.signal("on_epoch_end").connect(receiver, weak=False)
+    return receiver
+
+
+@st.composite
+def subscriptions(draw: st.DrawFn) -> list[tuple[str, int]]:
+    items = []
+    for _ in range(draw(st.integers(0, 12))):
+        style = draw(st.sampled_from(STYLES))
+        fixed = style in ("add_callback", "blinker")
+        items.append((style, 0 if fixed else draw(st.integers(-2, 2))))
+    return items
+
+
+@settings(max_examples=200)
+@given(subscriptions())
+def test_delivery_order_is_priority_then_connection(subs: list[tuple[str, int]]) -> None:
+    bus = EventBus()
+    log: list[int] = []
+    for tag, (style, priority) in enumerate(subs):
+        connect(bus, style, priority, log, tag)
+    bus.emit("on_fit_epoch_end", epoch=0)
+    expected = sorted(range(len(subs)), key=lambda tag: -subs[tag][1])  # stable sort
+    assert log == expected
+
+
+def test_keras_and_ultralytics_twin_methods_both_run() -> None:
+    log: list[str] = []
+
+    class Both(Callback):
+        def on_epoch_end(self, payload: EpochPayload) -> None:
+            log.append("keras")
+
+        def on_fit_epoch_end(self, payload: EpochPayload) -> None:
+            log.append("ultralytics")
+
+        def on_train_begin(self, payload: RunPayload) -> None:
+            log.append("begin")
+
+    bus = EventBus()
+    attachment = bus.attach(Both())
+    assert {s.event.name for s in attachment.subscriptions} == {
+        "on_fit_epoch_end",
+        "on_train_start",
+    }
+    bus.emit("on_train_start")
+    bus.emit("on_fit_epoch_end", epoch=0)
+    assert log == ["begin", "ultralytics", "keras"]
+    attachment.disconnect()
+    bus.emit("on_fit_epoch_end", epoch=1)
+    assert len(log) == 3 and not bus.listening("on_epoch_end")
+
+
+def test_attach_plain_object_and_callback_gets_the_bus() -> None:
+    class Plain:
+        def __init__(self) -> None:
+            self.seen: list[int] = []
+
+        def on_train_batch_end(self, payload: BatchPayload) -> None:
+            self.seen.append(payload.batch)
+
+    class Stopper(Callback):
+        def on_train_batch_end(self, payload: BatchPayload) -> None:
+            self.request_stop("enough")
+
+    bus = EventBus()
+    plain, stopper = Plain(), Stopper()
+    bus.attach(plain)
+    bus.attach(stopper)
+    bus.emit("on_train_batch_end", batch=4)
+    assert plain.seen == [4] and stopper.bus is bus
+    assert bus.stop_requested and bus.stop_reason == "enough"
+    with pytest.raises(RuntimeError, match="not attached"):
+        Stopper().request_stop()
+
+
+def test_misspelt_names_are_errors_with_suggestions() -> None:
+    bus = EventBus()
+    with pytest.raises(UnknownEventError) as info:
+        bus.add_callback("on_train_epoch_ned", lambda p: None)
+    assert "on_train_epoch_end" in str(info.value)
+    with pytest.raises(UnknownEventError):
+        bus.on("on_fit_epoch_edn")
+    with pytest.raises(UnknownEventError):
+        bus.emit("on_epoch_ned", epoch=1)
+
+
+def test_nobody_listening_builds_nothing() -> None:
+    bus = EventBus()
+    # Invalid fields, yet no error: with nobody listening nothing is validated or built.
+    assert bus.emit("on_train_batch_end", batch="not a number") is None
+    assert not bus.listening("on_train_batch_end")
+    sub = bus.subscribe("on_train_batch_end", lambda p: None)
+    assert bus.listening("on_train_batch_begin") is False
+    assert bus.listening("on_train_batch_end")
+    sub.disconnect()
+    assert not bus.listening("on_train_batch_end")
+
+
+# -- filters --------------------------------------------------------------------------------
+
+
+def model_filter(ns: list[int], every: int | None, once: int | None, when: list[bool]) -> list[int]:
+    """Which occurrences (1-based numbers ``ns``) a subscription must hear."""
+    fired, heard = False, []
+    for n, ok in zip(ns, when, strict=True):
+        if every is not None and n % every:
+            continue
+        if once is not None and (fired or n != once):
+            continue
+        if not ok:
+            continue
+        fired = fired or once is not None
+        heard.append(n)
+    return heard
+
+
+filter_args = st.tuples(
+    st.none() | st.integers(1, 4),
+    st.none() | st.integers(1, 6),
+    st.booleans(),
+)
+
+
+@settings(max_examples=200)
+@given(
+    kind=st.sampled_from(["epoch", "batch", "plain"]),
+    counters=st.lists(st.integers(0, 7), max_size=20),
+    args=filter_args,
+    data=st.data(),
+)
+def test_every_once_when_against_a_model(
+    kind: str, counters: list[int], args: tuple[int | None, int | None, bool], data: st.DataObject
+) -> None:
+    every, once, use_when = args
+    flags = data.draw(st.lists(st.booleans(), min_size=len(counters), max_size=len(counters)))
+    event = {"epoch": "on_epoch_end", "batch": "on_train_batch_end", "plain": "on_val_end"}[kind]
+    bus = EventBus()
+    heard: list[int] = []
+    when = (lambda p: p.logs["ok"] > 0) if use_when else None
+    bus.on(event, every=every, once=once, when=when)(lambda p: heard.append(p.logs["n"]))
+    numbers = []
+    for i, (counter, flag) in enumerate(zip(counters, flags, strict=True)):
+        # epoch/batch events count by their index; other events by occurrence
+        n = counter + 1 if kind != "plain" else i + 1
+        numbers.append(n)
+        logs = {"ok": 1.0 if flag or not use_when else -1.0, "n": float(n)}
+        fields = (
+            {"epoch": counter} if kind == "epoch" else {"batch": counter} if kind == "batch" else {}
+        )
+        bus.emit(event, logs=logs, **fields)
+    expected = model_filter(numbers, every, once, [f or not use_when for f in flags])
+    assert heard == expected
+
+
+def test_invalid_filter_values() -> None:
+    bus = EventBus()
+    for bad in ({"every": 0}, {"once": -1}, {"every": 1.5}, {"errors": "ignore"}):
+        with pytest.raises(ValueError):
+            bus.subscribe("on_epoch_end", lambda p: None, **bad)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="callable"):
+        bus.subscribe("on_epoch_end", 42)  # type: ignore[arg-type]
+
+
+def test_rank_filter() -> None:
+    bus = EventBus()
+    heard: list[int] = []
+    bus.on("on_epoch_end", rank=0)(lambda p: heard.append(p.rank))
+    for rank in (1, 0, 2):
+        bus.emit("on_epoch_end", epoch=0, rank=rank, world_size=3)
+    assert heard == [0]
+
+
+# -- connect / disconnect / mute / emit against a reference model --------------------------
+
+EVENTS = ("on_train_batch_end", "on_fit_epoch_end", "on_val_end")
+FIELDS: dict[str, dict[str, int]] = {
+    "on_train_batch_end": {"batch": 0},
+    "on_fit_epoch_end": {"epoch": 0},
+    "on_val_end": {},
+}
+
+op = st.one_of(
+    st.tuples(
+        st.just("connect"), st.sampled_from(EVENTS), st.sampled_from(["strong", "weak", "blinker"])
+    ),
+    st.tuples(st.just("disconnect"), st.integers(0, 30), st.just("")),
+    st.tuples(st.just("mute"), st.sampled_from((None, *EVENTS)), st.just("")),
+    st.tuples(st.just("unmute"), st.just(""), st.just("")),
+    st.tuples(st.just("emit"), st.sampled_from(EVENTS), st.just("")),
+)
+
+
+@settings(max_examples=300)
+@given(st.lists(op, max_size=40))
+def test_random_sequences_match_reference_model(ops: list[tuple[str, Any, str]]) -> None:
+    bus = EventBus()
+    heard: list[tuple[int, str]] = []
+    handles: list[Any] = []  # what to disconnect, by connection number
+    keep: list[Any] = []  # keeps weak subscribers alive
+    connected: dict[int, str] = {}  # the model: connection number -> event
+    mutes: list[Any] = []
+    state = [""]  # the event being emitted
+    with ExitStack() as stack:
+        for kind, arg, how in ops:
+            if kind == "connect":
+                tag = len(handles)
+
+                def fn(payload: Any, tag: int = tag, *_: Any, **__: Any) -> None:
+                    heard.append((tag, state[0]))
+
+                if how == "blinker":
+
+                    def receiver(sender: Any, payload: Any = None, tag: int = tag) -> None:
+                        heard.append((tag, state[0]))
+
+                    keep.append(receiver)
+                    bus.signal(arg).connect(receiver)  # blinker's default: weak
+                    handles.append(receiver)
+                else:
+                    keep.append(fn)
+                    handles.append(bus.subscribe(arg, fn, weak=how == "weak"))
+                connected[tag] = arg
+            elif kind == "disconnect" and arg < len(handles):
+                removed = bus.disconnect(handles[arg])
+                assert removed == (1 if arg in connected else 0)
+                connected.pop(arg, None)
+            elif kind == "mute":
+                names = () if arg is None else (arg,)
+                mutes.append((stack.enter_context(ExitStack()), names))
+                mutes[-1][0].enter_context(bus.muted(*names))
+            elif kind == "unmute" and mutes:
+                mutes.pop()[0].close()
+            elif kind == "emit":
+                state[0] = arg
+                heard.clear()
+                bus.emit(arg, **FIELDS[arg])
+                silenced = any(not names or arg in names for _, names in mutes)
+                expected = [] if silenced else [(t, arg) for t, e in connected.items() if e == arg]
+                assert heard == expected
+    # every mute lifted: everyone still connected hears again
+    for name in EVENTS:
+        state[0] = name
+        heard.clear()
+        bus.emit(name, **FIELDS[name])
+        assert heard == [(t, name) for t, e in connected.items() if e == name]
+
+
+# -- holding subscribers ---------------------------------------------------------------------
+
+
+def test_strong_by_default_weak_on_request() -> None:
+    bus = EventBus()
+    heard: list[str] = []
+    bus.on("on_val_end")(lambda p: heard.append("lambda"))
+    bus.attach(EpochEnd([], 0))  # nothing else holds it
+
+    def make() -> Any:
+        def temporary(payload: Any) -> None:
+            heard.append("weak")
+
+        return temporary
+
+    fn = make()
+    bus.on("on_val_end", weak=True)(fn)
+
+    class Owner:
+        def method(self, payload: Any) -> None:
+            heard.append("method")
+
+    owner = Owner()
+    bus.subscribe("on_val_end", owner.method, weak=True)
+    gc.collect()
+    bus.emit("on_val_end")
+    assert heard == ["lambda", "weak", "method"]
+    del fn, owner
+    gc.collect()
+    heard.clear()
+    bus.emit("on_val_end")
+    assert heard == ["lambda"]
+    assert len(bus.subscriptions("on_val_end")) == 1
+    assert bus.listening("on_epoch_end")  # the attached callback is still held
+
+
+def test_disconnect_by_function_object_or_event() -> None:
+    bus = EventBus()
+    heard: list[str] = []
+
+    def fn(payload: Any) -> None:
+        heard.append(type(payload).__name__)
+
+    bus.on("on_val_end")(fn)
+    bus.on("on_fit_epoch_end")(fn)
+    cb = EpochEnd([], 1)
+    bus.attach(cb)
+    assert bus.disconnect(fn, "on_val_end") == 1
+    bus.emit("on_val_end")
+    bus.emit("on_fit_epoch_end", epoch=0)
+    assert heard == ["EpochPayload"] and cb.log == [1]
+    assert bus.disconnect(fn) == 1
+    assert bus.disconnect(cb) == 1
+    assert bus.disconnect(cb) == 0
+    assert not bus.listening("on_fit_epoch_end")
+
+
+def test_muted_block_nests_and_restores() -> None:
+    bus = EventBus()
+    heard: list[str] = []
+    bus.on("on_val_end")(lambda p: heard.append("val"))
+    bus.on("on_train_end")(lambda p: heard.append("train"))
+    with bus.muted():
+        with bus.muted("on_val_end"):
+            bus.emit("on_val_end")
+        bus.emit("on_val_end")
+        assert not bus.listening("on_train_end")
+    with bus.muted("on_test_end"):
+        bus.emit("on_val_end")
+        bus.emit("on_train_end")
+    bus.emit("on_val_end")
+    assert heard == ["train", "val"]
+
+
+# -- errors in subscribers -------------------------------------------------------------------
+
+
+def broken(payload: Any) -> None:
+    raise ValueError("broken subscriber")
+
+
+def test_raise_policy_names_subscriber_and_event() -> None:
+    bus = EventBus()
+    after: list[int] = []
+    bus.on("on_fit_epoch_end", priority=1)(broken)
+    bus.on("on_fit_epoch_end")(lambda p: after.append(p.epoch))
+    with pytest.raises(SubscriberError) as info:
+        bus.emit("on_fit_epoch_end", epoch=3)
+    message = str(info.value)
+    assert "test_bus.broken" in message and "'on_fit_epoch_end'" in message
+    assert "broken subscriber" in message
+    assert (
+        isinstance(info.value.__cause__, ValueError) and info.value.original is info.value.__cause__
+    )
+    assert after == []
+
+
+def test_warn_policy_logs_and_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    bus = EventBus(errors="warn")
+    after: list[int] = []
+    bus.on("on_val_end", priority=2)(broken)
+    bus.on("on_val_end", priority=1)(broken)
+    bus.on("on_val_end")(lambda p: after.append(1))
+    with caplog.at_level(logging.WARNING, logger="eventhooks"):
+        bus.emit("on_val_end")
+        bus.emit("on_val_end")
+    assert after == [1, 1]
+    failures = [r for r in caplog.records if "failed on event 'on_val_end'" in r.getMessage()]
+    assert len(failures) == 4 and "test_bus.broken" in failures[0].getMessage()
+    assert failures[0].exc_info is not None
+
+
+def test_disable_after_n_failures(caplog: pytest.LogCaptureFixture) -> None:
+    bus = EventBus(errors="disable", max_failures=2)
+    calls: list[int] = []
+
+    def flaky(payload: Any) -> None:
+        calls.append(1)
+        raise RuntimeError("flaky")
+
+    bus.on("on_val_end")(flaky)
+    with caplog.at_level(logging.WARNING, logger="eventhooks"):
+        for _ in range(4):
+            bus.emit("on_val_end")
+    assert len(calls) == 2
+    assert any("disabled after 2 failures" in r.getMessage() for r in caplog.records)
+
+
+def test_policy_per_subscription_overrides_bus() -> None:
+    bus = EventBus(errors="warn")
+    bus.on("on_val_end", errors="raise")(broken)
+    with pytest.raises(SubscriberError):
+        bus.emit("on_val_end")
+    strict = EventBus()
+    strict.on("on_val_end", errors="warn")(broken)
+    heard: list[int] = []
+    strict.on("on_val_end")(lambda p: heard.append(1))
+    strict.emit("on_val_end")
+    assert heard == [1]
+
+
+def test_blinker_receiver_failure_is_named() -> None:
+    bus = EventBus()
+
+    def plain_receiver(sender: Any, payload: Any = None) -> None:
+        raise KeyError("x")
+
+    bus.signal("on_val_end").connect(plain_receiver, weak=False)
+    with pytest.raises(SubscriberError, match="plain_receiver"):
+        bus.emit("on_val_end")
+
+
+# -- stop requests -------------------------------------------------------------------------
+
+
+def test_stop_request_resets_when_a_new_run_starts() -> None:
+    bus = EventBus()
+    bus.on("on_train_batch_end", once=2)(lambda p: bus.request_stop("two batches"))
+    bus.emit("on_pretrain_routine_start")
+    bus.emit("on_train_start")
+    bus.emit("on_train_batch_end", batch=0)
+    assert not bus.stop_requested
+    bus.emit("on_train_batch_end", batch=1)
+    assert bus.stop_requested and bus.stop_reason == "two batches"
+    bus.emit("on_train_end")
+    bus.emit("teardown")
+    assert bus.stop_requested  # still visible after the run, until the next one starts
+    bus.emit("on_train_begin")  # a Keras-style run: no pretrain routine
+    assert not bus.stop_requested and bus.stop_reason is None
+
+
+def test_stop_requested_during_pretrain_routine_survives_train_start() -> None:
+    bus = EventBus()
+    bus.on("on_pretrain_routine_end")(lambda p: bus.request_stop())
+    bus.emit("on_pretrain_routine_start")
+    bus.emit("on_pretrain_routine_end")
+    bus.emit("on_train_start")
+    assert bus.stop_requested

@@ -1,0 +1,222 @@
+"""The testing kit: the Recorder, and the canonical-order checker against an independent oracle.
+
+Valid traces are generated from PRODUCT.md §1's grammar; the oracle is a regular expression
+over one letter per event, written separately from the checker's parser.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eventhooks import EventBus, events
+from eventhooks.testing import CanonicalOrderError, Recorder, assert_canonical_order
+
+ALL = [e.name for e in events.BUILTIN]
+LETTER = {name: chr(ord("a") + i) for i, name in enumerate(ALL)}
+
+
+def L(name: str) -> str:
+    return LETTER[name]
+
+
+# The oracle: whole runs only (a failed run, cut short before teardown, is generated apart).
+ZERO, OPT = L("on_before_zero_grad"), L("optimizer_step")
+STEP = f"(?:{ZERO}{OPT}|{OPT}{ZERO}){L('on_params_update')}?"
+BATCH = f"{L('on_train_batch_start')}{STEP}{L('on_train_batch_end')}"
+VAL = f"{L('on_val_start')}(?:{L('on_val_batch_start')}{L('on_val_batch_end')})*{L('on_val_end')}"
+SAVE = L("on_model_save")
+EPOCH = (
+    f"{L('on_train_epoch_start')}(?:{BATCH})*{L('on_train_epoch_end')}"
+    f"(?:{VAL})?{SAVE}*{L('on_fit_epoch_end')}{SAVE}*"
+)
+FIT = (
+    f"{L('on_pretrain_routine_start')}{L('on_pretrain_routine_end')}{L('on_train_start')}"
+    f"(?:{EPOCH})*{L('on_train_end')}{L('teardown')}"
+)
+PREDICT = (
+    f"{L('on_predict_start')}(?:{L('on_predict_batch_start')}{L('on_predict_postprocess_end')}"
+    f"{L('on_predict_batch_end')})*{L('on_predict_end')}"
+)
+EXPORT = f"{L('on_export_start')}{L('on_export_end')}"
+ORACLE = re.compile(f"(?:{FIT}|{VAL}|{PREDICT}|{EXPORT}|{SAVE})*")
+
+
+def oracle(trace: list[str]) -> bool:
+    return ORACLE.fullmatch("".join(L(n) for n in trace)) is not None
+
+
+@st.composite
+def val(draw: st.DrawFn) -> list[str]:
+    batches = draw(st.integers(0, 3))
+    return ["on_val_start", *["on_val_batch_start", "on_val_batch_end"] * batches, "on_val_end"]
+
+
+@st.composite
+def epoch(draw: st.DrawFn) -> list[str]:
+    out = ["on_train_epoch_start"]
+    for _ in range(draw(st.integers(0, 3))):
+        step = draw(
+            st.sampled_from(
+                [
+                    ["on_before_zero_grad", "optimizer_step"],
+                    ["optimizer_step", "on_before_zero_grad"],
+                ]
+            )
+        )
+        if draw(st.booleans()):
+            step = [*step, "on_params_update"]
+        out += ["on_train_batch_start", *step, "on_train_batch_end"]
+    out.append("on_train_epoch_end")
+    if draw(st.booleans()):
+        out += draw(val())
+    out += ["on_model_save"] * draw(st.integers(0, 1))
+    out.append("on_fit_epoch_end")
+    out += ["on_model_save"] * draw(st.integers(0, 1))
+    return out
+
+
+@st.composite
+def fit(draw: st.DrawFn) -> list[str]:
+    body = ["on_pretrain_routine_start", "on_pretrain_routine_end", "on_train_start"]
+    for _ in range(draw(st.integers(0, 3))):
+        body += draw(epoch())
+    body.append("on_train_end")
+    if draw(st.booleans()):  # the run failed somewhere: cut it, teardown still comes
+        body = body[: draw(st.integers(0, len(body) - 1))]
+    return [*body, "teardown"]
+
+
+@st.composite
+def session(draw: st.DrawFn) -> list[str]:
+    trace: list[str] = []
+    for _ in range(draw(st.integers(0, 3))):
+        kind = draw(st.sampled_from(["fit", "val", "predict", "export", "save"]))
+        if kind == "fit":
+            trace += draw(fit())
+        elif kind == "val":
+            trace += draw(val())
+        elif kind == "predict":
+            n = draw(st.integers(0, 3))
+            trace += ["on_predict_start"]
+            trace += [
+                "on_predict_batch_start",
+                "on_predict_postprocess_end",
+                "on_predict_batch_end",
+            ] * n
+            trace += ["on_predict_end"]
+        elif kind == "export":
+            trace += ["on_export_start", "on_export_end"]
+        else:
+            trace += ["on_model_save"]
+    return trace
+
+
+@settings(max_examples=300)
+@given(session())
+def test_generated_valid_traces_are_accepted(trace: list[str]) -> None:
+    assert_canonical_order(trace, emitted=ALL)
+
+
+@settings(max_examples=300)
+@given(session().filter(bool), st.data())
+def test_mutated_traces_agree_with_the_oracle(trace: list[str], data: st.DataObject) -> None:
+    """Complete runs only (no failed run inside), so the regular oracle is exact."""
+    if "teardown" in trace and not oracle(trace):
+        return  # a cut run: outside the oracle's language by design
+    kind = data.draw(st.sampled_from(["delete", "swap", "insert", "replace"]))
+    i = data.draw(st.integers(0, len(trace) - 1))
+    mutated = list(trace)
+    if kind == "delete":
+        del mutated[i]
+    elif kind == "swap" and i + 1 < len(trace):
+        mutated[i], mutated[i + 1] = mutated[i + 1], mutated[i]
+    elif kind == "insert":
+        mutated.insert(i, data.draw(st.sampled_from(ALL)))
+    else:
+        mutated[i] = data.draw(st.sampled_from(ALL))
+    if "teardown" in mutated:
+        # A trace with teardown may be a cut run; only judge those the oracle accepts.
+        if oracle(mutated):
+            assert_canonical_order(mutated, emitted=ALL)
+        return
+    if oracle(mutated):
+        assert_canonical_order(mutated, emitted=ALL)
+    else:
+        with pytest.raises(CanonicalOrderError):
+            assert_canonical_order(mutated, emitted=ALL)
+
+
+@pytest.mark.parametrize(
+    ("trace", "index", "wanted"),
+    [
+        (
+            [
+                "on_pretrain_routine_start",
+                "on_pretrain_routine_end",
+                "on_train_begin",
+                "on_epoch_end",
+            ],
+            3,
+            "on_train_epoch_start",
+        ),
+        (["on_val_start", "on_val_batch_end"], 1, "on_val_batch_start"),
+        (
+            ["on_predict_start", "on_predict_batch_start", "on_predict_batch_end"],
+            2,
+            "on_predict_postprocess_end",
+        ),
+        (["on_export_end"], 0, "on_export_start"),
+    ],
+)
+def test_first_violation_is_named(trace: list[str], index: int, wanted: str) -> None:
+    with pytest.raises(CanonicalOrderError) as info:
+        assert_canonical_order(trace, emitted=ALL)
+    assert info.value.index == index
+    assert wanted in info.value.expected and wanted in str(info.value)
+    assert f"event #{index}" in str(info.value)
+
+
+def test_subset_of_an_adapter_keras_names() -> None:
+    keras_fit = ["on_train_begin", "on_epoch_begin", "on_train_batch_begin", "on_train_batch_end",
+                 "on_test_begin", "on_test_batch_begin", "on_test_batch_end", "on_test_end",
+                 "on_epoch_end", "on_train_end"]  # fmt: skip
+    assert_canonical_order(keras_fit)
+    with pytest.raises(CanonicalOrderError, match="on_fit_epoch_end"):
+        assert_canonical_order(keras_fit[:8] + keras_fit[9:], emitted=keras_fit)
+    with pytest.raises(CanonicalOrderError, match="not a built-in"):
+        assert_canonical_order(["on_epoch_begni"])
+    with pytest.raises(CanonicalOrderError, match="not in emitted"):
+        assert_canonical_order(["on_train_begin", "on_train_end"], emitted=["on_train_end"])
+
+
+def test_teardown_required_when_emitted() -> None:
+    run = ["on_pretrain_routine_start", "on_pretrain_routine_end", "on_train_start", "on_train_end"]
+    with pytest.raises(CanonicalOrderError, match="teardown"):
+        assert_canonical_order(run, emitted=ALL)
+    assert_canonical_order([*run, "teardown"], emitted=ALL)
+    assert_canonical_order([*run[:2], "teardown"], emitted=ALL)  # failed while building
+
+
+def test_recorder_records_in_order_before_failing_subscribers() -> None:
+    bus = EventBus()
+
+    def fail(payload: Any) -> None:
+        raise RuntimeError("x")
+
+    bus.on("on_val_end", priority=100)(fail)
+    with Recorder(bus) as rec:
+        bus.emit("on_val_start")
+        with pytest.raises(Exception, match="failed on event"):
+            bus.emit("on_test_end", logs={"val_loss": 1.0})
+    bus.emit("on_val_start")
+    assert rec.names == ["on_val_start", "on_val_end"]
+    assert rec.payloads("on_test_end")[0].logs == {"val_loss": 1.0}
+    only = Recorder(bus, ["on_val_start"])
+    bus.emit("on_val_start")
+    bus.emit("on_predict_start")
+    assert only.names == ["on_val_start"]
