@@ -1,0 +1,555 @@
+"""The NumPy reference trainer: a real MLP classifier that emits all 25 lifecycle moments.
+
+It needs nothing but NumPy, so it is what the demo runs and what every built-in subscriber is
+tested under. Its API is Keras' (``fit``/``evaluate``/``predict``, ``get_weights``,
+``stop_training``, logs keyed ``loss``/``accuracy``/``val_loss``/``val_accuracy``); its events
+follow the canonical order of PRODUCT.md §1.
+
+Decisions worth knowing:
+
+* **Stopping** (``bus.request_stop()`` or ``trainer.stop_training = True``) is checked after
+  every training batch and before every epoch. A stop mid-epoch ends the batch loop after the
+  current batch, then *closes the epoch as Keras does*: ``on_train_epoch_end``, validation
+  (when ``validation_data`` is given), the checkpoint, ``on_fit_epoch_end``; then
+  ``on_train_end`` and ``teardown``. Every epoch thus reports the same log keys, so a CSV
+  logger or a History never sees a ragged last row.
+* **Zero-grad and step** follow the classic PyTorch idiom ``zero_grad(); backward(); step()``:
+  ``on_before_zero_grad`` fires before the previous gradients are dropped and
+  ``optimizer_step`` after the weights were updated, when ``trainer.gradients`` holds the
+  gradients of this very step.
+* **Learning rate**: with ``lr_schedule(epoch) -> lr`` the rate of epoch ``e`` is
+  ``lr_schedule(e)``; it is set right after the last optimizer step of epoch ``e - 1`` (where
+  PyTorch's ``scheduler.step()`` goes) and announced by ``on_params_update`` there. A rate
+  changed by anyone else (``trainer.lr = ...`` in a subscriber) is announced after the next
+  optimizer step.
+* **Failures**: whatever raises inside ``fit`` (a subscriber, the schedule, Ctrl-C) is
+  announced by ``teardown(error=...)`` and then re-raised unchanged. A subscriber error
+  reaches the caller as the bus raises it (:class:`eventhooks.SubscriberError`).
+* **Hot path**: per-batch events are emitted only when ``bus.listening(...)``, so with nobody
+  listening no logs dict is built and nothing is validated.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eventhooks import EventBus, events
+
+from . import _numpy_io as io
+from . import _numpy_mlp as mlp
+from ._numpy_mlp import Array
+
+__all__ = ["NumpyTrainer", "load"]
+
+History = dict[str, list[float]]
+"""Keras' ``History.history``: each metric's value per epoch."""
+
+_DTYPES = ("float32", "float64")
+
+
+class NumpyTrainer:
+    """A multilayer perceptron classifier trained by mini-batch SGD or Adam, in NumPy.
+
+    ``hidden`` are the widths of the ReLU layers; the output layer is a softmax over
+    ``n_classes`` (inferred from the labels of the first ``fit`` when not given). ``seed``
+    fixes the initial weights and the shuffling. ``lr_schedule(epoch)`` returns the learning
+    rate of an epoch. ``bus`` is where the events go (a private :class:`EventBus` if None).
+    """
+
+    def __init__(
+        self,
+        *,
+        bus: EventBus | None = None,
+        hidden: Sequence[int] = (32,),
+        seed: int = 0,
+        lr: float = 0.001,
+        optimizer: str = "adam",
+        momentum: float = 0.0,
+        lr_schedule: Callable[[int], float] | None = None,
+        n_classes: int | None = None,
+        dtype: str = "float32",
+    ) -> None:
+        hidden = tuple(hidden)
+        if not all(isinstance(h, int | np.integer) and h > 0 for h in hidden):
+            raise ValueError(f"hidden= must be positive layer widths, got {hidden!r}")
+        if optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer= must be 'adam' or 'sgd', got {optimizer!r}")
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype= must be 'float32' or 'float64', got {dtype!r}")
+        if n_classes is not None and n_classes < 2:
+            raise ValueError(f"n_classes= must be at least 2, got {n_classes!r}")
+        self.bus = bus if bus is not None else EventBus()
+        self.hidden = tuple(int(h) for h in hidden)
+        self.seed = seed
+        self.optimizer_name = optimizer
+        self.momentum = momentum
+        self.lr_schedule = lr_schedule
+        self.n_classes = n_classes
+        self.dtype = dtype
+        self.input_dim: int | None = None
+        #: Set True (by a subscriber, say) to stop after the current batch, as in Keras.
+        self.stop_training = False
+        #: The last ``fit``'s history, as Keras' ``History.history``.
+        self.history: History = {}
+        #: Optimizer steps taken so far, over every ``fit`` (Keras' ``optimizer.iterations``).
+        self.iterations = 0
+        #: The gradients of the latest optimizer step (None between zero-grad and backward).
+        self.gradients: list[Array] | None = None
+        self._lr = _check_lr(lr, "lr=")
+        self._announced_lr = self._lr
+        self._weights: list[Array] = []
+        self._optimizer: mlp.Optimizer | None = None
+        seeds = np.random.SeedSequence(seed).spawn(2)
+        self._init_rng = np.random.default_rng(seeds[0])
+        self._shuffle_rng = np.random.default_rng(seeds[1])
+        self._epoch: int | None = None  # the epoch under way or last completed
+        self._epoch_logs: dict[str, float] = {}  # the last completed epoch's logs
+
+    # -- model ------------------------------------------------------------------------------
+
+    @property
+    def built(self) -> bool:
+        return bool(self._weights)
+
+    @property
+    def lr(self) -> float:
+        """The learning rate; setting it takes effect at the next optimizer step."""
+        return self._optimizer.lr if self._optimizer is not None else self._lr
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self._lr = _check_lr(value, "lr")
+        if self._optimizer is not None:
+            self._optimizer.lr = self._lr
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The architecture, as stored in saved and exported artifacts."""
+        return {
+            "input_dim": self.input_dim,
+            "hidden": list(self.hidden),
+            "n_classes": self.n_classes,
+            "activation": "relu",
+            "dtype": self.dtype,
+        }
+
+    def build(self, input_dim: int, n_classes: int) -> None:
+        """Create the weights (done by the first ``fit``; call it to predict untrained)."""
+        if input_dim < 1 or n_classes < 2:
+            raise ValueError(
+                f"build needs input_dim >= 1 and n_classes >= 2, got {input_dim}, {n_classes}"
+            )
+        self.input_dim, self.n_classes = int(input_dim), int(n_classes)
+        sizes = mlp.layer_sizes(self.input_dim, self.hidden, self.n_classes)
+        self._weights = mlp.init_weights(sizes, self._init_rng, self.dtype)
+
+    def get_weights(self) -> list[Array]:
+        """Copies of the weights, ``[W0, b0, W1, b1, ...]`` (empty before the model is built)."""
+        return [w.copy() for w in self._weights]
+
+    def set_weights(self, weights: Sequence[Any]) -> None:
+        """Replace the weights (copied); an unbuilt trainer takes its sizes from them."""
+        arrays = [np.asarray(w) for w in weights]
+        expected = 2 * (len(self.hidden) + 1)
+        if len(arrays) != expected:
+            raise ValueError(
+                f"set_weights: expected {expected} arrays for hidden={self.hidden}, "
+                f"got {len(arrays)}"
+            )
+        if self.built:
+            assert self.input_dim is not None and self.n_classes is not None
+            sizes = mlp.layer_sizes(self.input_dim, self.hidden, self.n_classes)
+        else:
+            if arrays[0].ndim != 2 or arrays[-1].ndim != 1:
+                raise ValueError("set_weights: the first array must be a 2-D kernel")
+            sizes = mlp.layer_sizes(arrays[0].shape[0], self.hidden, arrays[-1].shape[0])
+        for i, (array, shape) in enumerate(zip(arrays, mlp.weight_shapes(sizes), strict=True)):
+            if array.shape != shape:
+                raise ValueError(
+                    f"set_weights: array {i} has shape {array.shape}, expected {shape}"
+                )
+            if not np.issubdtype(array.dtype, np.number):
+                raise ValueError(f"set_weights: array {i} is not numeric ({array.dtype})")
+        self.input_dim, self.n_classes = sizes[0], sizes[-1]
+        self._weights = [a.astype(self.dtype, copy=True) for a in arrays]
+
+    # -- training ---------------------------------------------------------------------------
+
+    def fit(
+        self,
+        x: Any,
+        y: Any,
+        *,
+        epochs: int = 1,
+        batch_size: int = 32,
+        validation_data: tuple[Any, Any] | None = None,
+        validation_batch_size: int | None = None,
+        shuffle: bool = True,
+        initial_epoch: int = 0,
+        checkpoint: str | os.PathLike[str] | None = None,
+    ) -> History:
+        """Train, emitting the FIT sequence; returns the Keras-like history dict.
+
+        Epochs run from ``initial_epoch`` to ``epochs - 1`` (Keras' convention). With
+        ``checkpoint`` the weights are saved there after each epoch's validation (the same
+        file each time, like Ultralytics' ``last.pt``), emitting ``on_model_save``.
+        """
+        xs, ys = self._check_data(x, y, "x", "y", labels=True)
+        if not len(xs):
+            raise ValueError("fit: x is empty")
+        batch_size = _check_count(batch_size, "batch_size", 1)
+        epochs = _check_count(epochs, "epochs", 0)
+        initial_epoch = _check_count(initial_epoch, "initial_epoch", 0)
+        val: tuple[Array, Array] | None = None
+        if validation_data is not None:
+            if not isinstance(validation_data, tuple | list) or len(validation_data) != 2:
+                raise ValueError("fit: validation_data must be a pair (x_val, y_val)")
+            val = self._check_data(*validation_data, "x_val", "y_val", labels=True)
+            if not len(val[0]):
+                raise ValueError("fit: validation_data is empty")
+            if val[0].shape[1] != xs.shape[1]:
+                raise ValueError(
+                    f"fit: x_val has {val[0].shape[1]} features but x has {xs.shape[1]}"
+                )
+        val_batch = _check_count(validation_batch_size or batch_size, "validation_batch_size", 1)
+        steps = math.ceil(len(xs) / batch_size)
+        params = {"verbose": 0, "epochs": epochs, "steps": steps, "batch_size": batch_size}
+        bus, run = self.bus, _Run(self, params)
+        self.stop_training = False
+        self.history = {}
+        try:
+            bus.emit(events.on_pretrain_routine_start, source=self, params=params)
+            self._prepare(xs, ys, val)
+            bus.emit(events.on_pretrain_routine_end, source=self, params=params)
+            bus.emit(events.on_train_start, source=self, params=params)
+            for epoch in range(initial_epoch, epochs):
+                if self._stopping():
+                    break
+                run.epoch(epoch, epochs, xs, ys, batch_size, shuffle, val, val_batch, checkpoint)
+            bus.emit(
+                events.on_train_end, source=self, params=params, epoch=self._epoch,
+                logs=dict(self._epoch_logs),
+            )  # fmt: skip
+        except BaseException as exc:
+            self._teardown_after(exc, params)
+            raise
+        bus.emit(events.teardown, source=self, params=params, epoch=self._epoch, **self._logs())
+        return self.history
+
+    def _prepare(self, x: Array, y: Array, val: tuple[Array, Array] | None) -> None:
+        """The pretrain routine: build the weights (first fit) and the optimizer."""
+        labels = int(y.max()) + 1 if val is None else max(int(y.max()), int(val[1].max())) + 1
+        if not self.built:
+            self.build(x.shape[1], self.n_classes or max(labels, 2))
+        assert self.input_dim is not None and self.n_classes is not None
+        if x.shape[1] != self.input_dim:
+            raise ValueError(f"fit: x has {x.shape[1]} features, the model takes {self.input_dim}")
+        if labels > self.n_classes:
+            raise ValueError(
+                f"fit: label {labels - 1} is out of range for n_classes={self.n_classes}"
+            )
+        if self._optimizer is None:
+            self._optimizer = mlp.make_optimizer(self.optimizer_name, self._lr, self.momentum)
+        self._epoch_logs = {}
+
+    def _stopping(self) -> bool:
+        if self.bus.stop_requested:
+            self.stop_training = True
+        return self.stop_training
+
+    def _logs(self) -> dict[str, Any]:
+        if not self.bus.listening(events.teardown):
+            return {}
+        return {"logs": dict(self._epoch_logs)}
+
+    def _teardown_after(self, exc: BaseException, params: dict[str, Any]) -> None:
+        """Announce a failed run; a failing teardown subscriber must not mask ``exc``."""
+        try:
+            self.bus.emit(
+                events.teardown, source=self, params=params, exception=exc, epoch=self._epoch,
+                **self._logs(),
+            )  # fmt: skip
+        except Exception as again:
+            exc.add_note(f"eventhooks: teardown after this failure also failed: {again!r}")
+
+    def _scheduled_lr(self, epoch: int) -> None:
+        assert self.lr_schedule is not None
+        self.lr = _check_lr(self.lr_schedule(epoch), f"lr_schedule({epoch})")
+
+    # -- evaluation and prediction ----------------------------------------------------------
+
+    def evaluate(
+        self, x: Any, y: Any, *, batch_size: int = 32, return_dict: bool = False
+    ) -> list[float] | dict[str, float]:
+        """Loss and accuracy, emitting the VAL sequence (Keras' ``on_test_*``) on its own."""
+        xs, ys = self._check_data(x, y, "x", "y", labels=True)
+        self._check_ready(xs, ys, "evaluate")
+        if not len(xs):
+            raise ValueError("evaluate: x is empty")
+        batch_size = _check_count(batch_size, "batch_size", 1)
+        steps = math.ceil(len(xs) / batch_size)
+        params = {"verbose": 0, "epochs": 1, "steps": steps, "batch_size": batch_size}
+        logs = _Run(self, params).validate(xs, ys, batch_size, None)
+        return logs if return_dict else [logs["loss"], logs["accuracy"]]
+
+    def predict(self, x: Any, *, batch_size: int = 32) -> Array:
+        """Class probabilities, emitting the PREDICT sequence.
+
+        ``on_predict_postprocess_end`` carries the predicted classes of the batch (the
+        post-processing of probabilities), ``on_predict_batch_end`` the probabilities.
+        """
+        xs, _ = self._check_data(x, None, "x", None, labels=False)
+        self._check_ready(xs, None, "predict")
+        assert self.n_classes is not None
+        batch_size = _check_count(batch_size, "batch_size", 1)
+        steps = math.ceil(len(xs) / batch_size)
+        params = {"verbose": 0, "epochs": 1, "steps": steps, "batch_size": batch_size}
+        bus, listening = self.bus, self.bus.listening
+        bus.emit(events.on_predict_start, source=self, params=params)
+        outputs = []
+        for b in range(steps):
+            if listening(events.on_predict_batch_start):
+                bus.emit(events.on_predict_batch_start, source=self, params=params, batch=b)
+            probs = mlp.predict_proba(self._weights, xs[b * batch_size : (b + 1) * batch_size])
+            outputs.append(probs)
+            if listening(events.on_predict_postprocess_end):
+                bus.emit(
+                    events.on_predict_postprocess_end, source=self, params=params, batch=b,
+                    outputs=probs.argmax(axis=1),
+                )  # fmt: skip
+            if listening(events.on_predict_batch_end):
+                bus.emit(
+                    events.on_predict_batch_end, source=self, params=params, batch=b,
+                    outputs=probs,
+                )  # fmt: skip
+        bus.emit(events.on_predict_end, source=self, params=params)
+        if not outputs:
+            return np.zeros((0, self.n_classes), dtype=self.dtype)
+        return np.concatenate(outputs)
+
+    # -- artifacts --------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write a checkpoint (npz: architecture, weights, progress) and emit ``on_model_save``.
+
+        The file is written at exactly ``path``, whatever its suffix.
+        """
+        self._check_ready(None, None, "save")
+        state = {"iterations": self.iterations, "epoch": self._epoch, "lr": self.lr}
+        target = io.write(path, "npz", "checkpoint", self.config, self._weights, state)
+        fields: dict[str, Any] = {"epoch": self._epoch}
+        if self.bus.listening(events.on_model_save):
+            fields["logs"] = dict(self._epoch_logs)
+        self.bus.emit(events.on_model_save, source=self, path=target, **fields)
+        return target
+
+    def export(self, path: str | os.PathLike[str], *, format: str | None = None) -> Path:
+        """Write an inference artifact (``json`` or ``npz``, by ``format`` or by suffix).
+
+        Emits ``on_export_start`` (format) and ``on_export_end`` (format and path). Read it
+        back with :func:`load`.
+        """
+        self._check_ready(None, None, "export")
+        fmt = io.format_of(path, format)
+        self.bus.emit(events.on_export_start, source=self, format=fmt)
+        target = io.write(path, fmt, "export", self.config, self._weights)
+        self.bus.emit(events.on_export_end, source=self, format=fmt, path=target)
+        return target
+
+    # -- input checks -----------------------------------------------------------------------
+
+    def _check_data(
+        self, x: Any, y: Any, xname: str, yname: str | None, *, labels: bool
+    ) -> tuple[Array, Array]:
+        xs = np.asarray(x)
+        if xs.ndim != 2:
+            raise ValueError(f"{xname} must be 2-D (samples, features), got shape {xs.shape}")
+        if not np.issubdtype(xs.dtype, np.number) or np.issubdtype(xs.dtype, np.complexfloating):
+            raise ValueError(f"{xname} must be real numbers, got dtype {xs.dtype}")
+        xs = xs.astype(self.dtype, copy=False)
+        if not labels:
+            return xs, np.zeros(0, dtype=np.int64)
+        ys = np.asarray(y)
+        if ys.ndim == 2 and ys.shape[1] == 1:
+            ys = ys[:, 0]
+        if ys.ndim != 1:
+            raise ValueError(
+                f"{yname} must be 1-D integer class labels, got shape {ys.shape} "
+                "(for one-hot labels pass y.argmax(axis=1))"
+            )
+        if len(ys) != len(xs):
+            raise ValueError(f"{xname} has {len(xs)} samples but {yname} has {len(ys)}")
+        if len(ys) and not np.issubdtype(ys.dtype, np.integer):
+            if not np.issubdtype(ys.dtype, np.floating) or not np.all(ys == np.round(ys)):
+                raise ValueError(f"{yname} must be integer class labels, got dtype {ys.dtype}")
+        ys = ys.astype(np.int64)
+        if len(ys) and ys.min() < 0:
+            raise ValueError(f"{yname} has a negative label ({ys.min()})")
+        return xs, ys
+
+    def _check_ready(self, x: Array | None, y: Array | None, what: str) -> None:
+        if not self.built:
+            raise RuntimeError(
+                f"{what}: the model has no weights yet; call fit(), build() or set_weights()"
+            )
+        if x is not None and x.shape[1] != self.input_dim:
+            raise ValueError(f"{what}: x has {x.shape[1]} features, the model takes "
+                             f"{self.input_dim}")  # fmt: skip
+        if y is not None and len(y) and self.n_classes is not None and y.max() >= self.n_classes:
+            raise ValueError(
+                f"{what}: label {int(y.max())} is out of range for n_classes={self.n_classes}"
+            )
+
+
+class _Run:
+    """The loops of one ``fit``/``evaluate`` call: the event sequence around the arithmetic."""
+
+    def __init__(self, trainer: NumpyTrainer, params: dict[str, Any]) -> None:
+        self.trainer = trainer
+        self.params = params
+
+    def epoch(
+        self,
+        epoch: int,
+        epochs: int,
+        x: Array,
+        y: Array,
+        batch_size: int,
+        shuffle: bool,
+        val: tuple[Array, Array] | None,
+        val_batch: int,
+        checkpoint: str | os.PathLike[str] | None,
+    ) -> None:
+        """One epoch: EPOCH := train_epoch_start BATCH* train_epoch_end VAL? save? fit_end."""
+        t, params = self.trainer, self.params
+        bus, listening = t.bus, t.bus.listening
+        optimizer, weights = t._optimizer, t._weights
+        assert optimizer is not None
+        t._epoch = epoch
+        bus.emit(events.on_train_epoch_start, source=t, params=params, epoch=epoch)
+        order = t._shuffle_rng.permutation(len(x)) if shuffle else None
+        steps = params["steps"]
+        seen = correct = 0
+        total = 0.0
+        for b in range(steps):
+            rows = slice(b * batch_size, (b + 1) * batch_size)
+            xb, yb = (x[rows], y[rows]) if order is None else (x[order[rows]], y[order[rows]])
+            if listening(events.on_train_batch_start):
+                bus.emit(events.on_train_batch_start, source=t, params=params, batch=b, epoch=epoch)
+            if listening(events.on_before_zero_grad):
+                bus.emit(
+                    events.on_before_zero_grad, source=t, params=params, epoch=epoch, batch=b,
+                    step=t.iterations,
+                )  # fmt: skip
+            t.gradients = None
+            loss, right, grads = mlp.loss_and_grads(weights, xb, yb)
+            t.gradients = grads
+            optimizer.apply(weights, grads)
+            if listening(events.optimizer_step):
+                bus.emit(
+                    events.optimizer_step, source=t, params=params, epoch=epoch, batch=b,
+                    step=t.iterations,
+                )  # fmt: skip
+            t.iterations += 1
+            if (
+                t.lr_schedule is not None and b == steps - 1 and epoch + 1 < epochs
+                and not t._stopping()
+            ):  # fmt: skip
+                t._scheduled_lr(epoch + 1)
+            if optimizer.lr != t._announced_lr:
+                t._announced_lr = optimizer.lr
+                bus.emit(
+                    events.on_params_update, source=t, params=params, epoch=epoch, batch=b,
+                    step=t.iterations - 1, hyperparams={"lr": optimizer.lr},
+                )  # fmt: skip
+            n = len(yb)
+            seen += n
+            total += loss * n
+            correct += right
+            if listening(events.on_train_batch_end):
+                bus.emit(
+                    events.on_train_batch_end, source=t, params=params, batch=b, epoch=epoch,
+                    logs={"loss": total / seen, "accuracy": correct / seen},
+                )  # fmt: skip
+            if t._stopping():
+                break
+        logs = {"loss": total / seen, "accuracy": correct / seen}
+        bus.emit(events.on_train_epoch_end, source=t, params=params, epoch=epoch, logs=logs)
+        logs = dict(logs)
+        if val is not None:
+            val_logs = self.validate(val[0], val[1], val_batch, epoch)
+            logs.update({f"val_{k}": v for k, v in val_logs.items()})
+        for key, value in logs.items():
+            t.history.setdefault(key, []).append(value)
+        t._epoch_logs = logs
+        if checkpoint is not None:
+            t.save(checkpoint)
+        bus.emit(events.on_fit_epoch_end, source=t, params=params, epoch=epoch, logs=dict(logs))
+
+    def validate(self, x: Array, y: Array, batch_size: int, epoch: int | None) -> dict[str, float]:
+        """VAL := val_start (val_batch_start val_batch_end)* val_end; returns the metrics.
+
+        Keys are unprefixed (``loss``, ``accuracy``) as in Keras' ``on_test_*`` hooks; ``fit``
+        adds the ``val_`` prefix for the epoch logs.
+        """
+        t, params = self.trainer, self.params
+        bus, listening = t.bus, t.bus.listening
+        bus.emit(events.on_val_start, source=t, params=params, epoch=epoch)
+        seen = correct = 0
+        total = 0.0
+        for b in range(math.ceil(len(x) / batch_size)):
+            if listening(events.on_val_batch_start):
+                bus.emit(events.on_val_batch_start, source=t, params=params, batch=b, epoch=epoch)
+            rows = slice(b * batch_size, (b + 1) * batch_size)
+            loss, right = mlp.loss_and_correct(t._weights, x[rows], y[rows])
+            n = len(y[rows])
+            seen += n
+            total += loss * n
+            correct += right
+            if listening(events.on_val_batch_end):
+                bus.emit(
+                    events.on_val_batch_end, source=t, params=params, batch=b, epoch=epoch,
+                    logs={"loss": total / seen, "accuracy": correct / seen},
+                )  # fmt: skip
+        logs = {"loss": total / seen, "accuracy": correct / seen}
+        bus.emit(events.on_val_end, source=t, params=params, epoch=epoch, logs=dict(logs))
+        return logs
+
+
+def load(path: str | os.PathLike[str], *, bus: EventBus | None = None) -> NumpyTrainer:
+    """A trainer rebuilt from a ``save`` checkpoint or an ``export`` artifact (npz or json).
+
+    A checkpoint also restores the progress counters and learning rate; the optimizer's
+    moments are not stored, so a resumed Adam starts them afresh.
+    """
+    config, state, weights = io.read(path)
+    trainer = NumpyTrainer(
+        bus=bus, hidden=tuple(config["hidden"]), n_classes=config["n_classes"],
+        dtype=config["dtype"], lr=state.get("lr", 0.001),
+    )  # fmt: skip
+    trainer.set_weights(weights)
+    trainer.iterations = int(state.get("iterations", 0))
+    trainer._epoch = state.get("epoch")
+    return trainer
+
+
+def _check_count(value: Any, name: str, least: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < least:
+        raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    return int(value)
+
+
+def _check_lr(value: Any, name: str) -> float:
+    try:
+        lr = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive number, got {value!r}") from None
+    if not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return lr
