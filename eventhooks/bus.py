@@ -41,9 +41,12 @@ R = TypeVar("R")
 _RUN_EDGE_EVENTS: tuple[Event[Any], ...] = (
     ev.on_pretrain_routine_start, ev.on_train_start, ev.on_train_end, ev.teardown,
 )  # fmt: skip
-_RUN_EDGES: frozenset[object] = frozenset(
-    key for event in _RUN_EDGE_EVENTS for key in (event, *event.names)
-)
+
+
+class _RunEdgeCalls(tuple):  # type: ignore[type-arg]
+    """The delivery tuple of a run-edge event: its type tells ``emit`` without a lookup."""
+
+    __slots__ = ()
 
 
 class _EventSignal(blinker.Signal):
@@ -346,7 +349,8 @@ class EventBus:
             calls.append(fn if direct and not any(c is fn for c in calls) else entry)  # type: ignore[arg-type]
         self._entries[event] = tuple(entries)
         silent = None in self._muted or event in self._muted
-        delivered = () if silent else tuple(calls)
+        kind = _RunEdgeCalls if event in _RUN_EDGE_EVENTS else tuple
+        delivered = kind(() if silent else calls)
         for key in (event, *event.names):
             self._calls[key] = delivered
 
@@ -361,7 +365,7 @@ class EventBus:
         except (KeyError, TypeError):
             calls = self._calls[self._learn(event)]
         if not calls:
-            if event in _RUN_EDGES:
+            if type(calls) is _RunEdgeCalls:
                 self._run_edge(self._event_of[event])
             return None
         target = self._event_of[event]
@@ -370,7 +374,7 @@ class EventBus:
         except ValidationError as exc:
             errors = [dict(err) for err in exc.errors(include_url=False)]
             raise PayloadError(target.name, errors) from None
-        if event in _RUN_EDGES:
+        if type(calls) is _RunEdgeCalls:
             self._run_edge(target)
         try:
             for call in calls:
@@ -444,6 +448,38 @@ class EventBus:
             self._stop = False
             self._stop_reason = None
         self._pretrain_opened = event is ev.on_pretrain_routine_start
+
+    # -- pickling ---------------------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        """A bus crosses process boundaries (DDP workers) with its subscriptions.
+
+        Subscribers must be picklable (module-level functions, callback objects); weakly held
+        ones and plain blinker receivers stay behind, as do mutes.
+        """
+        if self.registry is not _registry.default:
+            raise TypeError("only buses on the default registry can be pickled")
+        subscriptions = [
+            (sub.event.name, sub.target, {
+                "priority": sub.priority, "every": sub.every, "once": sub.once,
+                "when": sub.when, "rank": sub.rank, "errors": sub.errors,
+                "max_failures": sub.max_failures, "owner": sub.owner, "label": sub.label,
+            })
+            for sub in self.subscriptions()
+            if not sub.weak and sub.target is not None
+        ]  # fmt: skip
+        return {
+            "errors": self.errors,
+            "max_failures": self.max_failures,
+            "stop": (self._stop, self._stop_reason),
+            "subscriptions": subscriptions,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(errors=state["errors"], max_failures=state["max_failures"])  # type: ignore[misc]
+        self._stop, self._stop_reason = state["stop"]
+        for name, fn, options in state["subscriptions"]:
+            self.subscribe(name, fn, **options)
 
     def __repr__(self) -> str:
         live = sum(len(e) for e in self._entries.values())

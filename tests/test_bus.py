@@ -480,3 +480,43 @@ def test_stop_requested_during_pretrain_routine_survives_train_start() -> None:
     bus.emit("on_pretrain_routine_end")
     bus.emit("on_train_start")
     assert bus.stop_requested
+
+
+# -- crossing process boundaries -------------------------------------------------------------
+
+
+class Counter(Callback):
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def on_epoch_end(self, payload: EpochPayload) -> None:
+        self.seen.append(payload.epoch)
+
+
+def record_val(payload: RunPayload) -> None:
+    RECORDED.append(payload.logs)
+
+
+RECORDED: list[dict[str, float]] = []
+
+
+def test_bus_pickles_with_its_subscriptions() -> None:
+    import pickle
+
+    bus = EventBus(errors="warn", max_failures=5)
+    counter = Counter()
+    bus.attach(counter, priority=3)
+    bus.on("on_val_end", every=2)(record_val)
+    bus.on("on_val_end", weak=True)(record_val)  # weak: stays behind
+    bus.request_stop("why")
+    clone = pickle.loads(pickle.dumps(bus))
+    assert clone.errors == "warn" and clone.max_failures == 5
+    assert clone.stop_requested and clone.stop_reason == "why"
+    copied = clone.subscriptions("on_fit_epoch_end")[0].owner
+    assert isinstance(copied, Counter) and copied is not counter and copied.bus is clone
+    clone.emit("on_fit_epoch_end", epoch=7)
+    assert copied.seen == [7] and counter.seen == []
+    RECORDED.clear()
+    for i in range(4):
+        clone.emit("on_val_end", logs={"i": i})
+    assert RECORDED == [{"i": 1.0}, {"i": 3.0}]  # every=2 survived, the weak one did not

@@ -1,0 +1,48 @@
+"""Shared timing helpers: medians of repeated runs, printed as markdown tables."""
+
+from __future__ import annotations
+
+import statistics
+import time
+import timeit
+from collections.abc import Callable
+from typing import Any
+
+
+def ns_per_call(
+    stmt: str, namespace: dict[str, Any], *, number: int = 20000, repeat: int = 9
+) -> float:
+    """Median ns per execution of ``stmt`` (timeit's compiled loop: no wrapper call)."""
+    timer = timeit.Timer(stmt, globals=namespace)
+    timer.timeit(number // 10)  # warm up
+    return statistics.median(timer.repeat(repeat=repeat, number=number)) / number * 1e9
+
+
+def seconds(fn: Callable[[], object], *, repeat: int = 5) -> float:
+    """Median wall time of ``fn()`` over ``repeat`` runs, after one warm-up run."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def interleaved(fns: dict[str, Callable[[], object]], *, repeat: int = 5) -> dict[str, float]:
+    """Median wall time of each function, runs interleaved so machine noise hits all alike."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def table(title: str, header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
+    lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
