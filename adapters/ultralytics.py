@@ -1,0 +1,117 @@
+"""Ultralytics adapter: every YOLO callback as a typed eventhooks event, with one call.
+
+>>> from ultralytics import YOLO                      # doctest: +SKIP
+>>> from eventhooks import EventBus
+>>> from eventhooks.adapters.ultralytics import attach
+>>> bus = EventBus()
+>>> @bus.on("on_epoch_end")                           # Keras name, same moment
+... def show(p): print(p.epoch, p.logs["loss"], p.logs.get("fitness"))
+>>> model = YOLO("yolov8n.yaml")                      # doctest: +SKIP
+>>> attach(model, bus)                                # doctest: +SKIP
+>>> model.train(data="data.yaml", epochs=2)           # doctest: +SKIP
+
+Ultralytics is AGPL-3.0 and an optional extra: this module never imports it (it only calls
+``add_callback`` and reads attributes of the objects Ultralytics hands its callbacks).
+
+What the events carry (``source`` is always the object Ultralytics passed: trainer,
+validator, predictor or exporter):
+
+- ``epoch``: ``trainer.epoch`` (0-based); ``batch``: counted by the adapter, restarting at
+  each epoch (training), each validation and each prediction run.
+- ``logs``: floats under Ultralytics' own keys (``train/box_loss``, ``val/box_loss``,
+  ``metrics/mAP50(B)``, ``lr/pg0``, ``fitness``) plus ``loss`` and ``val_loss``, the sums of
+  the loss components, so Keras-style subscribers (``monitor="val_loss"``) work.
+  ``on_train_batch_end``: running-mean losses and learning rates; ``on_train_epoch_end``:
+  training losses and learning rates; ``on_val_end``: the validation's metrics (inside
+  training also its losses); ``on_fit_epoch_end`` and ``on_model_save``: all of them;
+  ``on_train_end``: the last epoch's, plus the best-weights validation as ``best/<key>``.
+- ``on_model_save``: one event per file written (``last.pt``, ``best.pt`` when it improved,
+  ``epoch<N>.pt`` with ``save_period``), ``path`` = that file.
+- ``on_export_end``: ``path`` = the exported artifact (Ultralytics' ``exporter.file`` is the
+  source weights); ``format`` on both export events.
+- ``on_predict_postprocess_end`` / ``on_predict_batch_end``: ``outputs`` = the batch's
+  ``Results`` list.
+- ``teardown``: ``error`` set when the run failed (the exception is ``payload.exception``).
+
+Quirks, and what the adapter does about them:
+
+- After the last epoch Ultralytics validates ``best.pt`` (a standalone-style validation,
+  ``validator.training`` False) and then calls ``on_fit_epoch_end`` once more with
+  ``epoch = last + 1``. With ``final_eval="drop"`` (the default) those validation events and
+  that phantom epoch are not forwarded, so History, CSVLogger and EarlyStopping see exactly
+  the epochs that ran and the trace follows the canonical order; the best-weights metrics
+  arrive in ``on_train_end``'s logs as ``best/<key>``. ``final_eval="keep"`` forwards them
+  as Ultralytics calls them (the raw order; the last ``on_fit_epoch_end`` is a phantom).
+- Validation inside training: ``on_val_*`` carry ``epoch`` and ``val/*`` losses. A
+  standalone ``model.val()``: ``epoch`` is None and there are no losses.
+- ``optimizer_step``, ``on_before_zero_grad``, ``on_params_update`` are registered but
+  Ultralytics never calls them (its "reserved" names); a custom trainer that does gets them.
+- A trainer runs ``on_pretrain_routine_start`` in its constructor: attach to the YOLO model
+  (or pass the callbacks to the trainer's ``_callbacks``) to hear it; attaching to a built
+  trainer starts the trace at ``on_pretrain_routine_end``.
+- ``bus.request_stop()`` sets ``trainer.stop = True`` after the event: Ultralytics then stops
+  after the current batch (the epoch still validates and saves) or after the current epoch.
+- A subscriber error under the ``raise`` policy propagates out of ``model.train()`` as
+  :class:`eventhooks.SubscriberError`; Ultralytics runs ``teardown`` in a ``finally``, so
+  every subscriber still hears it, with the error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eventhooks import EventBus, events
+
+from ._ultralytics_link import FinalEval, Forwarder, Link
+
+__all__ = ["NAMES", "FinalEval", "Forwarder", "Link", "attach", "detach"]
+
+#: The 25 Ultralytics callback names the adapter registers.
+NAMES: tuple[str, ...] = events.ULTRALYTICS_NAMES
+
+
+def _callbacks_of(target: Any) -> dict[str, list[Any]]:
+    callbacks = getattr(target, "callbacks", None)
+    if not isinstance(callbacks, dict) or not callable(getattr(target, "add_callback", None)):
+        raise TypeError(
+            "attach() needs an Ultralytics YOLO model, trainer, validator, predictor or "
+            f"exporter (an object with add_callback() and a callbacks dict), "
+            f"got {type(target).__name__}"
+        )
+    return callbacks
+
+
+def _forwarders(target: Any, bus: EventBus | None = None) -> list[tuple[str, Forwarder]]:
+    return [
+        (name, fn)
+        for name, fns in _callbacks_of(target).items()
+        for fn in fns
+        if isinstance(fn, Forwarder) and (bus is None or fn.link.bus is bus)
+    ]
+
+
+def attach(target: Any, bus: EventBus, *, final_eval: FinalEval = "drop") -> Link:
+    """Register a forwarder to ``bus`` for each of the 25 Ultralytics callbacks of ``target``.
+
+    ``target`` is a ``YOLO`` model (its trainer, validators, predictor and exporter inherit
+    the callbacks) or a trainer, validator, predictor or exporter. Attaching the same bus
+    twice is a no-op that returns the existing link. ``final_eval`` chooses what happens to
+    the best-weights validation after the last epoch (see the module docs).
+    """
+    existing = _forwarders(target, bus)
+    if existing:
+        return existing[0][1].link
+    link = Link(bus, final_eval=final_eval)
+    for name in NAMES:
+        target.add_callback(name, Forwarder(link, name))
+    return link
+
+
+def detach(target: Any, bus: EventBus | None = None) -> int:
+    """Remove the forwarders (to ``bus``, or to any bus) from ``target``; returns how many."""
+    callbacks = _callbacks_of(target)
+    removed = 0
+    for name, fn in _forwarders(target, bus):
+        callbacks[name].remove(fn)
+        removed += 1
+    return removed
