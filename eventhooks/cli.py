@@ -1,0 +1,149 @@
+"""The ``eventhooks`` command: demo, events, schema, replay, plot.
+
+Every failure the user can cause (bad arguments, a missing or malformed file, an optional
+dependency not installed) ends in one ``eventhooks: error: ...`` line and a non-zero exit;
+``--traceback`` shows the full story for bug reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from . import __version__
+from . import registry as _registry
+from .errors import EventhooksError
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (its default prints the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (try --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="eventhooks",
+        description="One typed event bus for ML training: try the demo, browse the events, "
+        "replay a recorded run.",
+    )
+    parser.add_argument("--version", action="version", version=f"eventhooks {__version__}")
+    parser.add_argument(
+        "--traceback", action="store_true", help="show the full traceback on errors"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = sub.add_parser(
+        "demo", help="train the NumPy reference trainer with progress bar, early stopping, "
+        "CSV and event logs, checkpoint and a PNG plot",
+    )  # fmt: skip
+    demo.add_argument("--out", metavar="DIR", help="run folder (default: runs/<timestamp>)")
+    demo.add_argument("--epochs", type=_positive, default=40, help="at most (default 40)")
+    demo.add_argument("--patience", type=_non_negative, default=3, help="(default 3)")
+    demo.add_argument("--seed", type=int, default=0, help="data and weights seed (default 0)")
+    demo.add_argument("--no-plot", action="store_true", help="skip the PNG")
+
+    sub.add_parser("events", help="table of the 35 names, 25 moments and payload fields")
+
+    schema = sub.add_parser("schema", help="JSON Schema of one event's payload, or of all")
+    schema.add_argument("name", nargs="?", help="any of an event's names (default: all)")
+
+    replay = sub.add_parser("replay", help="re-emit an event log into subscribers")
+    replay.add_argument("log", help="an event log (.jsonl) written by EventLog")
+    replay.add_argument("--csv", metavar="PATH", help="write the epochs as CSVLogger does")
+    replay.add_argument("--plot", metavar="PATH", help="draw the training curves to a PNG")
+
+    plot = sub.add_parser("plot", help="training curves of an event log as a PNG")
+    plot.add_argument("log", help="an event log (.jsonl) written by EventLog")
+    plot.add_argument("-o", "--output", metavar="PNG", required=True, help="the PNG to write")
+    plot.add_argument("--title", help="figure title (default: the log's name)")
+    return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be zero or more, got {text}")
+    return value
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ._cli_demo import report, run_demo
+
+    result = run_demo(
+        args.out, epochs=args.epochs, seed=args.seed, patience=args.patience,
+        plot=not args.no_plot,
+    )  # fmt: skip
+    print(report(result))
+    return 0
+
+
+def _events(args: argparse.Namespace) -> int:
+    from ._cli_tables import events_table
+
+    print(events_table())
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    print(json.dumps(_registry.schema(args.name), indent=2))
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from ._cli_replay import replay_command
+
+    print(replay_command(args.log, csv=args.csv, plot=args.plot))
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from ._cli_replay import replay_command
+
+    print(replay_command(args.log, plot=args.output, title=args.title, summary=False))
+    return 0
+
+
+_COMMANDS = {"demo": _demo, "events": _events, "schema": _schema, "replay": _replay,
+             "plot": _plot}  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (the console script exits with it)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("eventhooks: interrupted", file=sys.stderr)
+        return 130
+    except (EventhooksError, OSError, ValueError, ImportError) as exc:
+        if args.traceback:
+            raise
+        print(f"eventhooks {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if isinstance(exc, OSError) and exc.filename is not None:
+        text = f"{exc.strerror or text}: {exc.filename}"
+    return text or type(exc).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())
