@@ -109,9 +109,7 @@ def test_custom_event_registered_after_bus_creation() -> None:
     assert bus.emit("late.on_thing", step=1).step == 1
 
 
-@pytest.mark.parametrize(
-    "name", ["on_epoch_end", "teardown", "on_sample", "my lib.x", "mylib."]
-)
+@pytest.mark.parametrize("name", ["on_epoch_end", "teardown", "on_sample", "my lib.x", "mylib."])
 def test_clash_or_missing_prefix_is_an_error(name: str) -> None:
     reg = registry.Registry()
     with pytest.raises(RegistryError) as info:
