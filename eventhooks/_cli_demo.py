@@ -6,6 +6,7 @@ deep-learning framework. Takes a few seconds on one core.
 
 from __future__ import annotations
 
+import importlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +66,8 @@ def run_demo(
 ) -> DemoResult:
     """Train, log and plot one run into a run folder."""
     try:
-        from .adapters.numpy import NumpyTrainer
+        # By name: mypy sees adapters/ as its own package, not as eventhooks.adapters.
+        NumpyTrainer = importlib.import_module("eventhooks.adapters.numpy").NumpyTrainer
     except ImportError as exc:
         raise MissingExtraError(
             f"the demo needs numpy: pip install 'eventhooks[demo]' ({exc})"
