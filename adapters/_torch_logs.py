@@ -1,0 +1,141 @@
+"""Metrics of a PyTorch run: running means that stay tensors until someone needs a float.
+
+A loss logged every batch is a tensor; turning it into a float (``.item()``) blocks until the
+device has computed it. So logged tensors are only detached and kept; they become floats when
+a subscriber listens to a moment that carries them, or once per epoch. Also here: where this
+process sits in ``torch.distributed``, and the averaging of logs across ranks.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def _check(name: str, value: object) -> object:
+    """Reject what is not a scalar metric, naming it (a tensor of 10 losses is a bug)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(
+                f"metric {name!r} must be a scalar, got a tensor of shape {tuple(value.shape)}"
+            )
+        return value.detach()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        try:
+            return float(value)  # type: ignore[arg-type]  # numpy scalars and the like
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"metric {name!r} must be a number or a scalar tensor, got {type(value).__name__}"
+            ) from None
+    return value
+
+
+def _to_float(values: list[torch.Tensor]) -> float:
+    """One device synchronisation for many scalar tensors."""
+    if len(values) == 1:
+        return float(values[0])
+    return float(torch.stack([v.reshape(()) for v in values]).sum(dtype=torch.float64))
+
+
+class _Mean:
+    """The mean of one metric over the batches of a phase; tensors are summed lazily."""
+
+    __slots__ = ("count", "pending", "total")
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.count = 0
+        self.pending: list[torch.Tensor] = []
+
+    def add(self, value: object) -> None:
+        if isinstance(value, torch.Tensor):
+            self.pending.append(value)
+        else:
+            self.total += float(value)  # type: ignore[arg-type]
+        self.count += 1
+
+    def value(self) -> float:
+        if self.pending:
+            self.total += _to_float(self.pending)
+            self.pending.clear()
+        return self.total / self.count if self.count else math.nan
+
+
+class Means:
+    """Running means of the metrics logged in the batches of one phase (train or validation).
+
+    Batch logs are means over the epoch so far, as in Keras; the same numbers at the end are
+    the epoch's metrics. Batches are weighted equally.
+    """
+
+    __slots__ = ("_means",)
+
+    def __init__(self) -> None:
+        self._means: dict[str, _Mean] = {}
+
+    def add(self, metrics: Mapping[str, object]) -> None:
+        means = self._means
+        for name, value in metrics.items():
+            mean = means.get(name)
+            if mean is None:
+                mean = means[name] = _Mean()
+            mean.add(_check(name, value))
+
+    def floats(self) -> dict[str, float]:
+        """The running means as floats (one device sync per metric with pending tensors)."""
+        return {name: mean.value() for name, mean in self._means.items()}
+
+    def __bool__(self) -> bool:
+        return bool(self._means)
+
+
+def to_floats(metrics: Mapping[str, object]) -> dict[str, float]:
+    """Metrics logged once (not per batch) as floats, scalars checked."""
+    out: dict[str, float] = {}
+    for name, value in metrics.items():
+        checked = _check(name, value)
+        out[name] = float(checked)  # type: ignore[arg-type]
+    return out
+
+
+def where() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process; ``(0, 1)`` outside ``torch.distributed``."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def average(logs: dict[str, float], world_size: int, moment: str) -> dict[str, float]:
+    """Average ``logs`` over all ranks (a collective: every rank must call it, in step).
+
+    The ranks first check that they log the same metric names: an all_reduce of vectors that
+    mean different things would silently mix them (or hang on different lengths).
+    """
+    if world_size == 1:
+        return dict(logs)
+    names = sorted(logs)
+    fingerprint = float(zlib.crc32("\0".join(names).encode()))
+    check = torch.tensor([fingerprint, -fingerprint], dtype=torch.float64)
+    dist.all_reduce(check, op=dist.ReduceOp.MAX)
+    if check[0].item() != -check[1].item():
+        raise RuntimeError(
+            f"sync_logs: ranks logged different metrics at {moment!r} "
+            f"(this rank: {names}); every rank must log the same names"
+        )
+    if not names:
+        return {}
+    values = torch.tensor([logs[n] for n in names], dtype=torch.float64)
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    values /= world_size
+    return dict(zip(names, values.tolist(), strict=True))
+
+
+def state_of(obj: Any) -> Any:
+    """What a checkpoint saves of a model or optimizer (DDP's wrapper is looked through)."""
+    inner = getattr(obj, "module", obj) if isinstance(obj, torch.nn.Module) else obj
+    return inner.state_dict()
