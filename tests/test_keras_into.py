@@ -1,0 +1,409 @@
+"""Into Keras: KerasCallback under real Keras 3 (torch backend) fit, evaluate and predict."""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+from eventhooks.adapters.keras import KerasCallback, fit, keras_run
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eventhooks import Callback, EpochPayload, EventBus, RunPayload, SubscriberError, events
+from eventhooks.testing import Recorder, assert_canonical_order
+
+#: What KerasCallback emits (save/export come from the helpers, tested elsewhere).
+KERAS_EMITS = (
+    "on_train_start", "on_train_epoch_start", "on_train_batch_start", "on_train_batch_end",
+    "on_train_epoch_end", "on_val_start", "on_val_batch_start", "on_val_batch_end",
+    "on_val_end", "on_fit_epoch_end", "on_train_end", "teardown", "on_predict_start",
+    "on_predict_batch_start", "on_predict_batch_end", "on_predict_end",
+)  # fmt: skip
+
+FEATURES, CLASSES = 4, 3
+
+
+def make_model(seed: int = 0) -> Any:
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [
+            keras.Input((FEATURES,)),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.Dense(CLASSES, activation="softmax"),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(0.01),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def make_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, FEATURES)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64") + (x[:, 1] > 1).astype("int64")
+    return x, y
+
+
+def batch_trace(rec: Recorder, name: str) -> list[tuple[int | None, int]]:
+    return [(p.epoch, p.batch) for p in rec.payloads(name)]
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    epochs=st.integers(1, 3),
+    n=st.integers(5, 40),
+    batch_size=st.integers(4, 16),
+    n_val=st.one_of(st.none(), st.integers(3, 20)),
+    initial_epoch=st.integers(0, 1),
+)
+def test_fit_emits_keras_moments_in_canonical_order(
+    epochs: int, n: int, batch_size: int, n_val: int | None, initial_epoch: int
+) -> None:
+    """Whatever the epochs, batch size and validation, the trace is canonical and complete."""
+    bus = EventBus()
+    rec = Recorder(bus)
+    model = make_model()
+    x, y = make_data(n)
+    val = make_data(n_val, seed=1) if n_val else None
+    epochs = epochs + initial_epoch
+    history = model.fit(
+        x, y, epochs=epochs, initial_epoch=initial_epoch, batch_size=batch_size,
+        validation_data=val, verbose=0, callbacks=[KerasCallback(bus)],
+    )  # fmt: skip
+
+    assert_canonical_order(rec.names, emitted=KERAS_EMITS)
+    ran = list(range(initial_epoch, epochs))
+    steps = math.ceil(n / batch_size)
+    expected = [(e, b) for e in ran for b in range(steps)]
+    assert batch_trace(rec, "on_train_batch_start") == expected
+    assert batch_trace(rec, "on_train_batch_end") == expected
+    assert [p.epoch for p in rec.payloads("on_train_epoch_start")] == ran
+    assert [p.epoch for p in rec.payloads("on_train_epoch_end")] == ran
+    fit_ends = rec.payloads("on_fit_epoch_end")
+    assert [p.epoch for p in fit_ends] == ran
+    # on_fit_epoch_end carries exactly what Keras' History recorded.
+    for i, payload in enumerate(fit_ends):
+        assert payload.logs == {k: v[i] for k, v in history.history.items()}
+    # The synthesized on_train_epoch_end carries the epoch's training metrics.
+    for train_end, fit_end in zip(rec.payloads("on_train_epoch_end"), fit_ends, strict=True):
+        assert train_end.logs == {k: v for k, v in fit_end.logs.items() if "val_" not in k}
+        assert set(train_end.logs) == {"loss", "accuracy"}
+    if val is None:
+        assert not rec.payloads("on_val_start")
+    else:
+        val_steps = math.ceil(n_val / batch_size)  # type: ignore[operator]
+        val_expected = [(e, b) for e in ran for b in range(val_steps)]
+        assert batch_trace(rec, "on_val_batch_end") == val_expected
+        assert [p.epoch for p in rec.payloads("on_val_end")] == ran
+        for val_end, fit_end in zip(rec.payloads("on_val_end"), fit_ends, strict=True):
+            assert {f"val_{k}": v for k, v in val_end.logs.items()} == {
+                k: v for k, v in fit_end.logs.items() if k.startswith("val_")
+            }
+    assert rec.names[-2:] == ["on_train_end", "teardown"]
+    assert rec.payloads("on_train_end")[0].logs == fit_ends[-1].logs
+    assert rec.payloads("teardown")[0].error is None
+
+
+def test_payloads_carry_model_and_params_and_arrive_on_the_calling_thread() -> None:
+    bus = EventBus()
+    seen: list[tuple[str, Any, Any, int]] = []
+    for event in events.BUILTIN:
+        bus.subscribe(
+            event,
+            lambda p, name=event.name: seen.append(
+                (name, p.source, p.params, threading.get_ident())
+            ),
+        )
+    model = make_model()
+    x, y = make_data(20)
+    cb = KerasCallback(bus)
+    history = model.fit(x, y, epochs=2, batch_size=4, validation_split=0.25, verbose=0,
+                        callbacks=[cb])  # fmt: skip
+    assert {name for name, *_ in seen} == {n for n in KERAS_EMITS if not n.startswith("on_predict")}
+    assert all(source is model for _, source, _, _ in seen)
+    assert all(params == history.params for _, _, params, _ in seen)
+    assert history.params == {"verbose": 0, "epochs": 2, "steps": 4}
+    assert {tid for *_, tid in seen} == {threading.get_ident()}
+
+
+def test_batch_events_keep_order_with_slow_subscribers() -> None:
+    """Keras would send a non-overridden batch-end hook to a thread pool: ours never go."""
+    bus = EventBus()
+    order: list[tuple[str, int]] = []
+
+    @bus.on(events.on_train_batch_end)
+    def slow(p: Any) -> None:
+        # Long enough that a thread-pool dispatch would let the next batch begin first.
+        threading.Event().wait(0.002)
+        order.append(("end", p.batch))
+
+    @bus.on(events.on_train_batch_start)
+    def begin(p: Any) -> None:
+        order.append(("begin", p.batch))
+
+    make_model().fit(*make_data(24), epochs=1, batch_size=4, verbose=0,
+                     callbacks=[KerasCallback(bus)])  # fmt: skip
+    assert order == [(kind, b) for b in range(6) for kind in ("begin", "end")]
+
+
+def test_ultralytics_and_keras_names_hear_the_same_moments() -> None:
+    bus = EventBus()
+    heard: dict[str, list[Any]] = {}
+    names = (
+        "on_fit_epoch_end", "on_epoch_end", "on_val_end", "on_test_end",
+        "on_train_start", "on_train_begin", "on_train_epoch_start", "on_epoch_begin",
+    )  # fmt: skip
+    for name in names:
+        bus.add_callback(name, lambda p, name=name: heard.setdefault(name, []).append(p))
+
+    class Ultra(Callback):
+        def __init__(self) -> None:
+            self.fit_ends: list[EpochPayload] = []
+            self.val_ends: list[RunPayload] = []
+
+        def on_fit_epoch_end(self, payload: EpochPayload) -> None:
+            self.fit_ends.append(payload)
+
+        def on_val_end(self, payload: RunPayload) -> None:
+            self.val_ends.append(payload)
+
+    ultra = Ultra()
+    bus.attach(ultra)
+    x, y = make_data(16)
+    make_model().fit(x, y, epochs=2, batch_size=8, validation_data=(x, y), verbose=0,
+                     callbacks=[KerasCallback(bus)])  # fmt: skip
+    for ultra_name, keras_name in zip(names[::2], names[1::2], strict=True):
+        assert heard[ultra_name] == heard[keras_name]
+    assert len(heard["on_fit_epoch_end"]) == 2
+    assert len(heard["on_val_end"]) == 2
+    assert ultra.fit_ends == heard["on_epoch_end"]
+    assert ultra.val_ends == heard["on_test_end"]
+    assert all("val_loss" in p.logs for p in ultra.fit_ends)
+
+
+def test_evaluate_and_predict() -> None:
+    bus = EventBus()
+    rec = Recorder(bus)
+    model = make_model()
+    x, y = make_data(21)
+    cb = KerasCallback(bus)
+    loss, acc = model.evaluate(x, y, batch_size=8, verbose=0, callbacks=[cb])
+    predicted = model.predict(x, batch_size=8, verbose=0, callbacks=[cb])
+    assert_canonical_order(rec.names, emitted=KERAS_EMITS)
+    assert rec.names[0] == "on_val_start" and "on_train_start" not in rec.names
+    assert [p.batch for p in rec.payloads("on_val_batch_end")] == [0, 1, 2]
+    # Outside fit, evaluation belongs to no epoch.
+    assert all(p.epoch is None for p in rec.payloads("on_val_batch_end"))
+    assert rec.payloads("on_val_end")[0].logs == pytest.approx({"loss": loss, "accuracy": acc})
+    batches = rec.payloads("on_predict_batch_end")
+    assert [p.batch for p in batches] == [0, 1, 2]
+    assert [len(p.outputs) for p in batches] == [8, 8, 5]
+    np.testing.assert_array_equal(np.concatenate([p.outputs for p in batches]), predicted)
+
+
+def test_predict_with_dict_outputs_keeps_them_whole() -> None:
+    """Keras flattens a dict of outputs into the logs; the payload gets the dict back."""
+    inputs = keras.Input((FEATURES,))
+    hidden = keras.layers.Dense(4)(inputs)
+    model = keras.Model(
+        inputs, {"score": keras.layers.Dense(1)(hidden), "probs": keras.layers.Dense(2)(hidden)}
+    )
+    bus = EventBus()
+    rec = Recorder(bus, [events.on_predict_batch_end])
+    x, _ = make_data(6)
+    predicted = model.predict(x, batch_size=6, verbose=0, callbacks=[KerasCallback(bus)])
+    (payload,) = rec.payloads("on_predict_batch_end")
+    assert set(payload.outputs) == {"score", "probs"}
+    for key in ("score", "probs"):
+        np.testing.assert_array_equal(payload.outputs[key], predicted[key])
+
+
+@pytest.mark.parametrize(("stop_epoch", "stop_batch"), [(0, 0), (1, 2), (2, 4)])
+def test_request_stop_after_a_batch_stops_fit_there(stop_epoch: int, stop_batch: int) -> None:
+    bus = EventBus()
+    rec = Recorder(bus)
+
+    at = (stop_epoch, stop_batch)
+
+    @bus.on(events.on_train_batch_end, when=lambda p: (p.epoch, p.batch) == at)
+    def stop(p: Any) -> None:
+        bus.request_stop("enough")
+
+    history = make_model().fit(*make_data(20), epochs=5, batch_size=4, verbose=0,
+                               callbacks=[KerasCallback(bus)])  # fmt: skip
+    assert_canonical_order(rec.names, emitted=KERAS_EMITS)
+    assert batch_trace(rec, "on_train_batch_end")[-1] == (stop_epoch, stop_batch)
+    assert len(history.history["loss"]) == stop_epoch + 1
+    assert rec.names[-2:] == ["on_train_end", "teardown"]
+    assert bus.stop_reason == "enough"
+
+
+def test_request_stop_at_epoch_end_and_the_next_run_starts_afresh() -> None:
+    bus = EventBus()
+    rec = Recorder(bus)
+    sub = bus.subscribe(events.on_fit_epoch_end, lambda p: bus.request_stop(), once=2)
+    model = make_model()
+    x, y = make_data(12)
+    cb = KerasCallback(bus)
+    history = model.fit(x, y, epochs=6, batch_size=4, verbose=0, callbacks=[cb])
+    assert history.history and len(history.history["loss"]) == 2
+    # The request outlives the fit until the next run starts; predict is not cut short.
+    assert bus.stop_requested
+    rec.clear()
+    model.predict(x, batch_size=4, verbose=0, callbacks=[cb])
+    assert len(rec.payloads("on_predict_batch_end")) == 3
+    # A new fit forgets the old request.
+    sub.disconnect()
+    history = model.fit(x, y, epochs=3, batch_size=4, verbose=0, callbacks=[cb])
+    assert len(history.history["loss"]) == 3
+    assert not bus.stop_requested
+
+
+class Boom(RuntimeError):
+    pass
+
+
+def test_keras_alone_gives_no_teardown_when_fit_raises() -> None:
+    """The Keras fact keras_run exists for: an aborted fit is invisible to callbacks."""
+    bus = EventBus()
+    rec = Recorder(bus)
+    bus.subscribe(events.on_train_batch_end, _raise_at(1, 2))
+    with pytest.raises(SubscriberError):
+        make_model().fit(*make_data(16), epochs=3, batch_size=4, verbose=0,
+                         callbacks=[KerasCallback(bus)])  # fmt: skip
+    assert "teardown" not in rec.names and "on_train_end" not in rec.names
+
+
+def _raise_at(epoch: int, batch: int) -> Any:
+    def fail(p: Any) -> None:
+        if (p.epoch, p.batch) == (epoch, batch):
+            raise Boom(f"broke at {epoch}/{batch}")
+
+    return fail
+
+
+@settings(max_examples=5, deadline=None)
+@given(fail_epoch=st.integers(0, 2), fail_batch=st.integers(0, 3))
+def test_keras_run_ends_a_failed_fit_with_teardown(fail_epoch: int, fail_batch: int) -> None:
+    bus = EventBus()
+    rec = Recorder(bus)
+    failing = bus.subscribe(events.on_train_batch_end, _raise_at(fail_epoch, fail_batch))
+    model = make_model()
+    with pytest.raises(SubscriberError) as info, keras_run(bus) as cb:
+        model.fit(*make_data(16), epochs=3, batch_size=4, verbose=0, callbacks=[cb])
+    assert rec.names[-1] == "teardown" and rec.names.count("teardown") == 1
+    assert "on_train_end" not in rec.names
+    assert_canonical_order(rec.names, emitted=KERAS_EMITS)
+    (down,) = rec.payloads("teardown")
+    assert down.exception is info.value
+    assert isinstance(info.value.original, Boom)
+    assert down.error is not None and f"broke at {fail_epoch}/{fail_batch}" in down.error
+    assert down.epoch == fail_epoch and down.source is model
+    # The next fit through the same callback runs cleanly.
+    rec.clear()
+    failing.disconnect()
+    model.fit(*make_data(8), epochs=1, batch_size=4, verbose=0, callbacks=[cb])
+    assert rec.names[-2:] == ["on_train_end", "teardown"]
+    assert rec.payloads("teardown")[0].error is None
+
+
+def test_keras_run_does_not_invent_teardown_outside_fit() -> None:
+    bus = EventBus()
+    rec = Recorder(bus)
+    bus.subscribe(events.on_predict_batch_end, lambda p: 1 / 0)
+    model = make_model()
+    x, y = make_data(8)
+    with pytest.raises(SubscriberError), keras_run(bus) as cb:
+        model.fit(x, y, epochs=1, batch_size=4, verbose=0, callbacks=[cb])
+        model.predict(x, verbose=0, callbacks=[cb])
+    assert rec.names.count("teardown") == 1  # the fit's own, before predict
+    assert rec.names[-1] == "on_predict_batch_end"
+
+
+def test_fit_helper_tears_down_on_success_and_on_any_failure() -> None:
+    bus = EventBus()
+    rec = Recorder(bus)
+    model = make_model()
+    x, y = make_data(12)
+    history = fit(model, x, y, bus=bus, epochs=2, batch_size=4, verbose=0)
+    assert len(history.history["loss"]) == 2
+    assert rec.names[-2:] == ["on_train_end", "teardown"]
+    assert rec.names.count("teardown") == 1
+    # x and y of different lengths: Keras fails before any callback runs; teardown says why.
+    rec.clear()
+    with pytest.raises(ValueError):
+        fit(model, x[:4], y[:3], bus=bus, verbose=0)
+    assert rec.names == ["teardown"]
+    assert rec.payloads("teardown")[0].error.startswith("ValueError")
+    assert_canonical_order(rec.names, emitted=KERAS_EMITS)
+
+
+def test_a_subscriber_failing_in_on_train_end_still_gets_teardown() -> None:
+    bus = EventBus()
+    rec = Recorder(bus)
+    bus.subscribe(events.on_train_end, lambda p: 1 / 0)
+    with pytest.raises(SubscriberError), keras_run(bus) as cb:
+        make_model().fit(*make_data(8), epochs=1, batch_size=4, verbose=0, callbacks=[cb])
+    assert rec.names[-2:] == ["on_train_end", "teardown"]
+    assert "ZeroDivisionError" in rec.payloads("teardown")[0].error
+
+
+class CountingBus(EventBus):
+    """A real bus that counts emits, to see what the adapter skips."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emitted: list[str] = []
+
+    def emit(self, event: Any, /, **fields: Any) -> Any:
+        self.emitted.append(event if isinstance(event, str) else event.name)
+        return super().emit(event, **fields)
+
+
+def test_unheard_moments_are_not_emitted() -> None:
+    """The hot path: with one epoch subscriber, no batch event is even built."""
+    bus = CountingBus()
+    ends: list[int] = []
+    bus.subscribe(events.on_fit_epoch_end, lambda p: ends.append(p.epoch))
+    x, y = make_data(16)
+    make_model().fit(x, y, epochs=2, batch_size=4, validation_data=(x, y), verbose=0,
+                     callbacks=[KerasCallback(bus)])  # fmt: skip
+    assert ends == [0, 1]
+    # Run edges are always emitted: the bus resets its stop flag there.
+    assert bus.emitted == [
+        "on_train_start", "on_fit_epoch_end", "on_fit_epoch_end", "on_train_end", "teardown",
+    ]  # fmt: skip
+
+
+def test_synthesized_moments_can_be_turned_off() -> None:
+    bus = EventBus()
+    rec = Recorder(bus)
+    cb = KerasCallback(bus, train_epoch_end=False, teardown=False)
+    make_model().fit(*make_data(8), epochs=2, batch_size=4, verbose=0, callbacks=[cb])
+    assert "on_train_epoch_end" not in rec.names and "teardown" not in rec.names
+    assert rec.names[-1] == "on_train_end"
+
+
+def test_bad_logs_name_the_event_and_field() -> None:
+    """Keras logs that are not numbers fail validation with the event named."""
+    from eventhooks import PayloadError
+
+    bus = EventBus()
+    bus.subscribe(events.on_fit_epoch_end, lambda p: None)
+
+    class Labeller(keras.callbacks.Callback):  # type: ignore[misc]
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            assert logs is not None
+            logs["note"] = "not a number"
+
+    with pytest.raises(PayloadError) as info:
+        make_model().fit(*make_data(8), epochs=1, batch_size=4, verbose=0,
+                         callbacks=[Labeller(), KerasCallback(bus)])  # fmt: skip
+    assert "on_fit_epoch_end" in str(info.value) and "note" in str(info.value)
