@@ -225,7 +225,7 @@ class NumpyTrainer:
         self.history = {}
         try:
             bus.emit(events.on_pretrain_routine_start, source=self, params=params)
-            self._prepare(xs, ys, val)
+            self._prepare(xs, ys, val, initial_epoch)
             bus.emit(events.on_pretrain_routine_end, source=self, params=params)
             bus.emit(events.on_train_start, source=self, params=params)
             for epoch in range(initial_epoch, epochs):
@@ -242,7 +242,9 @@ class NumpyTrainer:
         bus.emit(events.teardown, source=self, params=params, epoch=self._epoch, **self._logs())
         return self.history
 
-    def _prepare(self, x: Array, y: Array, val: tuple[Array, Array] | None) -> None:
+    def _prepare(
+        self, x: Array, y: Array, val: tuple[Array, Array] | None, initial_epoch: int
+    ) -> None:
         """The pretrain routine: build the weights (first fit) and the optimizer."""
         labels = int(y.max()) + 1 if val is None else max(int(y.max()), int(val[1].max())) + 1
         if not self.built:
@@ -256,6 +258,10 @@ class NumpyTrainer:
             )
         if self._optimizer is None:
             self._optimizer = mlp.make_optimizer(self.optimizer_name, self._lr, self.momentum)
+        if self.lr_schedule is not None:
+            # The starting rate is not a change (on_params_update belongs inside a step).
+            self._scheduled_lr(initial_epoch)
+            self._announced_lr = self.lr
         self._epoch_logs = {}
 
     def _stopping(self) -> bool:

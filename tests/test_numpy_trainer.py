@@ -1,0 +1,701 @@
+"""The NumPy reference trainer: it learns, emits the 25 moments in order, stops, fails loudly."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from eventhooks.adapters import _numpy_mlp as mlp
+from eventhooks.adapters.numpy import NumpyTrainer, load
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from eventhooks import Callback, EventBus, SubscriberError, events
+from eventhooks.testing import Recorder, assert_canonical_order
+
+ALL = [event.name for event in events.BUILTIN]
+FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def blobs(n: int, dim: int = 4, classes: int = 3, seed: int = 0) -> tuple[Any, Any]:
+    """Well separated Gaussian clusters: a linearly separable problem, up to rare outliers."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(1234).normal(size=(classes, dim)) * 5.0
+    y = rng.integers(0, classes, size=n)
+    return centres[y] + rng.normal(size=(n, dim)), y
+
+
+def reference_loss(weights: list[Any], x: Any, y: Any) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy, computed independently of the trainer's code."""
+    a = np.asarray(x, dtype=np.float64)
+    pairs = [(weights[i].astype(np.float64), weights[i + 1]) for i in range(0, len(weights), 2)]
+    for kernel, bias in pairs[:-1]:
+        a = np.where(a @ kernel + bias > 0, a @ kernel + bias, 0.0)
+    logits = a @ pairs[-1][0] + pairs[-1][1]
+    losses = []
+    for row, label in zip(logits, y, strict=True):
+        top = max(row)
+        log_total = top + math.log(sum(math.exp(v - top) for v in row))
+        losses.append(log_total - row[label])
+    accuracy = float(np.mean(np.argmax(logits, axis=1) == y))
+    return float(np.mean(losses)), accuracy
+
+
+# -- order --------------------------------------------------------------------------------------
+
+
+@FAST
+@given(
+    n=st.integers(1, 40),
+    epochs=st.integers(0, 3),
+    batch_size=st.integers(1, 17),
+    validate=st.booleans(),
+    checkpoint=st.booleans(),
+    schedule=st.booleans(),
+    n_val=st.integers(1, 9),
+)
+def test_canonical_order_over_shapes(
+    tmp_path_factory: pytest.TempPathFactory,
+    n: int,
+    epochs: int,
+    batch_size: int,
+    validate: bool,
+    checkpoint: bool,
+    schedule: bool,
+    n_val: int,
+) -> None:
+    tmp = tmp_path_factory.mktemp("order")
+    x, y = blobs(n + n_val, seed=n)
+    bus = EventBus()
+    rec = Recorder(bus)
+    trainer = NumpyTrainer(
+        bus=bus, hidden=(5,), n_classes=3, lr_schedule=(lambda e: 0.1 / (e + 1)) if schedule
+        else None,
+    )  # fmt: skip
+    val = (x[n:], y[n:]) if validate else None
+    trainer.fit(
+        x[:n], y[:n], epochs=epochs, batch_size=batch_size, validation_data=val,
+        checkpoint=tmp / "last.npz" if checkpoint else None,
+    )  # fmt: skip
+    trainer.evaluate(x, y, batch_size=batch_size)
+    trainer.predict(x, batch_size=batch_size)
+    trainer.export(tmp / "model.json")
+    trainer.save(tmp / "model.npz")
+    assert_canonical_order(rec.names, emitted=ALL)
+
+    steps = math.ceil(n / batch_size)
+    ends = rec.payloads("on_train_batch_end")
+    assert [(p.epoch, p.batch) for p in ends] == [
+        (e, b) for e in range(epochs) for b in range(steps)
+    ]
+    assert [p.epoch for p in rec.payloads("on_fit_epoch_end")] == list(range(epochs))
+    assert len(rec.payloads("on_val_end")) == epochs * validate + 1  # + evaluate
+    assert len(rec.payloads("on_model_save")) == epochs * checkpoint + 1  # + save()
+    updates = rec.payloads("on_params_update")
+    assert len(updates) == (max(epochs - 1, 0) if schedule else 0)
+    n_predict = len(rec.payloads("on_predict_batch_end"))
+    assert n_predict == math.ceil((n + n_val) / batch_size)
+    for name, payload in rec.records:
+        assert payload.source is trainer, name
+    for payload in rec.payloads("on_train_batch_start"):
+        assert payload.params == {
+            "verbose": 0, "epochs": epochs, "steps": steps, "batch_size": batch_size,
+        }  # fmt: skip
+
+
+def test_one_run_emits_every_one_of_the_25_moments(tmp_path: Path) -> None:
+    x, y = blobs(50)
+    bus = EventBus()
+    rec = Recorder(bus)
+    trainer = NumpyTrainer(bus=bus, lr_schedule=lambda e: 0.01 * 0.5**e)
+    trainer.fit(x, y, epochs=2, batch_size=16, validation_data=(x, y), checkpoint=tmp_path / "c")
+    trainer.predict(x)
+    trainer.export(tmp_path / "m.npz")
+    assert set(rec.names) == set(ALL)
+    assert_canonical_order(rec.names, emitted=ALL)
+    assert rec.names[-2:] == ["on_export_start", "on_export_end"]
+
+
+def test_step_events_bracket_the_weight_update() -> None:
+    """optimizer_step sees updated weights and this step's gradients; zero-grad precedes it."""
+    x, y = blobs(20)
+    bus = EventBus()
+    trainer = NumpyTrainer(bus=bus, hidden=(4,), optimizer="sgd", lr=0.5)
+    seen: dict[str, Any] = {}
+
+    @bus.on(events.on_before_zero_grad)
+    def before(p: Any) -> None:
+        seen["before"] = trainer.get_weights()
+        seen["step"] = p.step
+
+    @bus.on(events.optimizer_step)
+    def after(p: Any) -> None:
+        assert p.step == seen["step"]
+        grads = trainer.gradients
+        assert grads is not None
+        # plain SGD: new = old - lr * grad, with this step's gradients
+        for old, new, grad in zip(seen["before"], trainer.get_weights(), grads, strict=True):
+            np.testing.assert_allclose(new, old - 0.5 * grad, rtol=1e-5, atol=1e-6)
+        seen["checked"] = seen.get("checked", 0) + 1
+
+    trainer.fit(x, y, epochs=2, batch_size=8, shuffle=False)
+    assert seen["checked"] == 2 * 3
+    assert trainer.iterations == 6
+
+
+# -- learning -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("optimizer, lr", [("adam", 0.01), ("sgd", 0.1)])
+def test_it_learns_a_separable_problem(optimizer: str, lr: float) -> None:
+    x, y = blobs(400, dim=6, classes=4, seed=1)
+    x_test, y_test = blobs(200, dim=6, classes=4, seed=2)
+    trainer = NumpyTrainer(hidden=(16,), lr=lr, optimizer=optimizer, momentum=0.9, seed=3)
+    trainer.build(6, 4)
+    before = float(np.mean(trainer.predict(x_test).argmax(axis=1) == y_test))
+    history = trainer.fit(x, y, epochs=8, batch_size=32, validation_data=(x_test, y_test))
+    loss, trainer_accuracy = trainer.evaluate(x_test, y_test)
+    predicted = trainer.predict(x_test).argmax(axis=1)
+    assert float(np.mean(predicted == y_test)) > 0.9
+    assert trainer_accuracy > 0.9
+    assert before < 0.9  # untrained, it does not already know the answer
+    assert history["loss"][-1] < history["loss"][0]
+    assert history["val_accuracy"][-1] == pytest.approx(trainer_accuracy)
+    assert history["val_loss"][-1] == pytest.approx(loss)
+    assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert all(len(v) == 8 for v in history.values())
+
+
+def test_gradients_match_finite_differences() -> None:
+    rng = np.random.default_rng(0)
+    sizes = [3, 5, 4, 3]
+    weights = mlp.init_weights(sizes, rng, "float64")
+    x = rng.normal(size=(7, 3))
+    y = rng.integers(0, 3, size=7)
+    _, _, grads = mlp.loss_and_grads(weights, x, y)
+    eps = 1e-6
+    for w, g in zip(weights, grads, strict=True):
+        numeric = np.zeros_like(w)
+        for index in np.ndindex(w.shape):
+            keep = w[index]
+            w[index] = keep + eps
+            up = mlp.loss_and_correct(weights, x, y)[0]
+            w[index] = keep - eps
+            down = mlp.loss_and_correct(weights, x, y)[0]
+            w[index] = keep
+            numeric[index] = (up - down) / (2 * eps)
+        np.testing.assert_allclose(g, numeric, rtol=1e-4, atol=1e-7)
+
+
+def test_same_seed_same_run_different_seed_different_run() -> None:
+    x, y = blobs(60)
+
+    def run(seed: int) -> list[float]:
+        history = NumpyTrainer(seed=seed, hidden=(6,)).fit(x, y, epochs=2, batch_size=7)
+        return list(history["loss"])
+
+    assert run(5) == run(5)
+    assert run(5) != run(6)
+
+
+# -- logs ---------------------------------------------------------------------------------------
+
+
+@FAST
+@given(n=st.integers(1, 30), batch_size=st.integers(1, 12), n_val=st.integers(1, 12))
+def test_batch_logs_are_running_means_over_the_epoch(n: int, batch_size: int, n_val: int) -> None:
+    x, y = blobs(n + n_val, seed=n)
+    xv, yv = x[n:], y[n:]
+    x, y = x[:n], y[:n]
+    bus = EventBus()
+    trainer = NumpyTrainer(bus=bus, hidden=(5,), n_classes=3, dtype="float64", lr=0.05)
+    expected: list[tuple[float, float]] = []
+    sums = {"loss": 0.0, "correct": 0.0, "seen": 0}
+
+    @bus.on(events.on_train_epoch_start)
+    def reset(_: Any) -> None:
+        sums.update(loss=0.0, correct=0.0, seen=0)
+
+    @bus.on(events.on_before_zero_grad)
+    def measure(p: Any) -> None:  # before the update: the loss the batch is trained on
+        rows = slice(p.batch * batch_size, (p.batch + 1) * batch_size)
+        loss, accuracy = reference_loss(trainer.get_weights(), x[rows], y[rows])
+        k = len(y[rows])
+        sums["loss"] += loss * k
+        sums["correct"] += accuracy * k
+        sums["seen"] += k
+        expected.append((sums["loss"] / sums["seen"], sums["correct"] / sums["seen"]))
+
+    val_expected: list[tuple[float, float]] = []
+
+    @bus.on(events.on_val_start)
+    def val_reference(_: Any) -> None:
+        val_expected.append(reference_loss(trainer.get_weights(), xv, yv))
+
+    rec = Recorder(bus)
+    trainer.fit(x, y, epochs=2, batch_size=batch_size, shuffle=False, validation_data=(xv, yv))
+    got = [(p.logs["loss"], p.logs["accuracy"]) for p in rec.payloads("on_train_batch_end")]
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+    for begin in rec.payloads("on_train_batch_start"):
+        assert begin.logs == {}
+    epoch_ends = rec.payloads("on_fit_epoch_end")
+    steps = math.ceil(n / batch_size)
+    for epoch, payload in enumerate(epoch_ends):
+        last = got[(epoch + 1) * steps - 1]
+        assert payload.logs["loss"] == last[0] and payload.logs["accuracy"] == last[1]
+        assert rec.payloads("on_train_epoch_end")[epoch].logs == {
+            "loss": last[0], "accuracy": last[1]
+        }  # fmt: skip
+        val = rec.payloads("on_val_end")[epoch].logs
+        np.testing.assert_allclose(
+            [val["loss"], val["accuracy"]], val_expected[epoch], rtol=1e-9, atol=1e-12
+        )
+        assert payload.logs["val_loss"] == val["loss"]
+        assert payload.logs["val_accuracy"] == val["accuracy"]
+        last_val_batch = [p for p in rec.payloads("on_val_batch_end") if p.epoch == epoch][-1]
+        assert last_val_batch.logs == val
+    assert rec.payloads("on_train_end")[0].logs == epoch_ends[-1].logs
+    assert trainer.history == {k: [p.logs[k] for p in epoch_ends] for k in epoch_ends[0].logs}
+
+
+def test_evaluate_emits_the_val_sequence_alone_and_matches_a_reference() -> None:
+    x, y = blobs(37)
+    bus = EventBus()
+    trainer = NumpyTrainer(bus=bus, dtype="float64")
+    trainer.fit(x, y, epochs=1)
+    rec = Recorder(bus)
+    result = trainer.evaluate(x, y, batch_size=10, return_dict=True)
+    assert isinstance(result, dict)
+    assert rec.names == ["on_val_start", *["on_val_batch_start", "on_val_batch_end"] * 4,
+                         "on_val_end"]  # fmt: skip
+    np.testing.assert_allclose(
+        [result["loss"], result["accuracy"]], reference_loss(trainer.get_weights(), x, y)
+    )
+    assert rec.payloads("on_val_end")[0].logs == result
+    assert rec.payloads("on_val_end")[0].epoch is None
+
+
+# -- stopping -----------------------------------------------------------------------------------
+
+
+@FAST
+@given(stop_after=st.integers(1, 12), batch_size=st.integers(1, 10), use_attribute=st.booleans())
+def test_stop_request_after_n_batches(
+    stop_after: int, batch_size: int, use_attribute: bool
+) -> None:
+    x, y = blobs(25)
+    bus = EventBus()
+    trainer = NumpyTrainer(bus=bus, hidden=(4,))
+    rec = Recorder(bus)
+    count = {"batches": 0}
+
+    @bus.on(events.on_train_batch_end)
+    def stopper(_: Any) -> None:
+        count["batches"] += 1
+        if count["batches"] == stop_after:
+            if use_attribute:
+                trainer.stop_training = True
+            else:
+                bus.request_stop("enough")
+
+    epochs = 4
+    steps = math.ceil(25 / batch_size)
+    trainer.fit(x, y, epochs=epochs, batch_size=batch_size, validation_data=(x, y))
+    assert_canonical_order(rec.names, emitted=ALL)
+    total = min(stop_after, epochs * steps)
+    assert len(rec.payloads("on_train_batch_end")) == total
+    assert trainer.iterations == total
+    # the stopped epoch is closed (validation included), then the run ends
+    assert len(rec.payloads("on_fit_epoch_end")) == math.ceil(total / steps)
+    assert rec.names[-2:] == ["on_train_end", "teardown"]
+    assert rec.payloads("teardown")[0].error is None
+    assert trainer.stop_training == (stop_after <= epochs * steps)
+
+
+def test_stop_requested_at_epoch_end_stops_after_that_epoch() -> None:
+    x, y = blobs(20)
+    bus = EventBus()
+    rec = Recorder(bus)
+    bus.subscribe(events.on_epoch_end, lambda p: bus.request_stop() if p.epoch == 1 else None)
+    trainer = NumpyTrainer(bus=bus, hidden=(4,))
+    history = trainer.fit(x, y, epochs=5, batch_size=5)
+    assert [p.epoch for p in rec.payloads("on_fit_epoch_end")] == [0, 1]
+    assert len(history["loss"]) == 2
+    assert len(rec.payloads("on_train_batch_end")) == 8
+
+
+def test_stop_before_training_and_the_next_fit_runs_again() -> None:
+    x, y = blobs(20)
+    bus = EventBus()
+    rec = Recorder(bus)
+    trainer = NumpyTrainer(bus=bus, hidden=(4,))
+    sub = bus.subscribe(events.on_train_start, lambda _: bus.request_stop("no"))
+    trainer.fit(x, y, epochs=3)
+    assert "on_train_epoch_start" not in rec.names
+    assert rec.names[-2:] == ["on_train_end", "teardown"]
+    bus.disconnect(sub)
+    rec.clear()
+    trainer.fit(x, y, epochs=3)  # the bus forgot the old request at pretrain start
+    assert len(rec.payloads("on_fit_epoch_end")) == 3
+    assert trainer.stop_training is False
+
+
+# -- failures -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("event", ["on_train_batch_end", "optimizer_step", "on_val_batch_end",
+                                   "on_pretrain_routine_start", "on_train_end"])  # fmt: skip
+def test_subscriber_error_mid_run_still_emits_teardown(event: str) -> None:
+    x, y = blobs(30)
+    bus = EventBus()
+    rec = Recorder(bus)
+    calls = {"n": 0}
+
+    def boom(_: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3 or event in ("on_pretrain_routine_start", "on_train_end"):
+            raise ValueError("boom")
+
+    bus.subscribe(event, boom)
+    trainer = NumpyTrainer(bus=bus, hidden=(4,))
+    with pytest.raises(SubscriberError) as info:
+        trainer.fit(x, y, epochs=3, batch_size=4, validation_data=(x, y))
+    assert isinstance(info.value.__cause__, ValueError)
+    assert_canonical_order(rec.names, emitted=ALL)
+    assert rec.names[-1] == "teardown"
+    assert rec.names.count("teardown") == 1
+    assert "on_train_end" not in rec.names[:-2] or event == "on_train_end"
+    teardown = rec.payloads("teardown")[0]
+    assert teardown.exception is info.value
+    assert teardown.error is not None and "ValueError: boom" in teardown.error
+
+
+def test_non_subscriber_failures_reach_the_caller_unchanged() -> None:
+    x, y = blobs(30)
+    bus = EventBus()
+    rec = Recorder(bus)
+    failure = RuntimeError("schedule broke")
+
+    def schedule(epoch: int) -> float:
+        if epoch == 2:
+            raise failure
+        return 0.01
+
+    trainer = NumpyTrainer(bus=bus, hidden=(4,), lr_schedule=schedule)
+    with pytest.raises(RuntimeError) as info:
+        trainer.fit(x, y, epochs=4, batch_size=8)
+    assert info.value is failure
+    assert rec.payloads("teardown")[0].exception is failure
+    assert rec.payloads("teardown")[0].epoch == 1
+    assert_canonical_order(rec.names, emitted=ALL)
+
+
+def test_keyboard_interrupt_is_announced_and_propagates() -> None:
+    x, y = blobs(30)
+    bus = EventBus()
+    rec = Recorder(bus)
+
+    def interrupt(p: Any) -> None:
+        if p.batch == 1:
+            raise KeyboardInterrupt
+
+    bus.subscribe(events.on_train_batch_begin, interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        NumpyTrainer(bus=bus).fit(x, y, epochs=2, batch_size=8)
+    assert rec.names[-1] == "teardown"
+    assert rec.payloads("teardown")[0].error == "KeyboardInterrupt: "
+
+
+def test_failing_teardown_subscriber_does_not_mask_the_original_error() -> None:
+    x, y = blobs(10)
+    bus = EventBus()
+    original = OSError("disk full")
+
+    def fail(_: Any) -> None:
+        raise original
+
+    def fail_teardown(_: Any) -> None:
+        raise ValueError("teardown broke too")
+
+    bus.subscribe(events.on_train_epoch_end, fail)
+    bus.subscribe(events.teardown, fail_teardown)
+    with pytest.raises(SubscriberError) as info:
+        NumpyTrainer(bus=bus).fit(x, y, epochs=1)
+    assert info.value.original is original
+    assert any("teardown broke too" in note for note in info.value.__notes__)
+
+
+def test_a_raising_teardown_after_success_raises() -> None:
+    x, y = blobs(10)
+    bus = EventBus()
+    bus.subscribe(events.teardown, lambda _: 1 / 0)
+    with pytest.raises(SubscriberError, match="teardown"):
+        NumpyTrainer(bus=bus).fit(x, y, epochs=1)
+
+
+# -- learning-rate changes ----------------------------------------------------------------------
+
+
+def test_params_update_announces_every_lr_change_once() -> None:
+    x, y = blobs(24)
+    bus = EventBus()
+    rec = Recorder(bus)
+    schedule = {0: 0.01, 1: 0.01, 2: 0.005, 3: 0.001}
+    trainer = NumpyTrainer(bus=bus, lr=0.3, lr_schedule=schedule.__getitem__)
+
+    @bus.on(events.on_train_epoch_start)
+    def check_rate(p: Any) -> None:
+        assert trainer.lr == schedule[p.epoch]
+
+    trainer.fit(x, y, epochs=4, batch_size=8)
+    updates = rec.payloads("on_params_update")
+    assert [(u.epoch, u.batch, u.hyperparams) for u in updates] == [
+        (1, 2, {"lr": 0.005}), (2, 2, {"lr": 0.001})
+    ]  # fmt: skip
+    assert [u.step for u in updates] == [5, 8]
+
+
+def test_lr_set_by_a_subscriber_is_announced_after_the_next_step() -> None:
+    x, y = blobs(16)
+    bus = EventBus()
+    rec = Recorder(bus)
+    trainer = NumpyTrainer(bus=bus, lr=0.01)
+    bus.subscribe(events.on_epoch_end, lambda p: setattr(trainer, "lr", trainer.lr / 2))
+    trainer.fit(x, y, epochs=3, batch_size=8)
+    updates = rec.payloads("on_params_update")
+    assert [(u.epoch, u.batch, u.hyperparams["lr"]) for u in updates] == [
+        (1, 0, 0.005), (2, 0, 0.0025)
+    ]  # fmt: skip
+
+
+def test_bad_schedule_value_is_a_clear_error() -> None:
+    x, y = blobs(16)
+    bus = EventBus()
+    rec = Recorder(bus)
+    trainer = NumpyTrainer(bus=bus, lr_schedule=lambda e: 0.01 if e < 1 else float("nan"))
+    with pytest.raises(ValueError, match=r"lr_schedule\(1\) must be a positive finite number"):
+        trainer.fit(x, y, epochs=2, batch_size=8)
+    assert rec.payloads("teardown")[0].epoch == 0
+    with pytest.raises(ValueError, match=r"lr_schedule\(0\)"):
+        NumpyTrainer(lr_schedule=lambda e: "fast").fit(x, y)
+
+
+# -- prediction ---------------------------------------------------------------------------------
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(0, 30), batch_size=st.integers(1, 11))
+def test_predict_outputs(n: int, batch_size: int) -> None:
+    bus = EventBus()
+    trainer = NumpyTrainer(bus=bus, hidden=(3,))
+    trainer.build(4, 5)
+    rec = Recorder(bus)
+    x, _ = blobs(n)
+    probs = trainer.predict(x, batch_size=batch_size)
+    assert probs.shape == (n, 5)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    classes = [p.outputs for p in rec.payloads("on_predict_postprocess_end")]
+    outputs = [p.outputs for p in rec.payloads("on_predict_batch_end")]
+    assert [len(o) for o in outputs] == [
+        len(x[i : i + batch_size]) for i in range(0, n, batch_size)
+    ]
+    for cls, out in zip(classes, outputs, strict=True):
+        np.testing.assert_array_equal(cls, out.argmax(axis=1))
+    if n:
+        np.testing.assert_array_equal(np.concatenate(outputs), probs)
+    assert_canonical_order(rec.names, emitted=ALL)
+
+
+# -- weights and artifacts ----------------------------------------------------------------------
+
+
+def test_get_set_weights_round_trip() -> None:
+    x, y = blobs(40)
+    a = NumpyTrainer(hidden=(7, 5), seed=1)
+    a.fit(x, y, epochs=2)
+    weights = a.get_weights()
+    assert [w.shape for w in weights] == [(4, 7), (7,), (7, 5), (5,), (5, 3), (3,)]
+    weights[0][:] = 0  # a copy: the trainer is unaffected
+    assert not np.all(a.get_weights()[0] == 0)
+    b = NumpyTrainer(hidden=(7, 5), seed=2)
+    assert b.get_weights() == []
+    b.set_weights(a.get_weights())  # builds the unbuilt trainer from the shapes
+    np.testing.assert_array_equal(b.predict(x), a.predict(x))
+    for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
+        np.testing.assert_array_equal(wa, wb)
+
+
+def test_set_weights_rejects_wrong_shapes() -> None:
+    trainer = NumpyTrainer(hidden=(4,))
+    trainer.build(3, 2)
+    weights = trainer.get_weights()
+    with pytest.raises(ValueError, match=r"array 2 has shape \(4, 3\), expected \(4, 2\)"):
+        trainer.set_weights([*weights[:2], np.zeros((4, 3)), weights[3]])
+    with pytest.raises(ValueError, match="expected 4 arrays"):
+        trainer.set_weights(weights[:2])
+
+
+@pytest.mark.parametrize("suffix", ["json", "npz"])
+def test_export_and_load_round_trip(tmp_path: Path, suffix: str) -> None:
+    x, y = blobs(40)
+    bus = EventBus()
+    rec = Recorder(bus)
+    trainer = NumpyTrainer(bus=bus, hidden=(6,))
+    trainer.fit(x, y, epochs=2)
+    path = tmp_path / f"model.{suffix}"
+    assert trainer.export(path) == path
+    start, end = rec.payloads("on_export_start")[0], rec.payloads("on_export_end")[0]
+    assert start.format == suffix and start.path is None
+    assert end.format == suffix and end.path == str(path)
+    loaded = load(path)
+    assert loaded.config == trainer.config
+    np.testing.assert_array_equal(loaded.predict(x), trainer.predict(x))
+    if suffix == "json":
+        assert json.loads(path.read_text())["config"]["hidden"] == [6]
+
+
+def test_save_emits_model_save_and_loads_back(tmp_path: Path) -> None:
+    x, y = blobs(40)
+    bus = EventBus()
+    rec = Recorder(bus)
+    trainer = NumpyTrainer(bus=bus, hidden=(6,), lr=0.02)
+    trainer.fit(x, y, epochs=2, batch_size=10)
+    path = tmp_path / "checkpoint.weights"  # no .npz appended
+    assert trainer.save(path) == path and path.is_file()
+    saved = rec.payloads("on_model_save")[0]
+    assert saved.path == str(path) and saved.epoch == 1
+    assert saved.logs == rec.payloads("on_fit_epoch_end")[-1].logs
+    loaded = load(path, bus=bus)
+    assert loaded.bus is bus and loaded.iterations == 8 and loaded.lr == 0.02
+    np.testing.assert_array_equal(loaded.predict(x), trainer.predict(x))
+    loaded.fit(x, y, epochs=3, batch_size=10, initial_epoch=2)  # resumes training
+    assert loaded.iterations == 12
+
+
+def test_fit_checkpoint_is_written_each_epoch_before_epoch_end(tmp_path: Path) -> None:
+    x, y = blobs(20)
+    bus = EventBus()
+    path = tmp_path / "last.npz"
+    seen: list[Any] = []
+    bus.subscribe(events.on_epoch_end, lambda p: seen.append(load(path).get_weights()))
+    trainer = NumpyTrainer(bus=bus)
+    trainer.fit(x, y, epochs=2, checkpoint=path)
+    for saved, current in zip(seen[-1], trainer.get_weights(), strict=True):
+        np.testing.assert_array_equal(saved, current)
+
+
+def test_loading_foreign_files_is_a_clear_error(tmp_path: Path) -> None:
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"hello": 1}))
+    with pytest.raises(ValueError, match="not an eventhooks"):
+        load(other)
+    npz = tmp_path / "plain.npz"
+    np.savez(npz, a=np.zeros(3))
+    with pytest.raises(ValueError, match="not an eventhooks"):
+        load(npz)
+    newer = tmp_path / "newer.json"
+    newer.write_text(json.dumps({"format": "eventhooks-numpy-mlp", "version": 99}))
+    with pytest.raises(ValueError, match="version 99"):
+        load(newer)
+    with pytest.raises(FileNotFoundError, match="missing"):
+        load(tmp_path / "missing.npz")
+    with pytest.raises(ValueError, match="'npz' or 'json'"):
+        trainer = NumpyTrainer()
+        trainer.build(2, 2)
+        trainer.export(tmp_path / "model.onnx")
+
+
+# -- inputs, defaults, hot path -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "x, y, kwargs, message",
+    [
+        (np.zeros(5), np.zeros(5), {}, "x must be 2-D"),
+        (np.zeros((5, 2)), np.zeros(4), {}, "x has 5 samples but y has 4"),
+        (np.zeros((5, 2)), np.full(5, 0.5), {}, "y must be integer class labels"),
+        (np.zeros((5, 2)), np.eye(5), {}, "one-hot"),
+        (np.zeros((5, 2)), -np.ones(5, dtype=int), {}, "negative label"),
+        (np.zeros((5, 2)), np.zeros(5, dtype=int), {"batch_size": 0}, "batch_size"),
+        (np.zeros((5, 2)), np.zeros(5, dtype=int), {"epochs": -1}, "epochs"),
+        (np.zeros((0, 2)), np.zeros(0, dtype=int), {}, "x is empty"),
+        (np.zeros((5, 2)), np.zeros(5, dtype=int), {"validation_data": (1,)}, "pair"),
+        (np.zeros((5, 2)), np.zeros(5, dtype=int),
+         {"validation_data": (np.zeros((2, 3)), np.zeros(2, dtype=int))}, "x_val has 3"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_a_clear_error_before_any_event(
+    x: Any, y: Any, kwargs: dict[str, Any], message: str
+) -> None:
+    bus = EventBus()
+    rec = Recorder(bus)
+    with pytest.raises(ValueError, match=message):
+        NumpyTrainer(bus=bus).fit(x, y, **kwargs)
+    assert rec.names == []
+
+
+def test_labels_beyond_n_classes_fail_inside_the_run_with_teardown() -> None:
+    bus = EventBus()
+    rec = Recorder(bus)
+    with pytest.raises(ValueError, match="label 3 is out of range for n_classes=2"):
+        NumpyTrainer(bus=bus, n_classes=2).fit(np.zeros((4, 2)), np.arange(4))
+    assert rec.names == ["on_pretrain_routine_start", "teardown"]
+
+
+def test_predict_before_building_is_a_clear_error() -> None:
+    with pytest.raises(RuntimeError, match="no weights yet"):
+        NumpyTrainer().predict(np.zeros((2, 2)))
+
+
+def test_works_without_a_bus() -> None:
+    x, y = blobs(20)
+    trainer = NumpyTrainer()
+    assert isinstance(trainer.bus, EventBus)
+    history = trainer.fit(x, y, epochs=2)
+    assert len(history["loss"]) == 2
+
+
+class CountingBus(EventBus):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emitted: list[str] = []
+
+    def emit(self, event: Any, /, **fields: Any) -> Any:
+        self.emitted.append(event if isinstance(event, str) else event.name)
+        return super().emit(event, **fields)
+
+
+def test_per_batch_events_are_skipped_when_nobody_listens() -> None:
+    x, y = blobs(40)
+    bus = CountingBus()
+    NumpyTrainer(bus=bus).fit(x, y, epochs=2, batch_size=4, validation_data=(x, y))
+    per_batch = {"on_train_batch_start", "on_before_zero_grad", "optimizer_step",
+                 "on_train_batch_end", "on_val_batch_start", "on_val_batch_end"}  # fmt: skip
+    assert not per_batch & set(bus.emitted)
+    assert "on_pretrain_routine_start" in bus.emitted  # run edges always reach the bus
+    bus.emitted.clear()
+    bus.subscribe(events.optimizer_step, lambda _: None)
+    NumpyTrainer(bus=bus).fit(x, y, epochs=1, batch_size=4)
+    assert bus.emitted.count("optimizer_step") == 10
+    assert "on_train_batch_end" not in bus.emitted
+
+
+def test_class_subscriber_under_keras_names() -> None:
+    x, y = blobs(20)
+    bus = EventBus()
+
+    class Epochs(Callback):
+        def __init__(self) -> None:
+            self.seen: list[tuple[int, float]] = []
+
+        def on_epoch_end(self, payload: Any) -> None:
+            self.seen.append((payload.epoch, payload.logs["val_accuracy"]))
+
+    cb = Epochs()
+    bus.attach(cb)
+    history = NumpyTrainer(bus=bus).fit(x, y, epochs=3, validation_data=(x, y))
+    assert cb.seen == list(enumerate(history["val_accuracy"]))
