@@ -20,9 +20,9 @@ class ProgressBar(Callback):
 
     Totals come from ``payload.params`` (``epochs``, ``steps``) where the framework gives
     them. ``disable=None`` (default) shows the bars only when ``file`` (stderr) is a
-    terminal, so logs of batch jobs stay clean. tqdm is imported only when a bar is shown:
-    eventhooks' core does not need it (``pip install 'eventhooks[cli]'``). Only rank 0 draws
-    unless ``all_ranks=True``.
+    terminal, so logs of batch jobs stay clean; ``mininterval`` (seconds) limits redraws.
+    tqdm is imported only when a bar is shown: eventhooks' core does not need it
+    (``pip install 'eventhooks[cli]'``). Only rank 0 draws unless ``all_ranks=True``.
     """
 
     def __init__(
@@ -31,11 +31,13 @@ class ProgressBar(Callback):
         file: IO[str] | None = None,
         disable: bool | None = None,
         leave: bool = True,
+        mininterval: float = 0.1,
         all_ranks: bool = False,
     ) -> None:
         self.file = file
         self.disable = disable
         self.leave = leave
+        self.mininterval = mininterval
         self.all_ranks = all_ranks
         self._epochs: Any = None
         self._batches: Any = None
@@ -56,7 +58,7 @@ class ProgressBar(Callback):
             from tqdm.auto import tqdm
         except ImportError:
             raise ImportError("ProgressBar needs tqdm: pip install 'eventhooks[cli]'") from None
-        return tqdm(file=self.file, dynamic_ncols=True, **kwargs)
+        return tqdm(file=self.file, dynamic_ncols=True, mininterval=self.mininterval, **kwargs)
 
     def on_train_start(self, payload: RunPayload) -> None:
         self._close()
