@@ -444,8 +444,10 @@ class _Run:
         seen = correct = 0
         total = 0.0
         for b in range(steps):
-            rows = slice(b * batch_size, (b + 1) * batch_size)
-            xb, yb = (x[rows], y[rows]) if order is None else (x[order[rows]], y[order[rows]])
+            rows: Any = slice(b * batch_size, (b + 1) * batch_size)
+            if order is not None:
+                rows = order[rows]
+            xb, yb = x[rows], y[rows]
             if listening(events.on_train_batch_start):
                 bus.emit(events.on_train_batch_start, source=t, params=params, batch=b, epoch=epoch)
             if listening(events.on_before_zero_grad):
