@@ -125,7 +125,10 @@ _COMMANDS = {"demo": _demo, "events": _events, "schema": _schema, "replay": _rep
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (the console script exits with it)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version, usage errors: already printed
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     try:
         return _COMMANDS[args.command](args)
     except KeyboardInterrupt:

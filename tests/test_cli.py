@@ -1,0 +1,234 @@
+"""The ``eventhooks`` command, in-process through ``main`` and once as the console script."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from eventhooks.adapters.numpy import load
+
+from eventhooks import EventBus, events, registry
+from eventhooks.callbacks import History
+from eventhooks.cli import main
+from eventhooks.replay import replay
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SCRIPT = Path(sys.executable).parent / "eventhooks"
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk, after checking the signature."""
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    assert data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def run(capsys: Any, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(err: str, command: str = "eventhooks") -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"{command}") and "error:" in lines[0]
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: Any) -> Iterator[tuple[Path, str]]:
+    folder = tmp_path_factory.mktemp("demo") / "run"
+    code = main(["demo", "--out", str(folder), "--epochs", "25", "--seed", "3"])
+    assert code == 0
+    yield folder, ""
+
+
+# -- events and schema -----------------------------------------------------------------------
+
+
+def test_events_table_lists_35_names_25_moments_and_their_fields(capsys: Any) -> None:
+    code, out, _ = run(capsys, "events")
+    assert code == 0
+    table, footer = out.split("\n\n", 1)
+    # After header and rule; custom events other tests registered would follow the 25.
+    rows = [line.split() for line in table.splitlines()[2:27]]
+    assert [row[0] for row in rows] == [str(i) for i in range(1, 26)]
+    assert [row[1] for row in rows] == [e.name for e in events.BUILTIN]
+    for row, event in zip(rows, events.BUILTIN, strict=True):
+        assert row[2] == (event.keras or "-")
+        assert row[3] == event.payload.__name__
+        line = " ".join(row)
+        for field in event.payload.model_json_schema()["properties"]:
+            if field not in ("rank", "world_size"):
+                assert f"{field}" in line, (event.name, field)
+    shown = {row[1] for row in rows} | {row[2] for row in rows if row[2] != "-"}
+    assert shown == {n for e in events.BUILTIN for n in e.names} and len(shown) == 35
+    assert footer.startswith("35 names for 25 lifecycle moments")
+
+
+def test_schema_of_all_and_of_one_event(capsys: Any) -> None:
+    code, out, _ = run(capsys, "schema")
+    assert code == 0 and json.loads(out) == registry.schema()
+    code, out, _ = run(capsys, "schema", "on_epoch_end")
+    schema = json.loads(out)
+    assert code == 0 and schema["title"] == "on_fit_epoch_end" and schema["required"] == ["epoch"]
+
+
+def test_unknown_event_is_a_one_line_error(capsys: Any) -> None:
+    code, out, err = run(capsys, "schema", "on_epoch_ends")
+    assert code == 1 and out == ""
+    assert "unknown event 'on_epoch_ends'" in one_line_error(err, "eventhooks schema")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["bogus"], ["demo", "--epochs", "0"], ["demo", "--epochs", "x"], ["plot", "log.jsonl"],
+     ["replay"], ["schema", "a", "b"]],
+)  # fmt: skip
+def test_bad_arguments_are_one_line_usage_errors(capsys: Any, argv: list[str]) -> None:
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    one_line_error(err)
+
+
+def test_help_and_version_exit_zero(capsys: Any) -> None:
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and "demo" in out and "replay" in out
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.startswith("eventhooks ")
+
+
+# -- demo ------------------------------------------------------------------------------------
+
+
+def test_demo_writes_csv_event_log_checkpoint_and_png(demo_run: tuple[Path, str]) -> None:
+    folder, _ = demo_run
+    csv_lines = (folder / "history.csv").read_text().splitlines()
+    assert csv_lines[0] == "epoch,accuracy,loss,val_accuracy,val_loss"
+    epochs = len(csv_lines) - 1
+    assert 1 <= epochs <= 25
+    width, height = png_size(folder / "curves.png")
+    assert width > 100 and height > 100
+    # The event log holds the whole run: replaying it gives the CSV's numbers.
+    history = History()
+    bus = EventBus()
+    bus.attach(history)
+    replay(folder / "events.jsonl", bus)
+    assert history.epoch == list(range(epochs))
+    for line, epoch in zip(csv_lines[1:], history.epoch, strict=True):
+        cells = line.split(",")
+        assert int(cells[0]) == epoch
+        assert [float(c) for c in cells[1:]] == [
+            history.history[k][epoch] for k in ("accuracy", "loss", "val_accuracy", "val_loss")
+        ]
+    # The checkpoint is the best epoch's model: its val loss is the run's minimum.
+    best = load(folder / "best.npz")
+    assert best.get_weights() and all(np.isfinite(w).all() for w in best.get_weights())
+
+
+def test_demo_reports_where_everything_is(
+    capsys: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run(capsys, "demo", "--epochs", "2", "--no-plot")
+    assert code == 0
+    (folder,) = (tmp_path / "runs").iterdir()  # runs/<timestamp>/
+    assert f"run folder: {Path('runs') / folder.name}" in out
+    for name in ("history.csv", "events.jsonl", "best.npz"):
+        assert (folder / name).is_file() and name in out
+    assert not (folder / "curves.png").exists()
+    assert "trained 2 epochs" in out
+
+
+# -- replay and plot -------------------------------------------------------------------------
+
+
+def test_replay_reproduces_the_runs_csv_and_plots(
+    capsys: Any, demo_run: tuple[Path, str], tmp_path: Path
+) -> None:
+    folder, _ = demo_run
+    csv_out, png = tmp_path / "replayed.csv", tmp_path / "replayed.png"
+    code, out, err = run(
+        capsys, "replay", str(folder / "events.jsonl"), "--csv", str(csv_out), "--plot", str(png)
+    )
+    assert code == 0, err
+    assert csv_out.read_bytes() == (folder / "history.csv").read_bytes()
+    png_size(png)
+    epochs = len((folder / "history.csv").read_text().splitlines()) - 1
+    assert f"{epochs} epochs from" in out and str(csv_out) in out and str(png) in out
+
+
+def test_plot_writes_a_png(capsys: Any, demo_run: tuple[Path, str], tmp_path: Path) -> None:
+    folder, _ = demo_run
+    png = tmp_path / "sub" / "curves.png"
+    code, out, _ = run(capsys, "plot", str(folder / "events.jsonl"), "-o", str(png))
+    assert code == 0 and str(png) in out
+    width, height = png_size(png)
+    assert width > 100 and height > 100
+
+
+def test_replay_of_a_missing_or_malformed_log_is_one_line(capsys: Any, tmp_path: Path) -> None:
+    code, _, err = run(capsys, "replay", str(tmp_path / "nope.jsonl"))
+    assert code == 1 and "nope.jsonl" in one_line_error(err, "eventhooks replay")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"v": 1, "event": "on_train_start", "payload": {}}\n{"v": 9}\n')
+    code, _, err = run(capsys, "plot", str(bad), "-o", str(tmp_path / "x.png"))
+    line = one_line_error(err, "eventhooks plot")
+    assert code == 1 and "line 2: unknown schema version 9" in line
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_plot_of_a_log_without_epochs_is_one_line(capsys: Any, tmp_path: Path) -> None:
+    log = tmp_path / "empty.jsonl"
+    log.write_text('{"v": 1, "event": "on_train_start", "payload": {}}\n')
+    code, _, err = run(capsys, "plot", str(log), "-o", str(tmp_path / "x.png"))
+    assert code == 1 and "no epoch logs" in one_line_error(err, "eventhooks plot")
+
+
+def test_plot_without_matplotlib_says_which_extra_to_install(
+    demo_run: tuple[Path, str], tmp_path: Path
+) -> None:
+    folder, _ = demo_run
+    code = (
+        "import sys; sys.modules['matplotlib'] = None\n"  # as if it were not installed
+        "from eventhooks.cli import main\n"
+        f"sys.exit(main(['plot', {str(folder / 'events.jsonl')!r}, '-o', "
+        f"{str(tmp_path / 'x.png')!r}]))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 1
+    line = one_line_error(done.stderr, "eventhooks plot")
+    assert "pip install 'eventhooks[plot]'" in line
+
+
+# -- the console script ----------------------------------------------------------------------
+
+
+def test_console_script_runs_the_demo_and_fails_cleanly(tmp_path: Path) -> None:
+    assert SCRIPT.is_file(), "the console script is installed with the project"
+    done = subprocess.run(
+        [str(SCRIPT), "demo", "--out", str(tmp_path / "run"), "--epochs", "3"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    for name in ("history.csv", "events.jsonl", "best.npz", "curves.png"):
+        assert str(tmp_path / "run" / name) in done.stdout
+    png_size(tmp_path / "run" / "curves.png")
+    done = subprocess.run(
+        [sys.executable, "-m", "eventhooks.cli", "replay", str(tmp_path / "none.jsonl")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 1
+    one_line_error(done.stderr, "eventhooks replay")
