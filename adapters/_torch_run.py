@@ -409,6 +409,24 @@ class Run:
         )
         return target
 
+    # -- the trainer API built-in subscribers use (EarlyStopping, ModelCheckpoint) ----------------
+
+    def save(self, path: str | os.PathLike[str]) -> Path | None:
+        """Same as :meth:`checkpoint`: what ``ModelCheckpoint`` calls on ``payload.source``."""
+        return self.checkpoint(path)
+
+    def get_weights(self) -> dict[str, torch.Tensor]:
+        """A snapshot of the model's state_dict that later training cannot change."""
+        if self.model is None:
+            raise ValueError("run.get_weights() needs the run's model=")
+        return {k: v.detach().clone() for k, v in state_of(self.model).items()}
+
+    def set_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Load a state_dict (from :meth:`get_weights`) into the model."""
+        if self.model is None:
+            raise ValueError("run.set_weights() needs the run's model=")
+        getattr(self.model, "module", self.model).load_state_dict(weights)
+
     # -- optimizer moments (called by the hooks of _torch_optim) ----------------------------------
 
     def _after_step(self, index: int) -> None:

@@ -1,0 +1,500 @@
+"""Instrumenting a hand-written PyTorch loop: few lines, every moment, in order, unchanged maths."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import inspect
+import pickle
+from typing import Any
+
+import pytest
+import torch
+from eventhooks.adapters.torch import Run, instrument
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from eventhooks import Callback, EventBus, SubscriberError, events
+from eventhooks.testing import Recorder, assert_canonical_order
+
+FAST = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+#: What an instrumented loop emits: everything but the pretrain routine and the checkpoint.
+INSTRUMENTED = {e.name for e in events.BUILTIN[:18]} - {
+    "on_pretrain_routine_start", "on_pretrain_routine_end", "on_model_save",
+}  # fmt: skip
+
+
+def data(n_batches: int, size: int = 8, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n_batches * size, 4, generator=g)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    return [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
+
+
+def mlp(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+
+
+# -- the two loops a user writes: plain, and instrumented ------------------------------------
+# fmt: off
+def plain_loop(model, opt, loss_fn, train, val, sched, epochs):  # type: ignore[no-untyped-def]
+    for epoch in range(epochs):
+        model.train()
+        total = 0.0
+        for x, y in train:
+            opt.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+            total += loss.item()
+        model.eval()
+        val_loss = 0.0
+        with torch.no_grad():
+            for x, y in val:
+                val_loss += loss_fn(model(x), y).item() / len(val)
+        sched.step()
+        print(f"epoch {epoch}: loss={total / len(train):.4f} val_loss={val_loss:.4f}")
+
+
+def instrumented_loop(model, opt, loss_fn, train, val, sched, epochs, bus):  # type: ignore[no-untyped-def]
+    with instrument(bus, opt) as run:
+        for epoch in run.epochs(epochs):  # noqa: B007 (the print used it)
+            model.train()
+            total = 0.0
+            for x, y in run.batches(train):
+                opt.zero_grad()
+                loss = loss_fn(model(x), y)
+                loss.backward()
+                opt.step()
+                total += loss.item()
+            model.eval()
+            val_loss = 0.0
+            with torch.no_grad():
+                for x, y in run.validation(val):
+                    val_loss += loss_fn(model(x), y).item() / len(val)
+            sched.step()
+            run.log(loss=total / len(train), val_loss=val_loss)
+# fmt: on
+
+
+def _body(fn: Any) -> list[str]:
+    lines = inspect.getsource(fn).splitlines()[1:]  # the def line differs by the bus argument
+    return [line.strip() for line in lines if line.strip()]
+
+
+def test_a_plain_loop_needs_at_most_five_changed_lines() -> None:
+    plain, instrumented = _body(plain_loop), _body(instrumented_loop)
+    changed = 0
+    for op, _, _, j1, j2 in difflib.SequenceMatcher(None, plain, instrumented).get_opcodes():
+        if op in ("insert", "replace"):
+            changed += j2 - j1
+    assert 0 < changed <= 5
+
+
+def _run_both(epochs: int = 3) -> tuple[torch.nn.Module, torch.nn.Module, Recorder, list[Any]]:
+    train, val = data(4), data(2, seed=1)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    plain_model, model = mlp(), mlp()
+    results = []
+    for m, bus in ((plain_model, None), (model, EventBus())):
+        opt = torch.optim.SGD(m.parameters(), lr=0.2, momentum=0.5)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+        if bus is None:
+            plain_loop(m, opt, loss_fn, train, val, sched, epochs)
+        else:
+            rec = Recorder(bus)
+            instrumented_loop(m, opt, loss_fn, train, val, sched, epochs, bus)
+        results.append(opt)
+    return plain_model, model, rec, results
+
+
+def test_instrumented_loop_emits_every_moment_in_canonical_order(capsys: Any) -> None:
+    plain_model, model, rec, _ = _run_both(epochs=3)
+    capsys.readouterr()
+    assert set(rec.names) == INSTRUMENTED
+    assert_canonical_order(rec.names, emitted=INSTRUMENTED)
+    assert rec.names[0] == "on_train_start" and rec.names[-2:] == ["on_train_end", "teardown"]
+    assert rec.names.count("on_train_batch_start") == 3 * 4
+    assert rec.names.count("on_val_batch_end") == 3 * 2
+    assert rec.names.count("optimizer_step") == rec.names.count("on_before_zero_grad") == 12
+    # The maths is untouched: same weights as the plain loop.
+    for a, b in zip(plain_model.parameters(), model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    # The user's metrics reach on_fit_epoch_end, as floats; the last val_loss is the model's.
+    ends = rec.payloads("on_fit_epoch_end")
+    assert [p.epoch for p in ends] == [0, 1, 2]
+    assert all(set(p.logs) == {"loss", "val_loss"} for p in ends)
+    val = data(2, seed=1)
+    with torch.no_grad():
+        expected = sum(float(torch.nn.CrossEntropyLoss()(model(x), y)) / 2 for x, y in val)
+    assert ends[-1].logs["val_loss"] == pytest.approx(expected, rel=1e-6)
+    assert rec.payloads("on_train_end")[0].logs == ends[-1].logs
+    assert rec.payloads("teardown")[0].error is None
+
+
+def test_params_update_reports_the_scheduled_learning_rates() -> None:
+    _, _, rec, (_, opt) = _run_both(epochs=3)
+    updates = rec.payloads("on_params_update")
+    # StepLR halves the rate after each epoch; seen in the first batch of the next epoch.
+    assert [(p.epoch, p.batch) for p in updates] == [(1, 0), (2, 0)]
+    assert [p.hyperparams["lr"] for p in updates] == pytest.approx([0.1, 0.05])
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.025)  # the third change, after the end
+
+
+def test_step_payloads_count_steps_and_locate_them() -> None:
+    _, _, rec, _ = _run_both(epochs=2)
+    steps = rec.payloads("optimizer_step")
+    assert [p.step for p in steps] == list(range(8))
+    assert [(p.epoch, p.batch) for p in steps] == [(e, b) for e in range(2) for b in range(4)]
+    zero = rec.payloads("on_before_zero_grad")
+    assert [p.step for p in zero] == list(range(8))  # announces the step about to be made
+    assert all(isinstance(p.source, Run) for _, p in rec.records)
+
+
+# -- batch logs: running means, floats, no .item() per batch unless someone listens ------------
+
+
+def _logged_loop(bus: EventBus, epochs: int, batches: int) -> list[list[float]]:
+    """A loop that logs tensors; returns the per-batch losses it computed (for checking)."""
+    model, train = mlp(), data(batches)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    seen: list[list[float]] = []
+    with instrument(bus, opt) as run:
+        for _ in run.epochs(epochs):
+            losses = []
+            for x, y in run.batches(train):
+                opt.zero_grad()
+                loss = loss_fn(model(x), y)
+                loss.backward()
+                opt.step()
+                run.log(loss=loss)
+                losses.append(loss.detach().clone())
+            seen.append(losses)
+    return [[t.item() for t in losses] for losses in seen]
+
+
+def test_batch_logs_are_running_means_and_epoch_logs_the_mean() -> None:
+    bus = EventBus()
+    rec = Recorder(bus)
+    losses = _logged_loop(bus, epochs=2, batches=5)
+    batch_ends = rec.payloads("on_train_batch_end")
+    for i, payload in enumerate(batch_ends):
+        epoch_losses = losses[i // 5][: i % 5 + 1]
+        assert type(payload.logs["loss"]) is float
+        assert payload.logs["loss"] == pytest.approx(sum(epoch_losses) / len(epoch_losses))
+    for payload, epoch_losses in zip(rec.payloads("on_train_epoch_end"), losses, strict=True):
+        assert payload.logs["loss"] == pytest.approx(sum(epoch_losses) / 5)
+
+
+def _count_conversions(monkeypatch: Any) -> list[int]:
+    calls = [0]
+    item, to_float = torch.Tensor.item, torch.Tensor.__float__
+
+    def counted_item(self: torch.Tensor) -> Any:
+        calls[0] += 1
+        return item(self)
+
+    def counted_float(self: torch.Tensor) -> float:
+        calls[0] += 1
+        return to_float(self)
+
+    monkeypatch.setattr(torch.Tensor, "item", counted_item)
+    monkeypatch.setattr(torch.Tensor, "__float__", counted_float)
+    return calls
+
+
+@pytest.mark.parametrize("listen_to_batches", [False, True])
+def test_no_tensor_conversion_per_batch_unless_someone_listens(
+    monkeypatch: Any, listen_to_batches: bool
+) -> None:
+    bus = EventBus()
+    epochs_seen: list[float] = []
+    bus.subscribe(events.on_fit_epoch_end, lambda p: epochs_seen.append(p.logs["loss"]))
+    if listen_to_batches:
+        bus.subscribe(events.on_train_batch_end, lambda p: None)
+    model, train = mlp(), data(6)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    calls = _count_conversions(monkeypatch)
+    with instrument(bus, opt) as run:
+        for _ in run.epochs(3):
+            for x, y in run.batches(train):
+                opt.zero_grad()
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+                loss.backward()
+                opt.step()
+                run.log(loss=loss)
+    assert len(epochs_seen) == 3
+    # One conversion per epoch for the epoch mean; one per batch only for batch listeners.
+    assert calls[0] == (3 * 6 if listen_to_batches else 3)
+
+
+# -- on_params_update: schedulers per batch, hand-made changes, several param groups -----------
+
+
+def test_params_update_per_batch_scheduler_and_hand_made_change() -> None:
+    bus = EventBus()
+    rec = Recorder(bus)
+    model, train = mlp(), data(3)
+    opt = torch.optim.SGD(
+        [{"params": model[0].parameters()}, {"params": model[2].parameters(), "lr": 0.5}],
+        lr=0.1,
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (step + 1))
+    with instrument(bus, opt) as run:
+        for epoch in run.epochs(2):
+            for batch, (x, y) in enumerate(run.batches(train)):
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+                sched.step()
+                if (epoch, batch) == (1, 1):
+                    opt.param_groups[1]["momentum"] = 0.9  # by hand: not a scheduler
+    updates = rec.payloads("on_params_update")
+    assert len(updates) == 6  # every batch changed the rate
+    for k, p in enumerate(updates):
+        assert p.hyperparams["lr/pg0"] == pytest.approx(0.1 / (k + 2))
+        assert p.hyperparams["lr/pg1"] == pytest.approx(0.5 / (k + 2))
+    assert updates[4].hyperparams["momentum/pg1"] == 0.9
+    assert "momentum/pg1" not in updates[3].hyperparams
+    assert_canonical_order(rec.names)
+
+
+# -- failures --------------------------------------------------------------------------------
+
+
+class Boom(Exception):
+    pass
+
+
+def test_an_exception_in_the_loop_reaches_the_user_unchanged_after_teardown() -> None:
+    bus = EventBus()
+    rec = Recorder(bus)
+    model, train = mlp(), data(3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    error = Boom("bad batch")
+    with pytest.raises(Boom) as caught, instrument(bus, opt) as run:
+        for _ in run.epochs(2):
+            for i, (x, y) in enumerate(run.batches(train)):
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+                if i == 1:
+                    raise error
+    assert caught.value is error
+    assert rec.names[-1] == "teardown" and "on_train_end" not in rec.names
+    teardown = rec.payloads("teardown")[0]
+    assert teardown.error == "Boom: bad batch" and teardown.exception is error
+    assert_canonical_order(rec.names)
+    _assert_hooks_removed(opt, model, train)
+
+
+def test_a_failing_teardown_subscriber_does_not_mask_the_users_exception() -> None:
+    bus = EventBus()
+    bus.subscribe(events.teardown, lambda p: 1 / 0)
+    opt = torch.optim.SGD(mlp().parameters(), lr=0.1)
+    error = Boom("original")
+    with pytest.raises(Boom) as caught, instrument(bus, opt) as run:
+        for _ in run.epochs(1):
+            raise error
+    assert caught.value is error
+
+
+def test_a_failing_subscriber_aborts_the_run_with_teardown() -> None:
+    bus = EventBus()
+    rec = Recorder(bus)
+    bus.subscribe(events.on_train_batch_end, lambda p: 1 / 0 if p.batch == 2 else None)
+    model, train = mlp(), data(4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(SubscriberError), instrument(bus, opt) as run:
+        for _ in run.epochs(2):
+            for x, y in run.batches(train):
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+    assert "ZeroDivisionError" in rec.payloads("teardown")[0].error
+    assert_canonical_order(rec.names)
+
+
+def _assert_hooks_removed(opt: torch.optim.Optimizer, model: Any, train: Any) -> None:
+    """After the run, the optimizer is as it was: stepping it emits nothing."""
+    assert "zero_grad" not in vars(opt)
+    bus = EventBus()
+    rec = Recorder(bus)
+    x, y = train[0]
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    assert rec.names == []
+
+
+def test_hooks_are_removed_after_a_normal_run() -> None:
+    bus = EventBus()
+    rec = Recorder(bus)
+    model, train = mlp(), data(2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with instrument(bus, opt) as run:
+        for _ in run.epochs(1):
+            for x, y in run.batches(train):
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+    n = len(rec.names)
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(model(train[0][0]), train[0][1]).backward()
+    opt.step()
+    assert len(rec.names) == n  # the same bus hears nothing more
+    _assert_hooks_removed(opt, model, train)
+
+
+# -- stop requests ------------------------------------------------------------------------------
+
+
+@FAST
+@given(
+    epochs=st.integers(1, 3),
+    batches=st.integers(1, 4),
+    stop_epoch=st.integers(0, 3),
+    stop_batch=st.integers(0, 4),
+    at_epoch_end=st.booleans(),
+)
+def test_request_stop_ends_the_loop_after_the_current_batch_or_epoch(
+    epochs: int, batches: int, stop_epoch: int, stop_batch: int, at_epoch_end: bool
+) -> None:
+    bus = EventBus()
+    rec = Recorder(bus)
+    if at_epoch_end:
+        bus.subscribe(
+            events.on_fit_epoch_end,
+            lambda p: bus.request_stop("enough") if p.epoch == stop_epoch else None,
+        )
+    else:
+        bus.subscribe(
+            events.on_train_batch_end,
+            lambda p: bus.request_stop("enough") if (p.epoch, p.batch) == (stop_epoch, stop_batch)
+            else None,
+        )  # fmt: skip
+    model, train, val = mlp(), data(batches), data(1, seed=3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ran: list[tuple[int, int]] = []
+    with instrument(bus, opt) as run:
+        for epoch in run.epochs(epochs):
+            for b, (x, y) in enumerate(run.batches(train)):
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+                ran.append((epoch, b))
+            for _ in run.validation(val):
+                pass
+    fired = stop_epoch < epochs and (at_epoch_end or stop_batch < batches)
+    if not fired:
+        expected = [(e, b) for e in range(epochs) for b in range(batches)]
+    elif at_epoch_end:
+        expected = [(e, b) for e in range(stop_epoch + 1) for b in range(batches)]
+    else:
+        expected = [(e, b) for e in range(stop_epoch) for b in range(batches)]
+        expected += [(stop_epoch, b) for b in range(stop_batch + 1)]
+    assert ran == expected
+    assert rec.names[-2:] == ["on_train_end", "teardown"]
+    # The stopped epoch still closes: validation and on_fit_epoch_end, as in Keras.
+    last = expected[-1][0]
+    assert [p.epoch for p in rec.payloads("on_fit_epoch_end")] == list(range(last + 1))
+    assert_canonical_order(rec.names)
+    assert bus.stop_requested is fired
+
+
+def test_breaking_out_of_the_loops_still_closes_batch_and_epoch() -> None:
+    bus = EventBus()
+    rec = Recorder(bus)
+    model, train = mlp(), data(4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with instrument(bus, opt) as run:
+        for _ in run.epochs(5):
+            for b, (x, y) in enumerate(run.batches(train)):
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+                run.log(loss=float(b))
+                if b == 1:
+                    break
+            break
+    assert rec.names.count("on_train_batch_end") == 2
+    assert rec.payloads("on_fit_epoch_end")[0].logs == {"loss": 0.5}
+    assert_canonical_order(rec.names, emitted=INSTRUMENTED - {"on_params_update"})
+
+
+# -- bad input, state, pickling ---------------------------------------------------------------
+
+
+def test_bad_metrics_and_misuse_get_clear_errors() -> None:
+    bus = EventBus()
+    opt = torch.optim.SGD(mlp().parameters(), lr=0.1)
+    run = instrument(bus, opt)
+    with pytest.raises(RuntimeError, match=r"run\.epochs\(\) outside the run"):
+        run.epochs(1)
+    with pytest.raises(RuntimeError, match="inside `with run:`"):
+        run.log(loss=1.0)
+    with pytest.raises(TypeError, match="EventBus"):
+        instrument("bus", opt)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"torch\.optim\.Optimizer"):
+        instrument(bus, [object()])  # type: ignore[list-item]
+    with run:
+        with pytest.raises(RuntimeError, match=r"inside `for epoch in run\.epochs"):
+            run.batches([1])
+        for _ in run.epochs(1):
+            for _ in run.batches([1]):
+                with pytest.raises(ValueError, match=r"'loss' must be a scalar.*\(3,\)"):
+                    run.log(loss=torch.ones(3))
+                with pytest.raises(TypeError, match="'acc' must be a number"):
+                    run.log(acc="high")
+        with pytest.raises(RuntimeError, match="already active"):
+            run.__enter__()
+
+
+def test_an_idle_run_pickles_and_an_active_one_refuses() -> None:
+    bus = EventBus()
+    heard: list[int] = []
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    run = instrument(bus, opt, model=model, sync_logs=True)
+    copy_ = pickle.loads(pickle.dumps(run))
+    assert isinstance(copy_, Run) and copy_.sync_logs and not copy_.active
+    assert copy_.model is not model and len(copy_.optimizers) == 1
+    copy_.bus.subscribe(events.on_train_start, lambda p: heard.append(1))
+    with copy_:
+        assert heard == [1]
+        with pytest.raises(TypeError, match="active Run cannot be pickled"):
+            pickle.dumps(copy_)
+
+
+def test_a_callback_subclass_hears_the_instrumented_loop_under_keras_names() -> None:
+    class Keep(Callback):
+        def __init__(self) -> None:
+            self.epochs: list[int] = []
+            self.batches = 0
+
+        def on_epoch_end(self, payload: Any) -> None:
+            self.epochs.append(payload.epoch)
+
+        def on_train_batch_begin(self, payload: Any) -> None:
+            self.batches += 1
+
+    bus = EventBus()
+    keep = Keep()
+    bus.attach(keep)
+    _logged_loop(bus, epochs=2, batches=3)
+    assert keep.epochs == [0, 1] and keep.batches == 6
+
+
+def test_weights_api_snapshots_and_restores() -> None:
+    model = mlp()
+    run = instrument(EventBus(), model=model)
+    before = run.get_weights()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    assert not torch.equal(before["0.weight"], model[0].weight)
+    run.set_weights(copy.deepcopy(before))
+    assert torch.equal(before["0.weight"], model[0].weight)
