@@ -1,0 +1,583 @@
+"""The Ultralytics adapter on real, offline YOLO runs: order, payloads, control, failure, pickling.
+
+One detection run (2 epochs of ``yolov8n.yaml`` on 8 synthetic images, then val, predict on
+two images and a TorchScript export) is shared by most tests through a module fixture; the
+classification model (``yolov8n-cls.yaml``, about a second per run) serves the runs that
+stop, fail or pickle. Every run happens behind a network guard that fails on any attempt.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import pickle
+import socket
+import subprocess
+import sys
+import textwrap
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from _yolo_data import classification_dataset, detection_dataset, predict_images
+from _yolo_support import EpochFile, NativeTrace, NetworkAttempt, NetworkGuard
+from eventhooks.adapters import _ultralytics_logs as ul
+from eventhooks.adapters.ultralytics import NAMES, Forwarder, Link, attach, detach
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from ultralytics import YOLO
+from ultralytics.engine.exporter import Exporter
+from ultralytics.models.yolo.classify import ClassificationTrainer
+from ultralytics.models.yolo.detect import DetectionPredictor, DetectionValidator
+
+from eventhooks import Callback, EpochPayload, EventBus, RunPayload, SubscriberError, events
+from eventhooks import eventlog as eventlog_format
+from eventhooks.callbacks import CSVLogger, EarlyStopping, EventLog, History
+from eventhooks.testing import CanonicalOrderError, Recorder, assert_canonical_order
+
+#: What Ultralytics calls: all but its three "reserved" names.
+RESERVED = {"optimizer_step", "on_before_zero_grad", "on_params_update"}
+EMITTED = [name for name in NAMES if name not in RESERVED]
+TESTS = Path(__file__).resolve().parent
+
+
+def train_args(project: Path, **extra: Any) -> dict[str, Any]:
+    """The offline recipe of PRODUCT.md §2, with an absolute project folder."""
+    args: dict[str, Any] = dict(
+        imgsz=64, batch=4, pretrained=False, amp=False, plots=False, device="cpu", workers=0,
+        project=str(project), name="run", exist_ok=True, verbose=False,
+    )  # fmt: skip
+    args.update(extra)
+    return args
+
+
+def one_save_per_epoch(names: list[str]) -> list[str]:
+    """Ultralytics calls on_model_save once per epoch; the adapter emits one per file written."""
+    return [n for i, n in enumerate(names) if not (n == "on_model_save" == names[i - 1])]
+
+
+def final_eval_block(native: NativeTrace) -> tuple[int, int]:
+    """[start, stop) of the best-weights validation and its phantom on_fit_epoch_end."""
+    names = native.names
+    start = next(
+        i for i, (name, _, _, training) in enumerate(native.records)
+        if name == "on_val_start" and training is False and "on_train_end" in names[i:]
+    )  # fmt: skip
+    stop = names.index("on_fit_epoch_end", start) + 1
+    return start, stop
+
+
+# -- shared runs ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def network() -> Iterator[NetworkGuard]:
+    guard = NetworkGuard()
+    with guard.active():
+        yield guard
+
+
+class KerasNames(Callback):
+    """Connected under Keras names only."""
+
+    def __init__(self) -> None:
+        self.epoch_end: list[EpochPayload] = []
+        self.test_end: list[RunPayload] = []
+        self.train_begin: list[RunPayload] = []
+
+    def on_train_begin(self, payload: RunPayload) -> None:
+        self.train_begin.append(payload)
+
+    def on_epoch_end(self, payload: EpochPayload) -> None:
+        self.epoch_end.append(payload)
+
+    def on_test_end(self, payload: RunPayload) -> None:
+        self.test_end.append(payload)
+
+
+@dataclass
+class DetRun:
+    root: Path
+    data: Path
+    model: Any
+    bus: EventBus
+    link: Link
+    rec: Recorder
+    native: NativeTrace
+    keras: KerasNames
+    history: History
+    csv_path: Path
+    log_path: Path
+    train_metrics: Any = None
+    val_metrics: Any = None
+    images: list[Path] = field(default_factory=list)
+    predictions: list[Any] = field(default_factory=list)
+    exported: str = ""
+    trainer: Any = None
+
+
+@pytest.fixture(scope="module")
+def det(tmp_path_factory: pytest.TempPathFactory, network: NetworkGuard) -> DetRun:
+    root = tmp_path_factory.mktemp("det")
+    data = detection_dataset(root / "data")
+    model = YOLO("yolov8n.yaml")
+    bus = EventBus()
+    rec = Recorder(bus)
+    link = attach(model, bus)
+    native = NativeTrace()
+    native.attach(model, NAMES)
+    keras = bus.attach(KerasNames()).obj
+    history = History()
+    bus.attach(history)
+    run = DetRun(root, data, model, bus, link, rec, native, keras, history,
+                 root / "epochs.csv", root / "events.jsonl")  # fmt: skip
+    bus.attach(CSVLogger(run.csv_path))
+    bus.attach(EventLog(run.log_path))
+    run.train_metrics = model.train(data=str(data), epochs=2, **train_args(root / "runs"))
+    run.trainer = model.trainer
+    run.val_metrics = model.val(data=str(data), **train_args(root / "runs", name="val"))
+    run.images = predict_images(root / "predict")
+    run.predictions = model.predict(
+        [str(p) for p in run.images], imgsz=64, device="cpu", verbose=False,
+        project=str(root / "runs"), name="predict", exist_ok=True,
+    )  # fmt: skip
+    run.exported = str(model.export(format="torchscript", imgsz=64, device="cpu"))
+    return run
+
+
+@pytest.fixture(scope="module")
+def cls_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return classification_dataset(tmp_path_factory.mktemp("cls") / "data")
+
+
+def train_cls(bus: EventBus, project: Path, data: Path, epochs: int = 2, **kw: Any) -> Any:
+    model = YOLO("yolov8n-cls.yaml")
+    attach(model, bus, **kw)
+    model.train(data=str(data), epochs=epochs, **train_args(project))
+    return model
+
+
+# -- no network -------------------------------------------------------------------------------
+
+
+def test_the_network_guard_catches_an_attempt() -> None:
+    guard = NetworkGuard()
+    with guard.active():
+        with pytest.raises(OSError, match="network access attempted"):
+            urllib.request.urlopen("http://example.com", timeout=1)
+        with pytest.raises(NetworkAttempt):
+            socket.getaddrinfo("example.com", 443)
+    assert len(guard.attempts) == 2 and "example.com" in guard.attempts[0]
+
+
+def test_the_runs_make_no_network_access(det: DetRun, network: NetworkGuard) -> None:
+    assert det.rec.names  # the run happened behind the guard
+    assert network.attempts == []
+
+
+# -- order ------------------------------------------------------------------------------------
+
+
+def test_train_val_predict_export_trace_is_in_canonical_order(det: DetRun) -> None:
+    assert_canonical_order(det.rec.names, emitted=EMITTED)
+    assert det.rec.names.count("on_fit_epoch_end") == 2
+    assert [p.epoch for p in det.rec.payloads("on_fit_epoch_end")] == [0, 1]
+
+
+def test_trace_is_ultralytics_own_order_without_the_final_validation(det: DetRun) -> None:
+    start, stop = final_eval_block(det.native)
+    native = det.native.names
+    assert native[start:stop] == [
+        "on_val_start", *["on_val_batch_start", "on_val_batch_end"] * ((stop - start - 3) // 2),
+        "on_val_end", "on_fit_epoch_end",
+    ]  # fmt: skip
+    # The quirk: the phantom epoch is last + 1.
+    assert det.native.records[stop - 1][2] == det.trainer.epochs
+    assert one_save_per_epoch(det.rec.names) == native[:start] + native[stop:]
+
+
+def test_final_eval_keep_forwards_ultralytics_raw_order(tmp_path: Path, cls_data: Path) -> None:
+    bus = EventBus()
+    rec = Recorder(bus)
+    model = YOLO("yolov8n-cls.yaml")
+    attach(model, bus, final_eval="keep")
+    native = NativeTrace()
+    native.attach(model, NAMES)
+    model.train(data=str(cls_data), epochs=2, **train_args(tmp_path))
+    names = one_save_per_epoch(rec.names)
+    assert names == native.names
+    fit_epochs = [p.epoch for p in rec.payloads("on_fit_epoch_end")]
+    assert fit_epochs == [0, 1, 2]  # the phantom epoch = last + 1
+    with pytest.raises(CanonicalOrderError):
+        assert_canonical_order(rec.names, emitted=EMITTED)
+    start, stop = final_eval_block(native)
+    assert_canonical_order(names[:start] + names[stop:], emitted=EMITTED)
+    # The best-weights validation is a standalone one: no epoch.
+    assert [p.epoch for p in rec.payloads("on_val_start")] == [0, 1, None]
+
+
+def test_keras_names_hear_the_matching_moments(det: DetRun) -> None:
+    assert det.keras.epoch_end == det.rec.payloads("on_fit_epoch_end")
+    assert det.keras.test_end == det.rec.payloads("on_val_end")
+    assert det.keras.train_begin == det.rec.payloads("on_train_start")
+    assert all(
+        a is b
+        for a, b in zip(det.keras.epoch_end, det.rec.payloads(events.on_epoch_end), strict=True)
+    )
+
+
+# -- payloads ---------------------------------------------------------------------------------
+
+
+def results_csv(trainer: Any) -> list[dict[str, float]]:
+    with open(trainer.csv, newline="") as f:
+        return [{k.strip(): float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-5)
+
+
+def test_epoch_logs_match_ultralytics_results_csv(det: DetRun) -> None:
+    rows = results_csv(det.trainer)
+    fits = det.rec.payloads("on_fit_epoch_end")
+    assert [int(row["epoch"]) - 1 for row in rows] == [p.epoch for p in fits]
+    for row, payload in zip(rows, fits, strict=True):
+        for key, value in row.items():
+            if key not in ("epoch", "time"):
+                assert close(payload.logs[key], value), (key, payload.logs[key], value)
+        logs = payload.logs
+        assert close(logs["loss"], sum(v for k, v in logs.items() if k.startswith("train/")))
+        assert close(logs["val_loss"], sum(v for k, v in logs.items() if k.startswith("val/")))
+        assert "fitness" in logs
+
+
+def test_loss_keys_are_the_trainers_loss_names(det: DetRun) -> None:
+    expected = {f"train/{name}" for name in det.trainer.loss_names}
+    for name in ("on_train_batch_end", "on_train_epoch_end", "on_fit_epoch_end"):
+        for payload in det.rec.payloads(name):
+            assert {k for k in payload.logs if k.startswith("train/")} == expected, name
+    groups = len(det.trainer.optimizer.param_groups)
+    assert {k for k in det.rec.payloads("on_train_epoch_end")[-1].logs if k.startswith("lr/")} == {
+        f"lr/pg{i}" for i in range(groups)
+    }
+
+
+def test_batches_are_counted_from_zero_in_each_epoch(det: DetRun) -> None:
+    per_epoch = len(det.trainer.train_loader)
+    for name in ("on_train_batch_start", "on_train_batch_end"):
+        payloads = det.rec.payloads(name)
+        assert [(p.epoch, p.batch) for p in payloads] == [
+            (epoch, batch) for epoch in (0, 1) for batch in range(per_epoch)
+        ]
+
+
+def test_validation_inside_training_versus_standalone(det: DetRun) -> None:
+    vals = det.rec.payloads("on_val_end")
+    inside, standalone = vals[:-1], vals[-1]
+    assert [p.epoch for p in inside] == [0, 1]
+    assert all(p.source is det.trainer.validator for p in inside)
+    assert all("val_loss" in p.logs and "fitness" in p.logs for p in inside)
+    assert standalone.epoch is None and standalone.source is not det.trainer.validator
+    expected = det.val_metrics.results_dict
+    assert set(standalone.logs) == set(expected)
+    assert all(close(standalone.logs[k], float(v)) for k, v in expected.items())
+    val_batches = det.rec.payloads("on_val_batch_end")
+    assert {p.epoch for p in val_batches} == {0, 1, None}
+
+
+def test_sources_are_the_ultralytics_objects(det: DetRun) -> None:
+    for name in ("on_pretrain_routine_start", "on_train_batch_end", "on_fit_epoch_end",
+                 "on_model_save", "on_train_end", "teardown"):  # fmt: skip
+        assert all(p.source is det.trainer for p in det.rec.payloads(name)), name
+    assert all(p.source is det.model.predictor for p in det.rec.payloads("on_predict_end"))
+    assert type(det.rec.payloads("on_export_end")[0].source).__name__ == "Exporter"
+
+
+def test_checkpoints_name_the_files_written(det: DetRun) -> None:
+    saves = det.rec.payloads("on_model_save")
+    last, best = str(det.trainer.last), str(det.trainer.best)
+    assert [p.epoch for p in saves if p.path == last] == [0, 1]
+    assert best in {p.path for p in saves}
+    assert all(Path(p.path).is_file() for p in saves)
+    names = det.rec.names
+    for i, name in enumerate(names):  # each save precedes the epoch's end, same epoch
+        if name == "on_model_save":
+            nxt = names.index("on_fit_epoch_end", i)
+            assert det.rec.records[nxt][1].epoch == det.rec.records[i][1].epoch
+
+
+def test_train_end_carries_last_epoch_and_best_weights_metrics(det: DetRun) -> None:
+    (end,) = det.rec.payloads("on_train_end")
+    last = det.rec.payloads("on_fit_epoch_end")[-1]
+    assert end.epoch == 1
+    assert {k: v for k, v in end.logs.items() if not k.startswith("best/")} == last.logs
+    best = det.trainer.metrics  # after training: the best.pt validation
+    assert set(best) | {"fitness"} == {k.removeprefix("best/") for k in end.logs if "best/" in k}
+    assert all(close(end.logs[f"best/{k}"], float(v)) for k, v in best.items())
+    (teardown,) = det.rec.payloads("teardown")
+    assert teardown.error is None and teardown.epoch == 1 and teardown.logs == last.logs
+
+
+def test_predict_outputs_are_the_results(det: DetRun) -> None:
+    ends = det.rec.payloads("on_predict_batch_end")
+    posts = det.rec.payloads("on_predict_postprocess_end")
+    assert [p.batch for p in ends] == list(range(len(ends)))
+    outputs = [r for p in ends for r in p.outputs]
+    assert len(outputs) == len(det.predictions) == len(det.images)
+    assert all(a is b for a, b in zip(outputs, det.predictions, strict=True))
+    assert [r for p in posts for r in p.outputs] == outputs
+
+
+def test_export_end_carries_the_artifact(det: DetRun) -> None:
+    (start,) = det.rec.payloads("on_export_start")
+    (end,) = det.rec.payloads("on_export_end")
+    assert start.format == end.format == "torchscript"
+    assert end.path == det.exported and end.path.endswith(".torchscript")
+    assert Path(end.path).is_file()
+    assert torch.jit.load(end.path) is not None
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.from_regex(r"[a-z]{1,8}", fullmatch=True),
+                          st.floats(-1e6, 1e6)), max_size=5, unique_by=lambda t: t[0]))  # fmt: skip
+def test_loss_components_as_tensor_or_dict_give_the_same_logs(items: list[Any]) -> None:
+    names = [name for name, _ in items]
+    values = [value for _, value in items]
+    as_dict = ul._named({n: torch.tensor(v) for n, v in items}, names)
+    as_tensor = ul._named(torch.tensor(values, dtype=torch.float64), names)
+    assert ul.floats(as_dict) == pytest.approx(ul.floats(as_tensor), rel=1e-6)
+    assert list(ul.floats(as_tensor, "train/")) == [f"train/{n}" for n in names]
+
+
+# -- built-in subscribers ---------------------------------------------------------------------
+
+
+def test_history_csvlogger_and_eventlog_record_the_epochs(det: DetRun) -> None:
+    rows = results_csv(det.trainer)
+    assert det.history.epoch == [0, 1]
+    assert det.history.history["fitness"] == [p.logs["fitness"] for p in det.keras.epoch_end]
+    for key in ("metrics/mAP50(B)", "val/box_loss", "train/box_loss"):
+        assert all(
+            close(a, row[key]) for a, row in zip(det.history.history[key], rows, strict=True)
+        )
+    with open(det.csv_path, newline="") as f:
+        written = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in written] == [0, 1]
+    for r, row in zip(written, rows, strict=True):
+        assert close(float(r["metrics/mAP50(B)"]), row["metrics/mAP50(B)"])
+        assert close(float(r["val_loss"]), sum(v for k, v in row.items() if k.startswith("val/")))
+    records = list(eventlog_format.read(det.log_path))
+    assert [r.event.name for r in records] == det.rec.names
+    logged = [r.fields for r in records if r.event.name == "on_fit_epoch_end"]
+    assert [r["epoch"] for r in logged] == [0, 1]
+    assert [r["logs"] for r in logged] == [p.logs for p in det.rec.payloads("on_fit_epoch_end")]
+
+
+def test_early_stopping_stops_yolo_training(tmp_path: Path, cls_data: Path) -> None:
+    bus = EventBus()
+    rec = Recorder(bus)
+    stopper = EarlyStopping(monitor="loss", patience=0, min_delta=1e9)  # nothing improves
+    bus.attach(stopper)
+    model = train_cls(bus, tmp_path, cls_data, epochs=5)
+    assert [p.epoch for p in rec.payloads("on_fit_epoch_end")] == [0, 1]
+    assert stopper.stopped_epoch == 1 and model.trainer.epoch == 1
+    assert rec.names[-2:] == ["on_train_end", "teardown"]
+    assert_canonical_order(rec.names, emitted=EMITTED)
+
+
+# -- control and failure ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("event", "epoch", "batch", "batches_after"), [
+    ("on_train_batch_end", 0, 0, 1), ("on_train_batch_end", 1, 1, 2),
+    ("on_fit_epoch_end", 0, None, None), ("on_train_epoch_start", 1, None, 1),
+])  # fmt: skip
+def test_request_stop_stops_training(
+    tmp_path: Path,
+    cls_data: Path,
+    event: str,
+    epoch: int,
+    batch: int | None,
+    batches_after: int | None,
+) -> None:
+    """Ultralytics stops after the current batch (the epoch still validates) or epoch."""
+    bus = EventBus()
+    rec = Recorder(bus)
+
+    @bus.on(event, when=lambda p: p.epoch == epoch and getattr(p, "batch", None) == batch)
+    def stop(payload: Any) -> None:
+        bus.request_stop("test")
+
+    model = train_cls(bus, tmp_path, cls_data, epochs=4)
+    per_epoch = len(model.trainer.train_loader)
+    assert per_epoch >= 2
+    assert [p.epoch for p in rec.payloads("on_fit_epoch_end")] == list(range(epoch + 1))
+    last_batches = [p.batch for p in rec.payloads("on_train_batch_end") if p.epoch == epoch]
+    assert last_batches == list(range(batches_after or per_epoch))
+    assert rec.names[-2:] == ["on_train_end", "teardown"]
+    assert_canonical_order(rec.names, emitted=EMITTED)
+
+
+class Boom(Callback):
+    def __init__(self) -> None:
+        self.teardowns: list[Any] = []
+
+    def on_epoch_end(self, payload: EpochPayload) -> None:
+        raise RuntimeError("boom")
+
+    def teardown(self, payload: Any) -> None:
+        self.teardowns.append(payload)
+
+
+def test_subscriber_error_aborts_training_and_teardown_reaches_everyone(
+    tmp_path: Path, cls_data: Path
+) -> None:
+    bus = EventBus(errors="raise")
+    rec = Recorder(bus)
+    boom = bus.attach(Boom()).obj
+    before, after = [], []
+    bus.subscribe("teardown", before.append, priority=10)
+    bus.subscribe("teardown", after.append, priority=-10)
+    with pytest.raises(SubscriberError) as caught:
+        train_cls(bus, tmp_path, cls_data, epochs=3)
+    err = caught.value
+    assert err.event == "on_fit_epoch_end" and "Boom.on_epoch_end" in err.subscriber
+    assert isinstance(err.original, RuntimeError) and "Boom.on_epoch_end" in str(err)
+    assert "on_train_end" not in rec.names and rec.names[-1] == "teardown"
+    assert [p.epoch for p in rec.payloads("on_fit_epoch_end")] == [0]
+    for heard in (before, after, boom.teardowns, rec.payloads("teardown")):
+        (payload,) = heard
+        assert payload.exception is err and "boom" in (payload.error or "")
+    assert_canonical_order(rec.names, emitted=EMITTED)
+
+
+# -- attaching --------------------------------------------------------------------------------
+
+
+def test_attach_registers_one_forwarder_per_callback_once(tmp_path: Path) -> None:
+    model = YOLO("yolov8n-cls.yaml")
+    bus, other = EventBus(), EventBus()
+    link = attach(model, bus)
+    assert attach(model, bus) is link  # idempotent
+    attach(model, other)
+    for name in NAMES:
+        mine = [fn for fn in model.callbacks[name] if isinstance(fn, Forwarder)]
+        assert [(fn.event, fn.link.bus) for fn in mine] == [(name, bus), (name, other)]
+    assert detach(model, bus) == 25 and detach(model) == 25 and detach(model) == 0
+    with pytest.raises(TypeError, match="add_callback"):
+        attach(object(), bus)
+    with pytest.raises(TypeError, match="EventBus"):
+        attach(model, object())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="final_eval"):
+        attach(model, bus, final_eval="smooth")  # type: ignore[arg-type]
+
+
+def test_attach_to_a_trainer(tmp_path: Path, cls_data: Path) -> None:
+    trainer = ClassificationTrainer(overrides=dict(
+        model="yolov8n-cls.yaml", data=str(cls_data), epochs=1, **train_args(tmp_path),
+    ))  # fmt: skip
+    bus = EventBus()
+    rec = Recorder(bus)
+    attach(trainer, bus)
+    trainer.train()
+    # Its constructor already ran on_pretrain_routine_start: the trace starts one later.
+    assert rec.names[0] == "on_pretrain_routine_end"
+    assert_canonical_order(rec.names, emitted=set(EMITTED) - {"on_pretrain_routine_start"})
+    assert all(p.source is trainer for p in rec.payloads("on_fit_epoch_end"))
+
+
+def test_attach_to_a_validator_predictor_and_exporter(det: DetRun, tmp_path: Path) -> None:
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(Path(det.trainer.best).read_bytes())
+    common = dict(imgsz=64, device="cpu", verbose=False, project=str(tmp_path), exist_ok=True)
+    validator = DetectionValidator(args=dict(model=str(weights), data=str(det.data), batch=4,
+                                             plots=False, name="v", **common))  # fmt: skip
+    predictor = DetectionPredictor(overrides=dict(model=str(weights), save=False, name="p",
+                                                  **common))  # fmt: skip
+    exporter = Exporter(overrides=dict(format="torchscript", imgsz=64, device="cpu"))
+    bus = EventBus()
+    rec = Recorder(bus)
+    for obj in (validator, predictor, exporter):
+        attach(obj, bus)
+    validator(model=str(weights))
+    results = list(predictor(source=[str(p) for p in det.images]))
+    artifact = exporter(model=YOLO(str(weights)).model)
+    assert_canonical_order(rec.names, emitted=EMITTED)
+    assert rec.names[0] == "on_val_start" and rec.names[-1] == "on_export_end"
+    assert rec.payloads("on_val_end")[0].epoch is None
+    assert [r for p in rec.payloads("on_predict_batch_end") for r in p.outputs] == results
+    assert rec.payloads("on_export_end")[0].path == str(artifact)
+
+
+# -- pickling and imports ---------------------------------------------------------------------
+
+
+def test_forwarders_pickle_and_come_back_to_the_live_bus() -> None:
+    model = YOLO("yolov8n-cls.yaml")
+    bus = EventBus()
+    link = attach(model, bus)
+    forwarders = {name: fn for name in NAMES for fn in model.callbacks[name]
+                  if isinstance(fn, Forwarder)}  # fmt: skip
+    assert len(forwarders) == 25
+    for name, fn in forwarders.items():
+        back = pickle.loads(pickle.dumps(fn))
+        assert back.event == name and back.link is link and back.link.bus is bus
+
+
+CHILD = """
+import pickle, sys
+sys.path.insert(0, {tests!r})
+from _yolo_support import NetworkGuard
+with NetworkGuard().active() as guard:
+    from ultralytics import YOLO
+    forwarders = pickle.loads(open({blob!r}, "rb").read())
+    model = YOLO("yolov8n-cls.yaml")
+    for name, fn in forwarders.items():
+        model.add_callback(name, fn)
+    model.train(data={data!r}, epochs=2, **{args!r})
+assert guard.attempts == [], guard.attempts
+"""
+
+
+def test_pickled_forwarders_train_in_another_process(tmp_path: Path, cls_data: Path) -> None:
+    """What Ultralytics does for multi-GPU training: callbacks pickled into a worker."""
+    out = tmp_path / "epochs.txt"
+    bus = EventBus()
+    bus.attach(EpochFile(out))
+    model = YOLO("yolov8n-cls.yaml")
+    attach(model, bus)
+    forwarders = {name: fn for name in NAMES for fn in model.callbacks[name]
+                  if isinstance(fn, Forwarder)}  # fmt: skip
+    blob = tmp_path / "forwarders.pkl"
+    blob.write_bytes(pickle.dumps(forwarders))
+    script = CHILD.format(tests=str(TESTS), blob=str(blob), data=str(cls_data),
+                          args=train_args(tmp_path / "child"))  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = out.read_text().splitlines()
+    assert [line.split()[:2] for line in lines] == [
+        ["fit", "0"],
+        ["fit", "1"],
+        ["teardown", "None"],
+    ]
+
+
+def test_no_eventhooks_module_imports_ultralytics() -> None:
+    code = textwrap.dedent("""
+        import importlib, pkgutil, sys
+        import eventhooks, eventhooks.adapters
+        for pkg in (eventhooks, eventhooks.adapters):
+            for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
+                importlib.import_module(info.name)
+        leaked = sorted(m for m in sys.modules if m.split(".")[0] == "ultralytics")
+        assert not leaked, leaked
+        assert "eventhooks.adapters.ultralytics" in sys.modules
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
