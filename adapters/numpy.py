@@ -12,7 +12,11 @@ Decisions worth knowing:
   current batch, then *closes the epoch as Keras does*: ``on_train_epoch_end``, validation
   (when ``validation_data`` is given), the checkpoint, ``on_fit_epoch_end``; then
   ``on_train_end`` and ``teardown``. Every epoch thus reports the same log keys, so a CSV
-  logger or a History never sees a ragged last row.
+  logger or a History never sees a ragged last row. ``evaluate`` and ``predict`` ignore stop
+  requests (the bus keeps a request until the next run starts, as Keras keeps
+  ``stop_training``).
+* **Saving**: ``save(path)`` itself emits ``on_model_save``; ``fit(checkpoint=path)`` saves
+  between validation and ``on_fit_epoch_end``, where the canonical order puts it.
 * **Zero-grad and step** follow the classic PyTorch idiom ``zero_grad(); backward(); step()``:
   ``on_before_zero_grad`` fires before the previous gradients are dropped and
   ``optimizer_step`` after the weights were updated, when ``trainer.gradients`` holds the
