@@ -9,12 +9,12 @@ stop, fail or pickle. Every run happens behind a network guard that fails on any
 from __future__ import annotations
 
 import csv
+import json
 import math
 import pickle
 import socket
 import subprocess
 import sys
-import textwrap
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -530,54 +530,69 @@ def test_forwarders_pickle_and_come_back_to_the_live_bus() -> None:
 
 
 CHILD = """
-import pickle, sys
+import importlib, json, pickle, pkgutil, sys
 sys.path.insert(0, {tests!r})
+import eventhooks, eventhooks.adapters
 from _yolo_support import NetworkGuard
+
+# 1. Every eventhooks module imports without importing ultralytics.
+for pkg in (eventhooks, eventhooks.adapters):
+    for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
+        importlib.import_module(info.name)
+leaked = sorted(m for m in sys.modules if m.split(".")[0] == "ultralytics")
+print("IMPORTS " + json.dumps({{"leaked": leaked, "modules": sorted(sys.modules)}}))
+
+# 2. Forwarders pickled in the parent drive a training here, as in an Ultralytics DDP worker.
 with NetworkGuard().active() as guard:
-    from ultralytics import YOLO
     forwarders = pickle.loads(open({blob!r}, "rb").read())
+    from ultralytics import YOLO
     model = YOLO("yolov8n-cls.yaml")
     for name, fn in forwarders.items():
         model.add_callback(name, fn)
     model.train(data={data!r}, epochs=2, **{args!r})
-assert guard.attempts == [], guard.attempts
+print("NETWORK " + json.dumps(guard.attempts))
 """
 
 
-def test_pickled_forwarders_train_in_another_process(tmp_path: Path, cls_data: Path) -> None:
-    """What Ultralytics does for multi-GPU training: callbacks pickled into a worker."""
-    out = tmp_path / "epochs.txt"
+@dataclass
+class ChildRun:
+    epochs_file: Path
+    imports: dict[str, Any]
+    network: list[str]
+
+
+@pytest.fixture(scope="module")
+def child(tmp_path_factory: pytest.TempPathFactory, cls_data: Path) -> ChildRun:
+    """One fresh interpreter (they are slow to start): an import check, then a training."""
+    tmp = tmp_path_factory.mktemp("child")
+    out = tmp / "epochs.txt"
     bus = EventBus()
     bus.attach(EpochFile(out))
     model = YOLO("yolov8n-cls.yaml")
     attach(model, bus)
     forwarders = {name: fn for name in NAMES for fn in model.callbacks[name]
                   if isinstance(fn, Forwarder)}  # fmt: skip
-    blob = tmp_path / "forwarders.pkl"
+    blob = tmp / "forwarders.pkl"
     blob.write_bytes(pickle.dumps(forwarders))
     script = CHILD.format(tests=str(TESTS), blob=str(blob), data=str(cls_data),
-                          args=train_args(tmp_path / "child"))  # fmt: skip
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)],
-                          capture_output=True, text=True)  # fmt: skip
+                          args=train_args(tmp / "runs"))  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = out.read_text().splitlines()
-    assert [line.split()[:2] for line in lines] == [
-        ["fit", "0"],
-        ["fit", "1"],
-        ["teardown", "None"],
-    ]
+    tagged = [line.partition(" ") for line in proc.stdout.splitlines()]
+    found = {tag: json.loads(rest) for tag, _, rest in tagged if tag in ("IMPORTS", "NETWORK")}
+    return ChildRun(out, found["IMPORTS"], found["NETWORK"])
 
 
-def test_no_eventhooks_module_imports_ultralytics() -> None:
-    code = textwrap.dedent("""
-        import importlib, pkgutil, sys
-        import eventhooks, eventhooks.adapters
-        for pkg in (eventhooks, eventhooks.adapters):
-            for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
-                importlib.import_module(info.name)
-        leaked = sorted(m for m in sys.modules if m.split(".")[0] == "ultralytics")
-        assert not leaked, leaked
-        assert "eventhooks.adapters.ultralytics" in sys.modules
-    """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_no_eventhooks_module_imports_ultralytics(child: ChildRun) -> None:
+    assert "eventhooks.adapters.ultralytics" in child.imports["modules"]
+    assert "eventhooks.adapters._ultralytics_link" in child.imports["modules"]
+    assert child.imports["leaked"] == []
+
+
+def test_pickled_forwarders_train_in_another_process(child: ChildRun) -> None:
+    """What Ultralytics does for multi-GPU training: callbacks pickled into a worker."""
+    lines = child.epochs_file.read_text().splitlines()
+    expected = [["fit", "0"], ["fit", "1"], ["teardown", "None"]]
+    assert [line.split()[:2] for line in lines] == expected
+    assert all(math.isfinite(float(line.split()[2])) for line in lines[:2])
+    assert child.network == []
