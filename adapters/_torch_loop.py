@@ -209,12 +209,15 @@ def export(
     *,
     bus: EventBus,
     format: ExportFormat = "torch.export",
+    dynamic_batch: bool = True,
 ) -> Path:
     """Export ``model`` (``on_export_start``/``on_export_end``); returns the artifact's path.
 
     ``"torch.export"`` writes a ``.pt2`` program (``torch.export.load(path).module()``);
     ``"torchscript"`` a traced module (``torch.jit.load``; deprecated by PyTorch, kept for
-    runtimes that still need it).
+    runtimes that still need it). ``torch.export`` fixes every size of the example inputs
+    unless told otherwise: ``dynamic_batch`` (default) lets the first dimension of each tensor
+    input vary (use an example batch of 2 or more: PyTorch specialises sizes 0 and 1).
     """
     if format not in ("torch.export", "torchscript"):
         raise ValueError(
@@ -231,7 +234,13 @@ def export(
     inner.eval()
     try:
         if format == "torch.export":
-            program = torch.export.export(inner, example_inputs)
+            dims = tuple(
+                {0: torch.export.Dim.AUTO}
+                if dynamic_batch and isinstance(a, torch.Tensor) and a.dim() > 0
+                else None
+                for a in example_inputs
+            )
+            program = torch.export.export(inner, example_inputs, dynamic_shapes=dims)
             torch.export.save(program, target)
         else:
             traced = torch.jit.trace(inner, example_inputs)  # type: ignore[no-untyped-call]
