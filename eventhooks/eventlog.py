@@ -55,8 +55,16 @@ class Record:
     time: float | None = None
 
 
+_ALLOWED: dict[type[BaseModel], frozenset[str]] = {}
+
+
 def _serialized_fields(model: type[BaseModel]) -> frozenset[str]:
-    return frozenset(name for name, info in model.model_fields.items() if not info.exclude)
+    """The fields a log line may hold: the payload's, minus framework objects."""
+    allowed = _ALLOWED.get(model)
+    if allowed is None:
+        allowed = frozenset(n for n, info in model.model_fields.items() if not info.exclude)
+        _ALLOWED[model] = allowed
+    return allowed
 
 
 def parse(
@@ -79,9 +87,8 @@ def parse(
         raise EventLogError(
             path, line, f"unknown schema version {version!r} (this eventhooks reads {VERSION})"
         )
-    extra = sorted(set(obj) - _KEYS)
-    if extra:
-        raise EventLogError(path, line, f"unexpected keys {extra}")
+    if not _KEYS.issuperset(obj):
+        raise EventLogError(path, line, f"unexpected keys {sorted(set(obj) - _KEYS)}")
     name = obj.get("event")
     if not isinstance(name, str):
         raise EventLogError(path, line, f"'event' must be an event name, got {name!r}")
@@ -95,10 +102,10 @@ def parse(
     if not isinstance(fields, dict):
         raise EventLogError(path, line, f"{name}: 'payload' must be a JSON object")
     allowed = _serialized_fields(event.payload)
-    foreign = sorted(set(fields) - allowed)
-    if foreign:
+    if not allowed.issuperset(fields):
+        foreign = sorted(set(fields) - allowed)[0]
         raise EventLogError(
-            path, line, f"{name}: payload field {foreign[0]!r} is not one an event log holds"
+            path, line, f"{name}: payload field {foreign!r} is not one an event log holds"
         )
     try:
         event.payload.model_validate(fields)

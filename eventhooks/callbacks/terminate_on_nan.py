@@ -22,20 +22,25 @@ class TerminateOnNaN(Callback):
         self.monitor = monitor
         self.terminated: str | None = None
 
-    def _check(self, logs: dict[str, float], where: str) -> None:
+    def _invalid(self, logs: dict[str, float]) -> float | None:
         value = logs.get(self.monitor)
-        if value is not None and not math.isfinite(value):
-            self.terminated = f"{where}: invalid {self.monitor} {value}, terminating training"
-            log.warning("%s", self.terminated)
-            self.request_stop(self.terminated)
+        return value if value is not None and not math.isfinite(value) else None
+
+    def _terminate(self, where: str, value: float) -> None:
+        self.terminated = f"{where}: invalid {self.monitor} {value}, terminating training"
+        log.warning("%s", self.terminated)
+        self.request_stop(self.terminated)
 
     def on_train_start(self, payload: RunPayload) -> None:
         self.terminated = None
 
     def on_train_batch_end(self, payload: BatchPayload) -> None:
-        epoch = "" if payload.epoch is None else f"epoch {payload.epoch} "
-        self._check(payload.logs, f"{epoch}batch {payload.batch}")
+        value = self._invalid(payload.logs)
+        if value is not None:
+            epoch = "" if payload.epoch is None else f"epoch {payload.epoch} "
+            self._terminate(f"{epoch}batch {payload.batch}", value)
 
     def on_fit_epoch_end(self, payload: EpochPayload) -> None:
-        if self.terminated is None:
-            self._check(payload.logs, f"epoch {payload.epoch}")
+        value = self._invalid(payload.logs)
+        if value is not None and self.terminated is None:
+            self._terminate(f"epoch {payload.epoch}", value)
