@@ -16,8 +16,11 @@ def _copy(weights: Any) -> Any:
         return type(weights)(_copy(w) for w in weights)
     if isinstance(weights, dict):
         return {k: _copy(v) for k, v in weights.items()}
-    copy = getattr(weights, "copy", None)
-    return copy() if callable(copy) else weights
+    for method in ("clone", "copy"):  # torch tensors clone; numpy arrays copy
+        copy = getattr(weights, method, None)
+        if callable(copy):
+            return copy()
+    return weights
 
 
 class EarlyStopping(Callback):
