@@ -35,7 +35,8 @@ def replay_command(
         lines.append(f"replayed {len(records)} events, {len(history.epoch)} epochs from {log}")
         lines.extend(_epoch_table(history))
     if csv is not None:
-        lines.append(f"CSV log: {csv}")
+        written = Path(csv).exists() and history.epoch
+        lines.append(f"CSV log: {csv}" if written else "no training run in the log: no CSV")
     if plot is not None:
         out = plot_history(
             history.history, plot, epochs=history.epoch, title=title or Path(log).name

@@ -233,3 +233,15 @@ def test_console_script_runs_the_demo_and_fails_cleanly(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 1
     one_line_error(done.stderr, "eventhooks replay")
+
+
+def test_replay_of_a_log_without_training_writes_no_csv(capsys: Any, tmp_path: Path) -> None:
+    log = tmp_path / "predict.jsonl"
+    log.write_text(
+        '{"v": 1, "event": "on_predict_start", "payload": {}}\n'
+        '{"v": 1, "event": "on_predict_end", "payload": {}}\n'
+    )
+    code, out, _ = run(capsys, "replay", str(log), "--csv", str(tmp_path / "h.csv"))
+    assert code == 0 and "replayed 2 events, 0 epochs" in out
+    assert "no training run in the log: no CSV" in out
+    assert not (tmp_path / "h.csv").exists()
