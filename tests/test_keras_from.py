@@ -336,3 +336,49 @@ def test_a_keras_callback_that_asks_to_stop_without_a_bus_is_told_why() -> None:
         bridge.on_train_batch_end(
             events.on_train_batch_end.payload(batch=0, logs={"loss": float("nan")})
         )
+
+
+def test_keras_callbacks_under_the_pytorch_adapter(tmp_path: Path) -> None:
+    """The same bridge under eventhooks.adapters.torch.fit: History, CSVLogger, EarlyStopping."""
+    import torch
+    from eventhooks.adapters import torch as torch_adapter
+
+    torch.manual_seed(0)
+    (x, y), (xv, yv) = task(0)
+    batches = [
+        (torch.tensor(x[i : i + 8], dtype=torch.float32), torch.tensor(y[i : i + 8]))
+        for i in range(0, len(x), 8)
+    ]
+    val_batches = [(torch.tensor(xv, dtype=torch.float32), torch.tensor(yv))]
+    model = torch.nn.Sequential(torch.nn.Linear(6, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+
+    bus = EventBus()
+    history = keras.callbacks.History()
+    stopper = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=2, restore_best_weights=True
+    )
+    csv_path = tmp_path / "torch.csv"
+    for callback in (history, keras.callbacks.CSVLogger(str(csv_path)), stopper):
+        bus.attach(from_keras(callback))
+    snapshots: list[dict[str, Any]] = []
+    bus.subscribe(
+        events.on_fit_epoch_end,
+        lambda p: snapshots.append({k: v.clone() for k, v in model.state_dict().items()}),
+        priority=10,
+    )
+    epochs = 30
+    reported = torch_adapter.fit(
+        model, optimizer, torch.nn.functional.cross_entropy, batches, epochs=epochs, bus=bus,
+        val_loader=val_batches,
+    )  # fmt: skip
+
+    assert history.history == reported
+    stop, best = expected_early_stop(reported["val_loss"], 2)
+    assert stop is not None and stop == len(reported["val_loss"]) - 1 < epochs - 1
+    assert stopper.best_epoch == best
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, snapshots[best][key], rtol=0, atol=0)
+    with csv_path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["val_loss"]) for r in rows] == reported["val_loss"]
