@@ -378,14 +378,18 @@ def test_history_csvlogger_and_eventlog_record_the_epochs(det: DetRun) -> None:
     assert [r["logs"] for r in logged] == [p.logs for p in det.rec.payloads("on_fit_epoch_end")]
 
 
-def test_early_stopping_stops_yolo_training(tmp_path: Path, cls_data: Path) -> None:
+@pytest.mark.parametrize("patience", [0, 2])
+def test_early_stopping_stops_yolo_training(tmp_path: Path, cls_data: Path, patience: int) -> None:
     bus = EventBus()
     rec = Recorder(bus)
-    stopper = EarlyStopping(monitor="loss", patience=0, min_delta=1e9)  # nothing improves
+    # Keras' default monitor, val_loss; with this min_delta no epoch after the first improves.
+    stopper = EarlyStopping(patience=patience, min_delta=1e9)
     bus.attach(stopper)
     model = train_cls(bus, tmp_path, cls_data, epochs=5)
-    assert [p.epoch for p in rec.payloads("on_fit_epoch_end")] == [0, 1]
-    assert stopper.stopped_epoch == 1 and model.trainer.epoch == 1
+    assert all("val_loss" in p.logs for p in rec.payloads("on_fit_epoch_end"))
+    ran = list(range(max(patience, 1) + 1))  # Keras: the patience-th epoch without gain stops
+    assert [p.epoch for p in rec.payloads("on_fit_epoch_end")] == ran
+    assert stopper.stopped_epoch == ran[-1] == model.trainer.epoch
     assert rec.names[-2:] == ["on_train_end", "teardown"]
     assert_canonical_order(rec.names, emitted=EMITTED)
 
