@@ -9,9 +9,9 @@ import keras
 import numpy as np
 import pytest
 import torch
-from eventhooks.adapters.keras import KerasCallback, default_export_format, export, save
 
 from eventhooks import EventBus, events
+from eventhooks.adapters.keras import KerasCallback, default_export_format, export, save
 from eventhooks.testing import Recorder, assert_canonical_order
 
 

@@ -7,12 +7,12 @@ from typing import Any
 
 import keras
 import numpy as np
-from eventhooks.adapters.keras import export, keras_run, save
-from eventhooks.adapters.numpy import NumpyTrainer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from eventhooks import Callback, EventBus, events
+from eventhooks.adapters.keras import export, keras_run, save
+from eventhooks.adapters.numpy import NumpyTrainer
 from eventhooks.testing import Recorder, assert_canonical_order
 
 Trace = list[tuple[str, Any, Any, tuple[str, ...]]]

@@ -10,12 +10,12 @@ from typing import Any
 import keras
 import numpy as np
 import pytest
-from eventhooks.adapters.keras import KerasCallback, KerasModelProxy, from_keras
-from eventhooks.adapters.numpy import NumpyTrainer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eventhooks import EventBus, SubscriberError, events
+from eventhooks.adapters.keras import KerasCallback, KerasModelProxy, from_keras
+from eventhooks.adapters.numpy import NumpyTrainer
 from eventhooks.testing import Recorder
 
 
@@ -341,6 +341,7 @@ def test_a_keras_callback_that_asks_to_stop_without_a_bus_is_told_why() -> None:
 def test_keras_callbacks_under_the_pytorch_adapter(tmp_path: Path) -> None:
     """The same bridge under eventhooks.adapters.torch.fit: History, CSVLogger, EarlyStopping."""
     import torch
+
     from eventhooks.adapters import torch as torch_adapter
 
     torch.manual_seed(0)

@@ -9,11 +9,11 @@ from typing import Any
 import keras
 import numpy as np
 import pytest
-from eventhooks.adapters.keras import KerasCallback, fit, keras_run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eventhooks import Callback, EpochPayload, EventBus, RunPayload, SubscriberError, events
+from eventhooks.adapters.keras import KerasCallback, fit, keras_run
 from eventhooks.testing import Recorder, assert_canonical_order
 
 #: What KerasCallback emits (save/export come from the helpers, tested elsewhere).
