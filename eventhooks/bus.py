@@ -397,7 +397,15 @@ class EventBus:
         label = entry.label if entry is not None else describe(failed)
         policy = (entry.errors if entry is not None else None) or self.errors
         if policy == "raise":
-            raise SubscriberError(event.name, label, exc) from exc
+            error = SubscriberError(event.name, label, exc)
+            if event is ev.teardown:
+                # teardown is the last word of a run: everyone hears it, then the first
+                # failure is raised (later ones are logged).
+                try:
+                    self._deliver_rest(event, calls, index, payload)
+                except SubscriberError as later:
+                    log.warning("%s", later, exc_info=later.original)
+            raise error from exc
         log.warning("subscriber %s failed on event %r", label, event.name, exc_info=exc)
         if policy == "disable" and entry is not None:
             entry.failures += 1
@@ -408,9 +416,18 @@ class EventBus:
                     self.disconnect(entry)
                 elif entry.target is not None:
                     self._signals[event].disconnect(entry.target)
-        rest = calls[index + 1 :]
+        self._deliver_rest(event, calls, index, payload)
+
+    def _deliver_rest(
+        self,
+        event: Event[Any],
+        calls: tuple[Callable[[Any], object], ...],
+        index: int,
+        payload: Any,
+    ) -> None:
+        """Deliver to the subscribers after ``calls[index]``."""
         try:
-            for call in rest:
+            for call in calls[index + 1 :]:
                 call(payload)
         except Exception as again:
             self._recover(event, calls, call, payload, again)

@@ -520,3 +520,28 @@ def test_bus_pickles_with_its_subscriptions() -> None:
     for i in range(4):
         clone.emit("on_val_end", logs={"i": i})
     assert RECORDED == [{"i": 1.0}, {"i": 3.0}]  # every=2 survived, the weak one did not
+
+
+def test_teardown_reaches_everyone_then_the_first_failure_is_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bus = EventBus()
+    heard: list[str] = []
+
+    def first(payload: Any) -> None:
+        raise ValueError("first")
+
+    def second(payload: Any) -> None:
+        raise KeyError("second")
+
+    bus.on("teardown", priority=2)(first)
+    bus.on("teardown", priority=1)(second)
+    bus.on("teardown")(lambda p: heard.append(p.error))
+    with (
+        caplog.at_level(logging.WARNING, logger="eventhooks"),
+        pytest.raises(SubscriberError) as info,
+    ):
+        bus.emit("teardown", exception=RuntimeError("run failed"))
+    assert heard == ["RuntimeError: run failed"]
+    assert isinstance(info.value.original, ValueError)
+    assert any("second" in r.getMessage() for r in caplog.records)
