@@ -27,6 +27,7 @@ os.environ["KERAS_BACKEND"] = "torch"
 os.environ["KERAS_HOME"] = str(_HOME / "keras")
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
 os.environ["MPLBACKEND"] = "Agg"
+os.environ["MPLCONFIGDIR"] = str(_HOME / "matplotlib")
 
 # Ultralytics, offline (PRODUCT.md §2): its settings and the font it would download.
 os.environ["YOLO_OFFLINE"] = "1"
