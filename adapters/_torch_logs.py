@@ -42,53 +42,45 @@ def _to_float(values: list[torch.Tensor]) -> float:
     return float(torch.stack([v.reshape(()) for v in values]).sum(dtype=torch.float64))
 
 
-class _Mean:
-    """The mean of one metric over the batches of a phase; tensors are summed lazily."""
-
-    __slots__ = ("count", "pending", "total")
-
-    def __init__(self) -> None:
-        self.total = 0.0
-        self.count = 0
-        self.pending: list[torch.Tensor] = []
-
-    def add(self, value: object) -> None:
-        if isinstance(value, torch.Tensor):
-            self.pending.append(value)
-        else:
-            self.total += float(value)  # type: ignore[arg-type]
-        self.count += 1
-
-    def value(self) -> float:
-        if self.pending:
-            self.total += _to_float(self.pending)
-            self.pending.clear()
-        return self.total / self.count if self.count else math.nan
-
-
 class Means:
     """Running means of the metrics logged in the batches of one phase (train or validation).
 
     Batch logs are means over the epoch so far, as in Keras; the same numbers at the end are
-    the epoch's metrics. Batches are weighted equally.
+    the epoch's metrics. Batches are weighted equally. This is on every batch's path, so a
+    metric is a plain ``[total, count, pending tensors]`` list and :meth:`add` is flat.
     """
 
     __slots__ = ("_means",)
 
     def __init__(self) -> None:
-        self._means: dict[str, _Mean] = {}
+        self._means: dict[str, list[Any]] = {}
 
     def add(self, metrics: Mapping[str, object]) -> None:
         means = self._means
         for name, value in metrics.items():
             mean = means.get(name)
             if mean is None:
-                mean = means[name] = _Mean()
-            mean.add(_check(name, value))
+                mean = means[name] = [0.0, 0, []]
+            if type(value) is torch.Tensor and value.numel() == 1:
+                mean[2].append(value.detach())
+            else:
+                value = _check(name, value)
+                if isinstance(value, torch.Tensor):
+                    mean[2].append(value)
+                else:
+                    mean[0] += value
+            mean[1] += 1
 
     def floats(self) -> dict[str, float]:
         """The running means as floats (one device sync per metric with pending tensors)."""
-        return {name: mean.value() for name, mean in self._means.items()}
+        out: dict[str, float] = {}
+        for name, mean in self._means.items():
+            pending = mean[2]
+            if pending:
+                mean[0] += _to_float(pending)
+                pending.clear()
+            out[name] = mean[0] / mean[1] if mean[1] else math.nan
+        return out
 
     def __bool__(self) -> bool:
         return bool(self._means)
