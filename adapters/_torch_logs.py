@@ -35,11 +35,21 @@ def _check(name: str, value: object) -> object:
     return value
 
 
+#: Pending tensors of one metric are summed into one (on their device, no sync) this often.
+FOLD_EVERY = 256
+
+
+def _fold(values: list[torch.Tensor]) -> torch.Tensor:
+    """The sum of scalar tensors as one float64 tensor, computed where they live (no sync)."""
+    try:
+        return torch.stack(values).sum(dtype=torch.float64)
+    except RuntimeError:  # mixed shapes, () and (1,): rare, and slower
+        return torch.stack([v.reshape(()) for v in values]).sum(dtype=torch.float64)
+
+
 def _to_float(values: list[torch.Tensor]) -> float:
     """One device synchronisation for many scalar tensors."""
-    if len(values) == 1:
-        return float(values[0])
-    return float(torch.stack([v.reshape(()) for v in values]).sum(dtype=torch.float64))
+    return float(values[0]) if len(values) == 1 else float(_fold(values))
 
 
 class Means:
@@ -47,7 +57,7 @@ class Means:
 
     Batch logs are means over the epoch so far, as in Keras; the same numbers at the end are
     the epoch's metrics. Batches are weighted equally. This is on every batch's path, so a
-    metric is a plain ``[total, count, pending tensors]`` list and :meth:`add` is flat.
+    metric is a flat ``[total, count, pending tensors, their folded sum]`` list.
     """
 
     __slots__ = ("_means",)
@@ -60,9 +70,16 @@ class Means:
         for name, value in metrics.items():
             mean = means.get(name)
             if mean is None:
-                mean = means[name] = [0.0, 0, []]
+                mean = means[name] = [0.0, 0, [], None]
             if type(value) is torch.Tensor and value.numel() == 1:
-                mean[2].append(value.detach())
+                pending = mean[2]
+                pending.append(value.detach())
+                if len(pending) >= FOLD_EVERY:
+                    # Summed apart from the float32 pending ones: a mixed-dtype stack would
+                    # convert each tensor separately, and cost more than it saves.
+                    folded = _fold(pending)
+                    pending.clear()
+                    mean[3] = folded if mean[3] is None else mean[3] + folded
             else:
                 value = _check(name, value)
                 if isinstance(value, torch.Tensor):
@@ -75,7 +92,10 @@ class Means:
         """The running means as floats (one device sync per metric with pending tensors)."""
         out: dict[str, float] = {}
         for name, mean in self._means.items():
-            pending = mean[2]
+            pending, folded = mean[2], mean[3]
+            if folded is not None:
+                pending.append(folded)
+                mean[3] = None
             if pending:
                 mean[0] += _to_float(pending)
                 pending.clear()

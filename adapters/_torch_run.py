@@ -31,6 +31,13 @@ from ._torch_optim import OptimizerWatch, hyperparams
 
 log = logging.getLogger("eventhooks.adapters.torch")
 
+_BATCH_START, _BATCH_END = events.on_train_batch_start, events.on_train_batch_end
+_PARAMS, _STEP, _ZERO_GRAD = (
+    events.on_params_update,
+    events.optimizer_step,
+    events.on_before_zero_grad,
+)
+
 T = TypeVar("T")
 
 #: Reason given to the bus of a rank that stops because another rank asked to.
@@ -265,36 +272,33 @@ class Run:
         return self._batch_loop(loader)
 
     def _batch_loop(self, loader: Iterable[T]) -> Iterator[T]:
-        bus, local_stop = self.bus, self.world_size == 1
-        items = iter(loader)
-        while not (local_stop and bus.stop_requested):
-            try:
-                item = next(items)
-            except StopIteration:
-                break
-            self._begin_batch()
-            yield item
-            self._end_batch()
+        # The hot path: inline, no helper calls unless someone listens.
+        bus, where_ = self.bus, self._where
+        listening, emit = bus.listening, bus.emit
+        local_stop = self.world_size == 1
+        if not (local_stop and bus.stop_requested):
+            for item in loader:
+                self.batch = index = self._next_batch
+                self._next_batch = index + 1
+                self._batch_open = True
+                self._zero_grad_seen = self._step_seen = self._params_told = False
+                if listening(_BATCH_START):
+                    emit(_BATCH_START, batch=index, epoch=self.epoch, **where_)
+                yield item
+                self._end_batch()
+                if local_stop and bus.stop_requested:
+                    break
         self._close_train()
-
-    def _begin_batch(self) -> None:
-        self.batch = index = self._next_batch
-        self._next_batch += 1
-        self._batch_open = True
-        self._zero_grad_seen = self._step_seen = self._params_told = False
-        bus = self.bus
-        if bus.listening(events.on_train_batch_start):
-            bus.emit(events.on_train_batch_start, batch=index, epoch=self.epoch, **self._where)
 
     def _end_batch(self) -> None:
         self._batch_open = False
         bus = self.bus
-        if bus.listening(events.on_params_update):
+        if bus.listening(_PARAMS):
             self._check_params()
-        if bus.listening(events.on_train_batch_end):
+        if bus.listening(_BATCH_END):
             bus.emit(
-                events.on_train_batch_end, batch=self.batch, epoch=self.epoch,
-                logs=self._train.floats(), **self._where,
+                _BATCH_END, batch=self.batch, epoch=self.epoch, logs=self._train.floats(),
+                **self._where,
             )  # fmt: skip
 
     def _close_train(self) -> None:
@@ -434,22 +438,21 @@ class Run:
         self.steps += 1
         self._step_seen = True
         bus = self.bus
-        if bus.listening(events.optimizer_step):
+        if bus.listening(_STEP):
             batch = self.batch if self._batch_open else None
-            bus.emit(events.optimizer_step, epoch=self.epoch, batch=batch, step=step, **self._where)
-        if self._zero_grad_seen and self._batch_open and bus.listening(events.on_params_update):
+            bus.emit(_STEP, epoch=self.epoch, batch=batch, step=step, **self._where)
+        if self._zero_grad_seen and self._batch_open and bus.listening(_PARAMS):
             self._check_params()
 
     def _before_zero_grad(self, index: int) -> None:
         bus = self.bus
-        if bus.listening(events.on_before_zero_grad):
+        if bus.listening(_ZERO_GRAD):
             batch = self.batch if self._batch_open else None
             bus.emit(
-                events.on_before_zero_grad, epoch=self.epoch, batch=batch, step=self.steps,
-                **self._where,
+                _ZERO_GRAD, epoch=self.epoch, batch=batch, step=self.steps, **self._where
             )  # fmt: skip
         self._zero_grad_seen = True
-        if self._step_seen and self._batch_open and bus.listening(events.on_params_update):
+        if self._step_seen and self._batch_open and bus.listening(_PARAMS):
             self._check_params()
 
     def _check_params(self) -> None:

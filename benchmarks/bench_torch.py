@@ -5,9 +5,10 @@ batches already in memory, a step of about 1 ms on one thread. Then the same loo
 instrumented (``instrument``, ``run.epochs``, ``run.batches``, ``run.log(loss=loss)``) with
 nobody listening, and with three subscribers (History and EarlyStopping at epoch ends, a
 batch counter reading the batch logs, which costs an ``.item()`` per batch); and the
-ready-made ``fit`` with the same three. Variants are interleaved round by round so that
-machine noise hits them all alike. A second table isolates the adapter's own cost per batch,
-on a loop whose model work is nil.
+ready-made ``fit`` with the same three; a second plain loop shows the noise floor. Variants
+run round by round, their order rotating, so that machine noise and position hit them all
+alike. A second table isolates the adapter's own cost per batch, on a loop whose model work
+is nil.
 
 Run: ``.venv/bin/python benchmarks/bench_torch.py``
 """
@@ -21,6 +22,8 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 for _var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
     os.environ.pop(_var, None)
 
+import statistics  # noqa: E402
+import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -31,11 +34,11 @@ from eventhooks.adapters.torch import fit, instrument  # noqa: E402
 from eventhooks.callbacks import EarlyStopping, History  # noqa: E402
 
 try:
-    from ._timing import interleaved, ns_per_call, table
+    from ._timing import table
 except ImportError:  # run as a script
-    from _timing import interleaved, ns_per_call, table  # type: ignore[no-redef]
+    from _timing import table  # type: ignore[no-redef]
 
-DIM, HIDDEN, CLASSES, BATCH, BATCHES, ROUNDS = 64, 192, 10, 64, 200, 21
+DIM, HIDDEN, CLASSES, BATCH, BATCHES, ROUNDS = 64, 224, 10, 64, 200, 21
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -67,7 +70,8 @@ def three_subscribers(bus: EventBus) -> None:
     bus.subscribe(events.on_train_batch_end, count)
 
 
-def plain(batches: Batches) -> Callable[[], None]:
+def plain(batches: Batches, *, item: bool = False) -> Callable[[], None]:
+    """The user's loop without eventhooks; ``item=True`` also sums the loss as most do."""
     net = model()
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     loss_fn = torch.nn.functional.cross_entropy
@@ -75,16 +79,19 @@ def plain(batches: Batches) -> Callable[[], None]:
     def run() -> None:
         for _ in range(1):
             net.train()
+            total = 0.0
             for x, y in batches:
                 opt.zero_grad()
                 loss = loss_fn(net(x), y)
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]
                 opt.step()
+                if item:
+                    total += loss.item()
 
     return run
 
 
-def instrumented(batches: Batches, subscribers: int) -> Callable[[], None]:
+def instrumented(batches: Batches, subscribers: int, *, log: bool = True) -> Callable[[], None]:
     net = model()
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     loss_fn = torch.nn.functional.cross_entropy
@@ -99,9 +106,10 @@ def instrumented(batches: Batches, subscribers: int) -> Callable[[], None]:
                 for x, y in tracked.batches(batches):
                     opt.zero_grad()
                     loss = loss_fn(net(x), y)
-                    loss.backward()
+                    loss.backward()  # type: ignore[no-untyped-call]
                     opt.step()
-                    tracked.log(loss=loss)
+                    if log:
+                        tracked.log(loss=loss)
 
     return run
 
@@ -118,35 +126,63 @@ def ready_made(batches: Batches) -> Callable[[], None]:
     return run
 
 
-def per_batch_overhead() -> list[tuple[str, float]]:
-    """The adapter's own cost per batch: a loop whose model work is nil (one idle parameter)."""
+def rotated(fns: dict[str, Callable[[], None]], rounds: int) -> dict[str, list[float]]:
+    """Wall times of each function over ``rounds``, the order rotating every round.
+
+    A fixed order favours some positions (here by a few percent); rotating gives each
+    variant every position equally often.
+    """
+    names = list(fns)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for fn in fns.values():
+        fn()
+    for r in range(rounds):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            start = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def per_batch_overhead(rounds: int = 15) -> list[tuple[str, float]]:
+    """The adapter's own cost per batch: a loop whose model work is nil (one idle parameter).
+
+    Minimum over interleaved rounds: on a shared machine the minimum is the stable estimate
+    of a cost this small.
+    """
     param = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([param], lr=0.1)
     loss = torch.zeros(())
     items = list(range(2000))
-    ns: dict[str, Any] = {"opt": opt, "items": items, "loss": loss, "instrument": instrument}
-    plain_stmt = "for _ in items:\n    opt.zero_grad()\n    opt.step()"
-    tracked_stmt = (
-        "with instrument(bus, opt) as run:\n"
-        "    for _ in run.epochs(1):\n"
-        "        for _ in run.batches(items):\n"
-        "            opt.zero_grad()\n"
-        "            opt.step()\n"
-        "            run.log(loss=loss)"
-    )
-    n = len(items)
-    base = ns_per_call(plain_stmt, ns, number=5, repeat=9) / n
-    rows = [("plain loop: `zero_grad()` + `step()` on an idle parameter", base)]
-    for label, subscribed in (
-        ("instrumented, nobody listening", 0),
-        ("instrumented, 3 subscribers", 3),
-    ):
-        bus = EventBus()
-        if subscribed:
-            three_subscribers(bus)
-        ns["bus"] = bus
-        rows.append((label, ns_per_call(tracked_stmt, ns, number=5, repeat=9) / n))
-    return rows
+    quiet, busy = EventBus(), EventBus()
+    three_subscribers(busy)
+
+    def plain_idle() -> None:
+        for _ in items:
+            opt.zero_grad()
+            opt.step()
+
+    def tracked(bus: EventBus, log: bool = True) -> Callable[[], None]:
+        def run() -> None:
+            with instrument(bus, opt) as tracked:
+                for _ in tracked.epochs(1):
+                    for _ in tracked.batches(items):
+                        opt.zero_grad()
+                        opt.step()
+                        if log:
+                            tracked.log(loss=loss)
+
+        return run
+
+    variants = {
+        "plain loop: `zero_grad()` + `step()` on an idle parameter": plain_idle,
+        "instrumented, nobody listening, no `run.log`": tracked(quiet, log=False),
+        "instrumented, nobody listening": tracked(quiet),
+        "instrumented, 3 subscribers": tracked(busy),
+    }
+    times = rotated(variants, rounds)
+    return [(name, min(t) / len(items) * 1e9) for name, t in times.items()]
 
 
 def main() -> str:
@@ -154,19 +190,22 @@ def main() -> str:
     batches = data()
     variants = {
         "plain loop (baseline)": plain(batches),
+        "plain loop again (noise control)": plain(batches),
+        "plain loop summing `loss.item()`": plain(batches, item=True),
+        "instrumented, nobody listening, no `run.log`": instrumented(batches, 0, log=False),
         "instrumented, nobody listening": instrumented(batches, 0),
         "instrumented, 3 subscribers": instrumented(batches, 3),
         "ready-made `fit`, 3 subscribers": ready_made(batches),
     }
-    times = interleaved(variants, repeat=ROUNDS)
+    times = {name: statistics.median(t) for name, t in rotated(variants, ROUNDS).items()}
     base = times["plain loop (baseline)"]
     rows = [
         (label, f"{t / BATCHES * 1e3:.3f}", f"{t / base:.4f}", f"{(t / base - 1) * 100:+.2f}%")
         for label, t in times.items()
     ]
-    text = table(
+    text: str = table(
         f"PyTorch: one epoch of {BATCHES} batches (MLP {DIM}-{HIDDEN}-{HIDDEN}-{CLASSES}, "
-        f"batch {BATCH}, 1 thread; median of {ROUNDS} interleaved rounds)",
+        f"batch {BATCH}, 1 thread; median of {ROUNDS} rounds, order rotating)",
         ("loop", "ms per batch", "ratio to plain", "added"),
         rows,
     )
@@ -174,7 +213,7 @@ def main() -> str:
     floor = overhead[0][1]
     step_ns = base / BATCHES * 1e9
     text += "\n" + table(
-        "PyTorch adapter: its own cost per batch (model work nil; median ns)",
+        "PyTorch adapter: its own cost per batch (model work nil; best of 15 rotating rounds)",
         ("loop", "ns per batch", "added ns", "added, as share of the step above"),
         [
             (label, f"{v:,.0f}", f"{v - floor:,.0f}", f"{(v - floor) / step_ns * 100:.3f}%")
