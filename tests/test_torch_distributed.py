@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
-from eventhooks.adapters.torch import PEER_STOP, Run, fit, instrument
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from eventhooks import Callback, EventBus, events
+from eventhooks.adapters.torch import PEER_STOP, Run, fit, instrument
 from eventhooks.callbacks import CSVLogger
 from eventhooks.testing import Recorder
 

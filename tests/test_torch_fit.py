@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 import torch
-from eventhooks.adapters.torch import evaluate, export, fit, predict
 from torch.utils.data import DataLoader, TensorDataset
 
 from eventhooks import EventBus, events
+from eventhooks.adapters.torch import evaluate, export, fit, predict
 from eventhooks.callbacks import ModelCheckpoint
 from eventhooks.testing import Recorder, assert_canonical_order
 

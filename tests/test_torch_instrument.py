@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 import torch
-from eventhooks.adapters.torch import Run, instrument
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from eventhooks import Callback, EventBus, SubscriberError, events
+from eventhooks.adapters.torch import Run, instrument
 from eventhooks.testing import Recorder, assert_canonical_order
 
 FAST = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -498,3 +498,37 @@ def test_weights_api_snapshots_and_restores() -> None:
     assert not torch.equal(before["0.weight"], model[0].weight)
     run.set_weights(copy.deepcopy(before))
     assert torch.equal(before["0.weight"], model[0].weight)
+
+
+@FAST
+@given(
+    values=st.lists(
+        st.tuples(
+            st.floats(-1e3, 1e3, allow_nan=False, width=32),
+            st.sampled_from(["float", "0d", "1d", "float64", "int"]),
+        ),
+        min_size=1,
+        max_size=600,
+    )
+)
+def test_epoch_means_are_exact_over_any_mix_of_scalar_forms(values: list[Any]) -> None:
+    """Floats, 0-d and 1-element tensors of either precision: one mean (folds included)."""
+
+    def form(value: float, kind: str) -> Any:
+        return {
+            "float": value,
+            "0d": torch.tensor(value),
+            "1d": torch.tensor([value]),
+            "float64": torch.tensor(value, dtype=torch.float64),
+            "int": int(value),
+        }[kind]
+
+    bus = EventBus()
+    rec = Recorder(bus, events=[events.on_train_epoch_end])
+    expected = [float(v) if kind != "int" else float(int(v)) for v, kind in values]
+    with instrument(bus) as run:
+        for _ in run.epochs(1):
+            for value, kind in run.batches(values):
+                run.log(m=form(value, kind))
+    got = rec.payloads("on_train_epoch_end")[0].logs["m"]
+    assert got == pytest.approx(sum(expected) / len(expected), rel=1e-5, abs=1e-4)
