@@ -83,7 +83,9 @@ def fit(
     ``val_loss``, or ``loss`` without validation). ``checkpoint_dir`` saves ``last.pt`` every
     epoch (``on_model_save``). ``sync_logs`` averages epoch logs over torch.distributed ranks.
     A stop request (``bus.request_stop()``) ends training after the current batch, or after
-    the epoch under torch.distributed.
+    the epoch under torch.distributed. ``device`` is where batches are moved (default: the
+    model's device; the model itself is not moved). A ``DistributedSampler`` gets
+    ``set_epoch(epoch)`` each epoch.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"fit(): epochs must be an int >= 0, got {epochs!r}")

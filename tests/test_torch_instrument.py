@@ -532,3 +532,28 @@ def test_epoch_means_are_exact_over_any_mix_of_scalar_forms(values: list[Any]) -
                 run.log(m=form(value, kind))
     got = rec.payloads("on_train_epoch_end")[0].logs["m"]
     assert got == pytest.approx(sum(expected) / len(expected), rel=1e-5, abs=1e-4)
+
+
+def test_several_optimizers_are_all_watched_and_named_apart() -> None:
+    """A GAN-style loop: two optimizers, each step announced, hyper-parameters told apart."""
+    bus = EventBus()
+    rec = Recorder(bus)
+    gen, disc = mlp(0), mlp(1)
+    opt_g = torch.optim.SGD(gen.parameters(), lr=0.1)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=0.01)
+    train = data(2)
+    with instrument(bus, [opt_g, opt_d]) as run:
+        for _ in run.epochs(1):
+            for b, (x, y) in enumerate(run.batches(train)):
+                for net, opt in ((gen, opt_g), (disc, opt_d)):
+                    opt.zero_grad()
+                    torch.nn.functional.cross_entropy(net(x), y).backward()
+                    opt.step()
+                if b == 0:
+                    opt_d.param_groups[0]["lr"] = 0.005
+    assert rec.names.count("optimizer_step") == 4
+    assert [p.step for p in rec.payloads("optimizer_step")] == [0, 1, 2, 3]
+    (update,) = rec.payloads("on_params_update")
+    assert update.batch == 0
+    assert update.hyperparams["lr/opt0"] == 0.1 and update.hyperparams["lr/opt1"] == 0.005
+    assert "zero_grad" not in vars(opt_g) and "zero_grad" not in vars(opt_d)
