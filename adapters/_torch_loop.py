@@ -8,7 +8,7 @@ takes bare inputs); ``metrics`` maps names to ``fn(outputs, targets) -> scalar``
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sized
 from pathlib import Path
 from typing import Any, Literal
 
@@ -94,6 +94,8 @@ def fit(
         routine=True,
     )  # fmt: skip
     run.params["epochs"] = epochs
+    if isinstance(train_loader, Sized):  # known at on_train_start, for progress bars
+        run.params["steps"] = len(train_loader)
     target = torch.device(device) if device is not None else _device_of(model)
     with run:
         for epoch in run.epochs(range(initial_epoch, epochs)):

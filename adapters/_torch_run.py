@@ -110,7 +110,7 @@ class Run:
         self._active = False
         self._watch: OptimizerWatch | None = None
         self._where: dict[str, Any] = {"source": self, "params": self.params}
-        self._in_epoch = False
+        self._in_epoch = self._announced = self._started = False
         self._train_open = False
         self._batch_open = False
         self._next_batch = 0
@@ -156,7 +156,6 @@ class Run:
                 self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
             if self.routine:
                 bus.emit(events.on_pretrain_routine_end, **self._where)
-            bus.emit(events.on_train_start, logs={}, **self._where)
         except BaseException as exc:
             self._teardown(exc)
             raise
@@ -169,6 +168,7 @@ class Run:
             self._teardown(exc)
             return  # the user's exception goes on, unchanged
         try:
+            self._start_training(None)
             if self._in_epoch:  # the user broke out of the epoch loop: that epoch still ended
                 self._end_epoch()
             logs = {**self.logs, **self._run_extra}
@@ -204,9 +204,17 @@ class Run:
         """
         self._require_active("epochs")
         if isinstance(epochs, int):
-            self.params["epochs"] = epochs
-            return self._epoch_loop(range(epochs))
+            epochs = range(epochs)
+        if isinstance(epochs, range):
+            self.params["epochs"] = epochs.stop
+        self._start_training(epochs.start if isinstance(epochs, range) else None)
         return self._epoch_loop(epochs)
+
+    def _start_training(self, initial_epoch: int | None) -> None:
+        """Emit ``on_train_start`` once, when the epoch loop starts: ``params`` know ``epochs``."""
+        if not self._started:
+            self._started = True
+            self.bus.emit(events.on_train_start, epoch=initial_epoch, logs={}, **self._where)
 
     def _epoch_loop(self, epochs: Iterable[int]) -> Iterator[int]:
         for epoch in epochs:
@@ -235,7 +243,17 @@ class Run:
         self._next_batch = 0
         self._train, self._val = Means(), Means()
         self.train_logs, self.val_logs, self._epoch_extra = {}, {}, {}
-        self.bus.emit(events.on_train_epoch_start, epoch=epoch, **self._where)
+        self._announced = False
+
+    def _announce_epoch(self) -> None:
+        """Emit ``on_train_epoch_start`` once, when the epoch's first loop starts.
+
+        Deferred from the epoch's first line to its first ``run.batches()`` (or validation,
+        or end), so that ``params["steps"]`` already counts the batches of the loader.
+        """
+        if self._in_epoch and not self._announced:
+            self._announced = True
+            self.bus.emit(events.on_train_epoch_start, epoch=self.epoch, **self._where)
 
     def _end_epoch(self) -> None:
         self._close_val()
@@ -269,6 +287,7 @@ class Run:
             raise RuntimeError("run.batches(): this epoch's training part has already ended")
         if isinstance(loader, Sized):
             self.params["steps"] = len(loader)
+        self._announce_epoch()
         return self._batch_loop(loader)
 
     def _batch_loop(self, loader: Iterable[T]) -> Iterator[T]:
@@ -302,6 +321,7 @@ class Run:
             )  # fmt: skip
 
     def _close_train(self) -> None:
+        self._announce_epoch()
         if self._batch_open:  # the user broke out of the batch loop: the batch ended anyway
             self._end_batch()
         if not self._train_open:
@@ -397,6 +417,7 @@ class Run:
             raise ValueError("run.checkpoint() needs the run's model= (its state_dict is saved)")
         if self.rank != 0:
             return None
+        self._announce_epoch()
         target = Path(path)
         optimizers = [state_of(opt) for opt in self.optimizers]
         state = {

@@ -464,7 +464,8 @@ def test_an_idle_run_pickles_and_an_active_one_refuses() -> None:
     assert copy_.model is not model and len(copy_.optimizers) == 1
     copy_.bus.subscribe(events.on_train_start, lambda p: heard.append(1))
     with copy_:
-        assert heard == [1]
+        for _ in copy_.epochs(1):
+            assert heard == [1]
         with pytest.raises(TypeError, match="active Run cannot be pickled"):
             pickle.dumps(copy_)
 
@@ -557,3 +558,32 @@ def test_several_optimizers_are_all_watched_and_named_apart() -> None:
     assert update.batch == 0
     assert update.hyperparams["lr/opt0"] == 0.1 and update.hyperparams["lr/opt1"] == 0.005
     assert "zero_grad" not in vars(opt_g) and "zero_grad" not in vars(opt_d)
+
+
+def test_params_know_epochs_at_train_start_and_steps_at_epoch_start() -> None:
+    """Progress bars need totals: the run announces training and epochs once it knows them."""
+    bus = EventBus()
+    rec = Recorder(bus)
+    model, train = mlp(), data(3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with instrument(bus, opt) as run:
+        model.eval()  # work before the loops: nothing announced yet
+        assert rec.names == []
+        for _ in run.epochs(range(2, 5)):  # resuming at epoch 2
+            for x, y in run.batches(train):
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+    start = rec.payloads("on_train_start")[0]
+    assert start.epoch == 2 and start.params["epochs"] == 5
+    assert [p.epoch for p in rec.payloads("on_train_epoch_start")] == [2, 3, 4]
+    assert all(p.params["steps"] == 3 for p in rec.payloads("on_train_epoch_start"))
+    assert_canonical_order(rec.names)
+
+
+def test_an_empty_run_still_starts_ends_and_tears_down() -> None:
+    bus = EventBus()
+    rec = Recorder(bus)
+    with instrument(bus, torch.optim.SGD(mlp().parameters(), lr=0.1)):
+        pass
+    assert rec.names == ["on_train_start", "on_train_end", "teardown"]
