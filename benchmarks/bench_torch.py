@@ -1,14 +1,14 @@
 """What the events cost a PyTorch training loop: the same loop with and without the adapter.
 
 Baseline: a plain hand-written loop (``zero_grad``, forward, loss, ``backward``, ``step``) over
-batches already in memory, a step of about 1 ms on one thread. Then the same loop
-instrumented (``instrument``, ``run.epochs``, ``run.batches``, ``run.log(loss=loss)``) with
-nobody listening, and with three subscribers (History and EarlyStopping at epoch ends, a
-batch counter reading the batch logs, which costs an ``.item()`` per batch); and the
-ready-made ``fit`` with the same three; a second plain loop shows the noise floor. Variants
-run round by round, their order rotating, so that machine noise and position hit them all
-alike. A second table isolates the adapter's own cost per batch, on a loop whose model work
-is nil.
+batches already in memory, a step of about 1 ms on one thread; a second plain loop shows the
+noise floor. Then the same loop instrumented (``instrument``, ``run.epochs``,
+``run.batches``, ``run.log(loss=loss)``): with nobody listening; with three subscribers at
+epoch ends (History, EarlyStopping, one more); with History, EarlyStopping and a reader of
+the batch logs (an ``.item()`` and a validated payload per batch); and the ready-made
+``fit`` with the latter three. Variants run round by round, their order rotating, so that
+machine noise and position hit them all alike. A second table isolates the adapter's own
+cost per batch, on a loop whose model work is nil.
 
 Run: ``.venv/bin/python benchmarks/bench_torch.py``
 """
@@ -59,7 +59,8 @@ def model() -> torch.nn.Module:
     )  # fmt: skip
 
 
-def three_subscribers(bus: EventBus) -> None:
+def three_subscribers(bus: EventBus, *, per_batch: bool = True) -> None:
+    """History and EarlyStopping, plus a batch-log reader (or a third epoch-level one)."""
     bus.attach(History())
     bus.attach(EarlyStopping(monitor="loss", patience=1000))
     seen = [0.0]
@@ -67,7 +68,7 @@ def three_subscribers(bus: EventBus) -> None:
     def count(payload: Any) -> None:
         seen[0] += payload.logs["loss"]
 
-    bus.subscribe(events.on_train_batch_end, count)
+    bus.subscribe(events.on_train_batch_end if per_batch else events.on_fit_epoch_end, count)
 
 
 def plain(batches: Batches, *, item: bool = False) -> Callable[[], None]:
@@ -91,13 +92,15 @@ def plain(batches: Batches, *, item: bool = False) -> Callable[[], None]:
     return run
 
 
-def instrumented(batches: Batches, subscribers: int, *, log: bool = True) -> Callable[[], None]:
+def instrumented(
+    batches: Batches, subscribers: int, *, log: bool = True, per_batch: bool = True
+) -> Callable[[], None]:
     net = model()
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     loss_fn = torch.nn.functional.cross_entropy
     bus = EventBus()
     if subscribers:
-        three_subscribers(bus)
+        three_subscribers(bus, per_batch=per_batch)
 
     def run() -> None:
         with instrument(bus, opt) as tracked:
@@ -194,8 +197,9 @@ def main() -> str:
         "plain loop summing `loss.item()`": plain(batches, item=True),
         "instrumented, nobody listening, no `run.log`": instrumented(batches, 0, log=False),
         "instrumented, nobody listening": instrumented(batches, 0),
-        "instrumented, 3 subscribers": instrumented(batches, 3),
-        "ready-made `fit`, 3 subscribers": ready_made(batches),
+        "instrumented, 3 epoch-level subscribers": instrumented(batches, 3, per_batch=False),
+        "instrumented, 3 subscribers, one reading batch logs": instrumented(batches, 3),
+        "ready-made `fit`, 3 subscribers, one reading batch logs": ready_made(batches),
     }
     times = {name: statistics.median(t) for name, t in rotated(variants, ROUNDS).items()}
     base = times["plain loop (baseline)"]
