@@ -25,10 +25,10 @@ from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
-from eventhooks.adapters import _numpy_mlp as mlp  # noqa: E402
-from eventhooks.adapters.numpy import NumpyTrainer  # noqa: E402
 
 from eventhooks import Callback, EventBus, events  # noqa: E402
+from eventhooks.adapters import _numpy_mlp as mlp  # noqa: E402
+from eventhooks.adapters.numpy import NumpyTrainer  # noqa: E402
 from eventhooks.testing import Recorder  # noqa: E402
 
 N, DIM, CLASSES, HIDDEN, BATCH, EPOCHS, ROUNDS = 2048, 64, 10, (128,), 32, 3, 15

@@ -48,10 +48,10 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from eventhooks.adapters.ultralytics import Forwarder, attach
     from ultralytics import YOLO, __version__
 
     from eventhooks import EventBus
+    from eventhooks.adapters.ultralytics import Forwarder, attach
     from eventhooks.callbacks import CSVLogger, History
 
     work = Path(tempfile.mkdtemp(prefix="bench-ultralytics-"))

@@ -8,9 +8,9 @@ from typing import Any
 
 import keras
 import numpy as np
-from eventhooks.adapters.keras import fit
 
 from eventhooks import EventBus
+from eventhooks.adapters.keras import fit
 from eventhooks.callbacks import CSVLogger, EarlyStopping, EventLog, History, ModelCheckpoint
 from eventhooks.replay import replay
 from eventhooks.testing import Recorder

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from eventhooks.adapters.numpy import NumpyTrainer, load
 
 from eventhooks import EventBus, SubscriberError
+from eventhooks.adapters.numpy import NumpyTrainer, load
 from eventhooks.callbacks import (
     CSVLogger,
     EarlyStopping,

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from eventhooks.adapters.numpy import load
 
 from eventhooks import EventBus, events, registry
 from eventhooks._cli_demo import dataset
+from eventhooks.adapters.numpy import load
 from eventhooks.callbacks import History
 from eventhooks.cli import main
 from eventhooks.replay import replay

@@ -9,12 +9,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from eventhooks.adapters import _numpy_mlp as mlp
-from eventhooks.adapters.numpy import NumpyTrainer, load
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from eventhooks import Callback, EventBus, SubscriberError, events
+from eventhooks.adapters import _numpy_mlp as mlp
+from eventhooks.adapters.numpy import NumpyTrainer, load
 from eventhooks.testing import Recorder, assert_canonical_order
 
 ALL = [event.name for event in events.BUILTIN]

@@ -29,10 +29,10 @@ def test_readme_example_runs(
 
 
 def test_event_table_matches_registry() -> None:
-    rows = re.findall(r"^\| `(\w+)` \| (`\w+`|–) \| `(\w+)` \|", TEXT, flags=re.M)
+    rows = re.findall(r"^\| `(\w+)` \| (`\w+`|\u2013) \| `(\w+)` \|", TEXT, flags=re.M)
     table = [(name, keras.strip("`"), payload) for name, keras, payload in rows]
     expected = [
-        (e.name, e.keras if e.keras else "–", e.payload.__name__) for e in events.BUILTIN
+        (e.name, e.keras if e.keras else "\u2013", e.payload.__name__) for e in events.BUILTIN
     ]
     assert table == expected
 

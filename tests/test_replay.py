@@ -10,11 +10,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from eventhooks.adapters.numpy import NumpyTrainer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eventhooks import EventBus, events
+from eventhooks.adapters.numpy import NumpyTrainer
 from eventhooks.callbacks import CSVLogger, EventLog, History
 from eventhooks.eventlog import VERSION, EventLogError
 from eventhooks.replay import load, replay

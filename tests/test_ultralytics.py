@@ -25,8 +25,6 @@ import pytest
 import torch
 from _yolo_data import classification_dataset, detection_dataset, predict_images
 from _yolo_support import EpochFile, NativeTrace, NetworkAttempt, NetworkGuard
-from eventhooks.adapters import _ultralytics_logs as ul
-from eventhooks.adapters.ultralytics import NAMES, Forwarder, Link, attach, detach
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from ultralytics import YOLO
@@ -36,6 +34,8 @@ from ultralytics.models.yolo.detect import DetectionPredictor, DetectionValidato
 
 from eventhooks import Callback, EpochPayload, EventBus, RunPayload, SubscriberError, events
 from eventhooks import eventlog as eventlog_format
+from eventhooks.adapters import _ultralytics_logs as ul
+from eventhooks.adapters.ultralytics import NAMES, Forwarder, Link, attach, detach
 from eventhooks.callbacks import CSVLogger, EarlyStopping, EventLog, History
 from eventhooks.testing import CanonicalOrderError, Recorder, assert_canonical_order
 

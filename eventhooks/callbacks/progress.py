@@ -75,6 +75,9 @@ class ProgressBar(Callback):
             return
         if self._batches is not None:
             self._batches.close()
+        # Loops that learn their length late (an instrumented PyTorch loop knows ``steps``
+        # only when the epoch's first loop starts) send fresher params with each epoch.
+        self._params = {**self._params, **(payload.params or {})}
         epochs = self._params.get("epochs")
         of = f"/{epochs}" if epochs else ""
         self._batches = self._tqdm(
