@@ -1,7 +1,12 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Each creates .venv itself.
+SHELL  := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 VENV   := .venv
 PY     := $(VENV)/bin/python
+# This machine's pip config lists local indexes that do not exist for every package; pip says
+# so once per package. Those lines are noise: keep everything else.
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
+QUIET  := 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
 # Keras runs on the torch backend here (TensorFlow is not installed).
 export KERAS_BACKEND := torch
 
@@ -12,12 +17,12 @@ $(PY):
 
 # NumPy only: the demo needs no framework.
 $(VENV)/.demo-installed: pyproject.toml | $(PY)
-	$(PIP) -e '.[demo]'
+	$(PIP) -e '.[demo]' $(QUIET)
 	touch $@
 
 # torch/torchvision are pinned (pyproject) to the wheels on this machine's disk.
 $(VENV)/.test-installed: pyproject.toml | $(PY)
-	$(PIP) -e '.[test]'
+	$(PIP) -e '.[test]' $(QUIET)
 	touch $@
 
 demo: $(VENV)/.demo-installed
