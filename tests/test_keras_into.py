@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from eventhooks import Callback, EpochPayload, EventBus, RunPayload, SubscriberError, events
 from eventhooks.adapters.keras import KerasCallback, fit, keras_run
-from eventhooks.testing import Recorder, assert_canonical_order
+from eventhooks.testing import CountingBus, Recorder, assert_canonical_order
 
 #: What KerasCallback emits (save/export come from the helpers, tested elsewhere).
 KERAS_EMITS = (
@@ -354,17 +354,6 @@ def test_a_subscriber_failing_in_on_train_end_still_gets_teardown() -> None:
     assert rec.names[-2:] == ["on_train_end", "teardown"]
     assert "ZeroDivisionError" in rec.payloads("teardown")[0].error
 
-
-class CountingBus(EventBus):
-    """A real bus that counts emits, to see what the adapter skips."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.emitted: list[str] = []
-
-    def emit(self, event: Any, /, **fields: Any) -> Any:
-        self.emitted.append(event if isinstance(event, str) else event.name)
-        return super().emit(event, **fields)
 
 
 def test_unheard_moments_are_not_emitted() -> None:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from eventhooks import Callback, EventBus, SubscriberError, events
 from eventhooks.adapters import _numpy_mlp as mlp
 from eventhooks.adapters.numpy import NumpyTrainer, load
-from eventhooks.testing import Recorder, assert_canonical_order
+from eventhooks.testing import CountingBus, Recorder, assert_canonical_order
 
 ALL = [event.name for event in events.BUILTIN]
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -658,15 +658,6 @@ def test_works_without_a_bus() -> None:
     history = trainer.fit(x, y, epochs=2)
     assert len(history["loss"]) == 2
 
-
-class CountingBus(EventBus):
-    def __init__(self) -> None:
-        super().__init__()
-        self.emitted: list[str] = []
-
-    def emit(self, event: Any, /, **fields: Any) -> Any:
-        self.emitted.append(event if isinstance(event, str) else event.name)
-        return super().emit(event, **fields)
 
 
 def test_per_batch_events_are_skipped_when_nobody_listens() -> None:

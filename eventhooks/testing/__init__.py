@@ -21,7 +21,7 @@ from ..bus import EventBus
 from ..events import BUILTIN, Event
 from ._grammar import check
 
-__all__ = ["CanonicalOrderError", "Recorder", "assert_canonical_order"]
+__all__ = ["CanonicalOrderError", "CountingBus", "Recorder", "assert_canonical_order"]
 
 #: Recorders listen before every other subscriber, so a failing subscriber cannot hide an event.
 RECORDER_PRIORITY = 1_000_000
@@ -77,6 +77,22 @@ class Recorder:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+class CountingBus(EventBus):
+    """A real bus that also notes every ``emit`` call, heard or not.
+
+    For checking an adapter's hot path: with nobody listening to batch moments, an adapter
+    should not even call ``emit`` for them (``bus.listening(name)`` first).
+    """
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.emitted: list[str] = []
+
+    def emit(self, event: str | Event[Any], /, **fields: Any) -> Any:
+        self.emitted.append(event if isinstance(event, str) else event.name)
+        return super().emit(event, **fields)
 
 
 class CanonicalOrderError(AssertionError):
