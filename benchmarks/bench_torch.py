@@ -158,8 +158,9 @@ def per_batch_overhead(rounds: int = 15) -> list[tuple[str, float]]:
     opt = torch.optim.SGD([param], lr=0.1)
     loss = torch.zeros(())
     items = list(range(2000))
-    quiet, busy = EventBus(), EventBus()
+    quiet, busy, epochly = EventBus(), EventBus(), EventBus()
     three_subscribers(busy)
+    three_subscribers(epochly, per_batch=False)
 
     def plain_idle() -> None:
         for _ in items:
@@ -182,7 +183,8 @@ def per_batch_overhead(rounds: int = 15) -> list[tuple[str, float]]:
         "plain loop: `zero_grad()` + `step()` on an idle parameter": plain_idle,
         "instrumented, nobody listening, no `run.log`": tracked(quiet, log=False),
         "instrumented, nobody listening": tracked(quiet),
-        "instrumented, 3 subscribers": tracked(busy),
+        "instrumented, 3 epoch-level subscribers": tracked(epochly),
+        "instrumented, 3 subscribers, one reading batch logs": tracked(busy),
     }
     times = rotated(variants, rounds)
     return [(name, min(t) / len(items) * 1e9) for name, t in times.items()]
