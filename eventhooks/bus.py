@@ -43,6 +43,10 @@ _RUN_EDGE_EVENTS: tuple[Event[Any], ...] = (
 )  # fmt: skip
 
 
+#: The delivery tuple of an event nobody listens to (CPython's empty-tuple singleton).
+_NOBODY: tuple[()] = ()
+
+
 class _RunEdgeCalls(tuple):  # type: ignore[type-arg]
     """The delivery tuple of a run-edge event: its type tells ``emit`` without a lookup."""
 
@@ -365,7 +369,8 @@ class EventBus:
         except (KeyError, TypeError):
             calls = self._calls[self._learn(event)]
         if not calls:
-            if type(calls) is _RunEdgeCalls:
+            # Only a run-edge event's empty tuple is not the () singleton.
+            if calls is not _NOBODY:
                 self._run_edge(self._event_of[event])
             return None
         target = self._event_of[event]
