@@ -220,3 +220,12 @@ def test_recorder_records_in_order_before_failing_subscribers() -> None:
     bus.emit("on_val_start")
     bus.emit("on_predict_start")
     assert only.names == ["on_val_start"]
+
+
+def test_the_testing_module_docstring_example_runs() -> None:
+    import doctest
+
+    import eventhooks.testing
+
+    result = doctest.testmod(eventhooks.testing)
+    assert result.attempted >= 5 and result.failed == 0
