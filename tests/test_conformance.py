@@ -125,3 +125,23 @@ def test_a_run_of_one_epoch_is_refused() -> None:
 
     with pytest.raises(AssertionError, match="two epochs or more"):
         check_adapter(short)
+
+
+def test_ultralytics_adapter_conforms(tmp_path: Any) -> None:
+    from _yolo_data import classification_dataset
+    from ultralytics import YOLO
+
+    from eventhooks.adapters.ultralytics import attach
+
+    data = classification_dataset(tmp_path / "data")
+    runs = iter(range(10))
+
+    def yolo_run(bus: EventBus) -> None:
+        model = YOLO("yolov8n-cls.yaml")
+        attach(model, bus)
+        model.train(data=str(data), epochs=3, imgsz=32, batch=4, pretrained=False, amp=False,
+                    plots=False, device="cpu", workers=0, project=str(tmp_path / "runs"),
+                    name=f"run{next(runs)}", verbose=False)  # fmt: skip
+
+    seen = check_adapter(yolo_run)
+    assert "on_model_save" in seen.emitted and "optimizer_step" not in seen.emitted
