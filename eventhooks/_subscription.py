@@ -65,6 +65,8 @@ class Subscription:
         for option, value in (("every", every), ("once", once), ("max_failures", max_failures)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{option}= must be a positive int, got {value!r}")
+        if isinstance(priority, bool) or not isinstance(priority, (int, float)):
+            raise TypeError(f"priority= must be a number, got {priority!r}")
         if errors not in (None, "raise", "warn", "disable"):
             raise ValueError(f"errors= must be 'raise', 'warn' or 'disable', got {errors!r}")
         self._bus = bus

@@ -43,14 +43,30 @@ _RUN_EDGE_EVENTS: tuple[Event[Any], ...] = (
 )  # fmt: skip
 
 
-#: The delivery tuple of an event nobody listens to (CPython's empty-tuple singleton).
+#: What an event nobody listens to delivers to (CPython's empty-tuple singleton).
 _NOBODY: tuple[()] = ()
 
 
-class _RunEdgeCalls(tuple):  # type: ignore[type-arg]
-    """The delivery tuple of a run-edge event: its type tells ``emit`` without a lookup."""
+class _Calls(list):  # type: ignore[type-arg]
+    """An event's delivery list, with what ``emit`` needs beside it (no second lookup).
 
-    __slots__ = ()
+    A list, not a tuple: a subscriber disconnected during an emit is replaced in the list
+    being iterated by a no-op, so it is not called, as blinker's ``send`` would not call it.
+    An empty ``_Calls`` (a run-edge event nobody listens to) is not the ``()`` singleton.
+    """
+
+    __slots__ = ("edge", "entries", "event", "validate")
+
+    def __init__(self, event: Event[Any], calls: list[Any], entries: tuple[Any, ...]) -> None:
+        super().__init__(calls)
+        self.event = event
+        self.validate = event._validate
+        self.entries = entries
+        self.edge = event in _RUN_EDGE_EVENTS
+
+
+def _skip(payload: Any) -> None:
+    """Stands in for a subscriber disconnected while an emit was delivering."""
 
 
 class _EventSignal(blinker.Signal):
@@ -60,7 +76,13 @@ class _EventSignal(blinker.Signal):
         super().__init__(doc=event.doc)
         self.event = event
         self.connected_at: dict[Hashable, int] = {}
+        self.plain: dict[Hashable, _BlinkerReceiver] = {}  # failures survive rebuilds
         self._changed = changed
+
+    def hears(self, receiver_id: Hashable, sender_id: Hashable) -> bool:
+        """Whether a receiver is connected for any sender or for this one."""
+        senders = self._by_receiver.get(receiver_id, ())
+        return blinker.base.ANY_ID in senders or sender_id in senders
 
     def connect(self, receiver: Any, sender: Any = blinker.ANY, weak: bool = True) -> Any:
         self.connected_at.setdefault(make_id(receiver), next(connection_seq))
@@ -72,6 +94,7 @@ class _EventSignal(blinker.Signal):
         super()._disconnect(receiver_id, sender_id)
         if receiver_id not in self.receivers:
             self.connected_at.pop(receiver_id, None)
+            self.plain.pop(receiver_id, None)
         self._changed(self.event)
 
 
@@ -118,7 +141,7 @@ class EventBus:
         self.max_failures = max_failures
         self.registry = registry or _registry.default
         self._signals: dict[Event[Any], _EventSignal] = {}
-        self._calls: dict[object, tuple[Callable[[Any], object], ...]] = {}
+        self._calls: dict[object, Any] = {}  # name or Event -> _Calls, or () if nobody listens
         self._entries: dict[Event[Any], tuple[Any, ...]] = {}
         self._event_of: dict[object, Event[Any]] = {}
         self._muted: dict[Event[Any] | None, int] = {}
@@ -310,9 +333,11 @@ class EventBus:
     def muted(self, *events: str | Event[Any]) -> Iterator[None]:
         """Silence the bus (or only the given events) for the ``with`` block."""
         keys: list[Event[Any] | None] = [self._learn(e) for e in events] or [None]
+        touched = list(self._signals) if None in keys else keys
         for key in keys:
             self._muted[key] = self._muted.get(key, 0) + 1
-        self._rebuild_all()
+        for event in touched:
+            self._rebuild(event)  # type: ignore[arg-type]
         try:
             yield
         finally:
@@ -320,7 +345,8 @@ class EventBus:
                 self._muted[key] -= 1
                 if not self._muted[key]:
                     del self._muted[key]
-            self._rebuild_all()
+            for event in touched:
+                self._rebuild(event)  # type: ignore[arg-type]
 
     # -- dispatch ---------------------------------------------------------------------------
 
@@ -329,8 +355,9 @@ class EventBus:
             self._rebuild(event)
 
     def _rebuild(self, event: Event[Any]) -> None:
-        """Recompute an event's delivery tuple: priority first, then connection order."""
+        """Recompute an event's delivery list: priority first, then connection order."""
         signal = self._signals[event]
+        me = make_id(self)
         entries: list[Any] = []
         for rid, held in list(signal.receivers.items()):
             strong = held() if isinstance(held, weakref.ref) else held
@@ -341,8 +368,12 @@ class EventBus:
                 Subscription.receive
             ):
                 entries.append(owner)
-            else:
-                entries.append(_BlinkerReceiver(self, held, signal.connected_at.get(rid, 0)))
+            elif signal.hears(rid, me):
+                plain = signal.plain.get(rid)
+                if plain is None:
+                    seq = signal.connected_at.get(rid, 0)
+                    plain = signal.plain[rid] = _BlinkerReceiver(self, held, seq)
+                entries.append(plain)
         entries.sort(key=lambda e: (-e.priority, e.seq))
         calls: list[Callable[[Any], object]] = []
         for entry in entries:
@@ -351,10 +382,17 @@ class EventBus:
             fn = entry.target if isinstance(entry, Subscription) else None
             direct = fn is not None and not entry.weak and not entry.filtered
             calls.append(fn if direct and not any(c is fn for c in calls) else entry)  # type: ignore[arg-type]
-        self._entries[event] = tuple(entries)
+        self._entries[event] = snapshot = tuple(entries)
         silent = None in self._muted or event in self._muted
-        kind = _RunEdgeCalls if event in _RUN_EDGE_EVENTS else tuple
-        delivered = kind(() if silent else calls)
+        delivered: list[Any] | tuple[()] = _Calls(event, [] if silent else calls, snapshot)
+        if not delivered and not delivered.edge:  # type: ignore[union-attr]
+            delivered = _NOBODY
+        previous = self._calls.get(event)
+        if isinstance(previous, _Calls):  # an emit may be iterating it right now
+            kept = {id(c) for c in delivered} | {id(e) for e in snapshot}
+            for index, call in enumerate(previous):
+                if id(call) not in kept:
+                    previous[index] = _skip
         for key in (event, *event.names):
             self._calls[key] = delivered
 
@@ -369,47 +407,46 @@ class EventBus:
         except (KeyError, TypeError):
             calls = self._calls[self._learn(event)]
         if not calls:
-            # Only a run-edge event's empty tuple is not the () singleton.
+            # Only a run-edge event's empty list is not the () singleton.
             if calls is not _NOBODY:
-                self._run_edge(self._event_of[event])
+                self._run_edge(calls.event)
             return None
-        target = self._event_of[event]
         try:
-            payload = target._validate(fields)
+            payload = calls.validate(fields)
         except ValidationError as exc:
             errors = [dict(err) for err in exc.errors(include_url=False)]
-            raise PayloadError(target.name, errors) from None
-        if type(calls) is _RunEdgeCalls:
-            self._run_edge(target)
+            raise PayloadError(calls.event.name, errors) from None
+        if calls.edge:
+            self._run_edge(calls.event)
         try:
             for call in calls:
                 call(payload)
         except Exception as exc:
-            self._recover(target, calls, call, payload, exc)
+            self._recover(calls, call, payload, exc)
         return payload
 
-    def _recover(
-        self,
-        event: Event[Any],
-        calls: tuple[Callable[[Any], object], ...],
-        failed: Callable[[Any], object],
-        payload: Any,
-        exc: Exception,
-    ) -> None:
+    def _recover(self, calls: _Calls, failed: Callable[[Any], object], payload: Any,
+                 exc: Exception) -> None:  # fmt: skip
         """Apply the failed subscriber's error policy, then deliver to the ones after it."""
+        event = calls.event
         index = next(i for i, call in enumerate(calls) if call is failed)
-        entry = self._entry_for(event, failed)
+        entry = _entry_for(calls.entries, failed)
         label = entry.label if entry is not None else describe(failed)
         policy = (entry.errors if entry is not None else None) or self.errors
         if policy == "raise":
-            error = SubscriberError(event.name, label, exc)
+            # An error from a nested emit already names its subscriber and event.
+            error = exc if isinstance(exc, SubscriberError) else SubscriberError(
+                event.name, label, exc
+            )
             if event is ev.teardown:
                 # teardown is the last word of a run: everyone hears it, then the first
                 # failure is raised (later ones are logged).
                 try:
-                    self._deliver_rest(event, calls, index, payload)
+                    self._deliver_rest(calls, index, payload)
                 except SubscriberError as later:
                     log.warning("%s", later, exc_info=later.original)
+            if error is exc:
+                raise error
             raise error from exc
         log.warning("subscriber %s failed on event %r", label, event.name, exc_info=exc)
         if policy == "disable" and entry is not None:
@@ -421,29 +458,33 @@ class EventBus:
                     self.disconnect(entry)
                 elif entry.target is not None:
                     self._signals[event].disconnect(entry.target)
-        self._deliver_rest(event, calls, index, payload)
+        self._deliver_rest(calls, index, payload)
 
-    def _deliver_rest(
-        self,
-        event: Event[Any],
-        calls: tuple[Callable[[Any], object], ...],
-        index: int,
-        payload: Any,
-    ) -> None:
+    def _deliver_rest(self, calls: _Calls, index: int, payload: Any) -> None:
         """Deliver to the subscribers after ``calls[index]``."""
         try:
-            for call in calls[index + 1 :]:
+            for later in range(index + 1, len(calls)):  # by index: the list may change
+                call = calls[later]
                 call(payload)
         except Exception as again:
-            self._recover(event, calls, call, payload, again)
+            self._recover(calls, call, payload, again)
 
-    def _entry_for(self, event: Event[Any], call: object) -> Any:
-        if isinstance(call, (Subscription, _BlinkerReceiver)):
-            return call
-        for entry in self._entries.get(event, ()):
-            if isinstance(entry, Subscription) and entry.target is call:
-                return entry
-        return None
+    def emit_teardown(self, error: BaseException | None = None, /, **fields: Any) -> Any:
+        """Emit ``teardown`` for a run that ends, failed (``error``) or not.
+
+        For adapters, in their ``finally``/``except``: a subscriber failing at teardown must
+        not hide the run's own error. With ``error`` given, such a failure is logged and
+        added to ``error`` as a note, and ``error`` stays the one to re-raise; without it,
+        the subscriber's :class:`SubscriberError` is raised as from any emit.
+        """
+        if error is None:
+            return self.emit(ev.teardown, **fields)
+        try:
+            return self.emit(ev.teardown, exception=error, **fields)
+        except SubscriberError as failed:
+            log.warning("%s (while the run was failing)", failed, exc_info=failed.original)
+            error.add_note(f"eventhooks: {failed}")
+            return None
 
     # -- flow control -----------------------------------------------------------------------
 
@@ -506,6 +547,16 @@ class EventBus:
     def __repr__(self) -> str:
         live = sum(len(e) for e in self._entries.values())
         return f"<EventBus {live} receivers, errors={self.errors!r}>"
+
+
+def _entry_for(entries: tuple[Any, ...], call: object) -> Any:
+    """The subscription (or blinker receiver) behind a delivered callable, as of the emit."""
+    if isinstance(call, (Subscription, _BlinkerReceiver)):
+        return call
+    for entry in entries:
+        if isinstance(entry, Subscription) and entry.target is call:
+            return entry
+    return None
 
 
 def _same(a: object, b: object) -> bool:

@@ -545,3 +545,18 @@ def test_teardown_reaches_everyone_then_the_first_failure_is_raised(
     assert heard == ["RuntimeError: run failed"]
     assert isinstance(info.value.original, ValueError)
     assert any("second" in r.getMessage() for r in caplog.records)
+
+
+def test_emit_teardown_never_hides_the_runs_error(caplog: pytest.LogCaptureFixture) -> None:
+    bus = EventBus()
+    heard: list[str | None] = []
+    bus.on("teardown", priority=1)(broken)
+    bus.on("teardown")(lambda p: heard.append(p.error))
+    run_error = RuntimeError("data broke")
+    with caplog.at_level(logging.WARNING, logger="eventhooks"):
+        bus.emit_teardown(run_error, epoch=2)
+    assert heard == ["RuntimeError: data broke"]
+    assert any("broken subscriber" in note for note in run_error.__notes__)
+    assert any("while the run was failing" in r.getMessage() for r in caplog.records)
+    with pytest.raises(SubscriberError):  # a run that ended well: the failure is the news
+        bus.emit_teardown()
