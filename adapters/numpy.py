@@ -439,7 +439,7 @@ class _Run:
         """One epoch: EPOCH := train_epoch_start BATCH* train_epoch_end VAL? save? fit_end."""
         t, params = self.trainer, self.params
         bus, listening = t.bus, t.bus.listening
-        optimizer, weights = t._optimizer, t._weights
+        optimizer = t._optimizer
         assert optimizer is not None
         t._epoch = epoch
         bus.emit(events.on_train_epoch_start, source=t, params=params, epoch=epoch)
@@ -460,6 +460,8 @@ class _Run:
                     step=t.iterations,
                 )  # fmt: skip
             t.gradients = None
+            # Read each step: a subscriber's set_weights() swaps in a new list.
+            weights = t._weights
             loss, right, grads = mlp.loss_and_grads(weights, xb, yb)
             t.gradients = grads
             optimizer.apply(weights, grads)

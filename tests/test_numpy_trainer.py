@@ -529,6 +529,37 @@ def test_get_set_weights_round_trip() -> None:
         np.testing.assert_array_equal(wa, wb)
 
 
+@pytest.mark.parametrize("reset_at", [0, 2])
+def test_set_weights_mid_epoch_training_continues_from_the_new_weights(reset_at: int) -> None:
+    x, y = blobs(48)
+    batch_size, lr = 8, 0.05
+    bus = EventBus()
+    trainer = NumpyTrainer(bus=bus, hidden=(6,), seed=0, optimizer="sgd", lr=lr)
+    trainer.fit(x, y, epochs=1, batch_size=batch_size, shuffle=False)
+    snapshot = trainer.get_weights()
+
+    @bus.on(events.on_train_batch_end)
+    def restore(payload: Any) -> None:
+        if payload.epoch == 1 and payload.batch == reset_at:
+            trainer.set_weights(snapshot)
+
+    history = trainer.fit(
+        x, y, epochs=2, batch_size=batch_size, shuffle=False, initial_epoch=1,
+        validation_data=(x, y),
+    )  # fmt: skip
+    after = trainer.get_weights()
+    assert not all(np.array_equal(a, s) for a, s in zip(after, snapshot, strict=True))
+    # Plain SGD has no state: the rest of the epoch is a fit on the remaining batches.
+    reference = NumpyTrainer(hidden=(6,), seed=5, optimizer="sgd", lr=lr)
+    reference.set_weights(snapshot)
+    reference.fit(x[(reset_at + 1) * batch_size :], y[(reset_at + 1) * batch_size :],
+                  epochs=1, batch_size=batch_size, shuffle=False)  # fmt: skip
+    for got, want in zip(after, reference.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
+    # Validation saw the weights training produced.
+    assert history["val_loss"] == [reference.evaluate(x, y, batch_size=batch_size, return_dict=True)["loss"]]
+
+
 def test_set_weights_rejects_wrong_shapes() -> None:
     trainer = NumpyTrainer(hidden=(4,))
     trainer.build(3, 2)
