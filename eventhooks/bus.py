@@ -429,8 +429,10 @@ class EventBus:
                  exc: Exception) -> None:  # fmt: skip
         """Apply the failed subscriber's error policy, then deliver to the ones after it."""
         event = calls.event
-        index = next(i for i, call in enumerate(calls) if call is failed)
         entry = _entry_for(calls.entries, failed)
+        index = next((i for i, call in enumerate(calls) if call is failed), None)
+        if index is None:  # it disconnected itself before failing: its slot is a no-op now
+            index = next(i for i, e in enumerate(calls.entries) if e is entry)
         label = entry.label if entry is not None else describe(failed)
         policy = (entry.errors if entry is not None else None) or self.errors
         if policy == "raise":

@@ -159,5 +159,8 @@ BUILTIN: tuple[Event[Any], ...] = (
 #: The 14 Keras ``Callback`` method names.
 KERAS_NAMES: tuple[str, ...] = tuple(e.keras for e in BUILTIN if e.keras)
 
+#: Every built-in name (Keras or Ultralytics spelling) -> its canonical (Ultralytics) name.
+CANONICAL: dict[str, str] = {name: e.name for e in BUILTIN for name in e.names}
+
 #: The 25 Ultralytics callback names.
 ULTRALYTICS_NAMES: tuple[str, ...] = tuple(e.name for e in BUILTIN)

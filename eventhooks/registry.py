@@ -53,6 +53,13 @@ class Registry:
         ``payload`` should subclass :class:`eventhooks.payloads.Payload` (any pydantic model
         works). ``counter`` names the payload field that ``every=``/``once=`` count by.
         """
+        if len({name, *aliases}) != 1 + len(aliases):
+            raise RegistryError(f"event {name!r}: its names repeat: {(name, *aliases)}")
+        if counter is not None and counter not in getattr(payload, "model_fields", {}):
+            raise RegistryError(
+                f"event {name!r}: counter={counter!r} needs a {counter!r} field in "
+                f"{getattr(payload, '__name__', payload)!r}"
+            )
         for candidate in (name, *aliases):
             if not _CUSTOM_NAME.match(candidate):
                 raise RegistryError(

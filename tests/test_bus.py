@@ -560,3 +560,88 @@ def test_emit_teardown_never_hides_the_runs_error(caplog: pytest.LogCaptureFixtu
     assert any("while the run was failing" in r.getMessage() for r in caplog.records)
     with pytest.raises(SubscriberError):  # a run that ended well: the failure is the news
         bus.emit_teardown()
+
+
+# -- changes during an emit, and plain blinker receivers ------------------------------------
+
+
+def test_a_subscriber_disconnected_during_an_emit_is_not_called() -> None:
+    bus = EventBus()
+    heard: list[str] = []
+
+    def b(payload: Any) -> None:
+        heard.append("b")
+
+    def a(payload: Any) -> None:
+        heard.append("a")
+        bus.disconnect(b)
+        bus.subscribe("on_val_end", lambda p: heard.append("late"))  # next emit only
+
+    bus.on("on_val_end", priority=1)(a)
+    bus.on("on_val_end")(b)
+    bus.emit("on_val_end")
+    assert heard == ["a"]  # as blinker's own send would do
+    heard.clear()
+    bus.emit("on_val_end")
+    assert heard == ["a", "late"]  # the one connected during this emit hears the next one
+
+
+def test_a_failing_subscriber_that_disconnected_itself_keeps_its_policy() -> None:
+    bus = EventBus()  # bus default: raise
+    after: list[int] = []
+
+    def quitter(payload: Any) -> None:
+        bus.disconnect(quitter)
+        raise ValueError("bye")
+
+    bus.on("on_val_end", priority=1, errors="warn")(quitter)
+    bus.on("on_val_end")(lambda p: after.append(1))
+    bus.emit("on_val_end")  # warned, not raised
+    assert after == [1] and not bus.disconnect(quitter)
+
+
+def test_plain_blinker_receivers_keep_failures_and_respect_their_sender() -> None:
+    bus = EventBus(errors="disable", max_failures=2)
+    calls: list[str] = []
+
+    def flaky(sender: Any, payload: Any = None) -> None:
+        calls.append("flaky")
+        raise RuntimeError("x")
+
+    def elsewhere(sender: Any, payload: Any = None) -> None:
+        calls.append("elsewhere")
+
+    def for_bus(sender: Any, payload: Any = None) -> None:
+        calls.append("for_bus")
+
+    signal = bus.signal("on_val_end")
+    signal.connect(flaky, weak=False)
+    signal.connect(elsewhere, sender=object(), weak=False)
+    signal.connect(for_bus, sender=bus, weak=False)
+    for _ in range(4):
+        bus.emit("on_val_end")
+        with bus.muted():  # rebuilds every event: failures must survive it
+            pass
+        bus.subscribe("on_val_end", lambda p: None)
+    assert calls.count("flaky") == 2 and calls.count("for_bus") == 4
+    assert "elsewhere" not in calls
+
+
+def test_a_bad_priority_is_refused_and_leaves_the_bus_intact() -> None:
+    bus = EventBus()
+    for bad in (None, "high", True):
+        with pytest.raises(TypeError, match="priority"):
+            bus.subscribe("on_val_end", lambda p: None, priority=bad)  # type: ignore[arg-type]
+    assert not bus.listening("on_val_end")
+    bus.subscribe("on_val_end", lambda p: None, priority=2.5)
+    assert bus.listening("on_val_end")
+
+
+def test_a_nested_emit_failure_reaches_the_caller_unwrapped() -> None:
+    bus = EventBus()
+    bus.on("on_model_save")(lambda p: 1 / 0)
+    bus.on("on_fit_epoch_end")(lambda p: bus.emit("on_model_save", path="m.npz"))
+    with pytest.raises(SubscriberError) as info:
+        bus.emit("on_fit_epoch_end", epoch=0)
+    assert info.value.event == "on_model_save"
+    assert isinstance(info.value.original, ZeroDivisionError)

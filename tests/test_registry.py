@@ -139,3 +139,12 @@ def test_public_surface() -> None:
     for name in eventhooks.__all__:
         assert hasattr(eventhooks, name), name
     assert issubclass(eventhooks.RunPayload, BaseModel)
+
+
+def test_repeated_names_and_a_counter_without_its_field_are_refused() -> None:
+    reg = registry.Registry()
+    with pytest.raises(RegistryError, match="repeat"):
+        reg.register("mylib.z", SamplePayload, aliases=("mylib.z",))
+    with pytest.raises(RegistryError, match="counter='epoch'"):
+        reg.register("mylib.w", SamplePayload, counter="epoch")
+    assert "mylib.z" not in reg and "mylib.w" not in reg

@@ -13,13 +13,12 @@ from typing import Any
 
 from ..bus import EventBus
 from ..errors import SubscriberError
-from ..events import BUILTIN, Event
+from ..events import BUILTIN, CANONICAL, Event
 from ._order import assert_canonical_order
 from ._recorder import CountingBus, Recorder
 
 Run = Callable[[EventBus], object]
 
-_BY_NAME = {name: event for event in BUILTIN for name in event.names}
 #: Moments that come once per batch: an adapter must not emit them when nobody listens.
 #: (``on_params_update`` comes only when a hyper-parameter changed: not a hot-path event.)
 _PER_BATCH = frozenset(
@@ -52,7 +51,7 @@ def check_adapter(
     ``stops=False`` or ``failures=False`` skip those probes for adapters that document why.
     """
     names = _probe_order(run, emitted)
-    chosen = frozenset(_BY_NAME[n].name for n in emitted) if emitted else frozenset(names)
+    chosen = frozenset(CANONICAL[n] for n in emitted) if emitted else frozenset(names)
     _probe_hot_path(run, chosen)
     if stops:
         _probe_stop(run, names, chosen)
@@ -143,6 +142,4 @@ def _probe_failure(run: Run, emitted: frozenset[str]) -> None:
 
 
 def _canonical(name: str | Event[Any]) -> str:
-    if isinstance(name, Event):
-        return name.name
-    return _BY_NAME[name].name if name in _BY_NAME else name
+    return name.name if isinstance(name, Event) else CANONICAL.get(name, name)

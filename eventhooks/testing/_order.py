@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..events import BUILTIN
+from ..events import CANONICAL
 from ._grammar import check
 
 
@@ -27,14 +27,18 @@ def assert_canonical_order(
     it, so an adapter that cannot emit, say, ``optimizer_step`` is checked on the rest.
     Raises :class:`CanonicalOrderError` naming the first event that breaks the order.
     """
-    builtin = {name: event.name for event in BUILTIN for name in event.names}
+    builtin = CANONICAL
     trace: list[str] = []
     for name in names:
         if name not in builtin:
             message = f"{name!r} is not a built-in lifecycle event"
             raise CanonicalOrderError(message, len(trace), set())
         trace.append(builtin[name])
-    subset = frozenset(trace if emitted is None else (builtin[n] for n in emitted))
+    chosen = None if emitted is None else list(emitted)
+    unknown = [n for n in chosen or () if n not in builtin]
+    if unknown:
+        raise CanonicalOrderError(f"emitted= names unknown events: {unknown}", 0, set())
+    subset = frozenset(trace if chosen is None else (builtin[n] for n in chosen))
     stray = [n for n in trace if n not in subset]
     if stray:
         message = f"{stray[0]!r} is in the trace but not in emitted="

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .. import registry as _registry
 from ..bus import EventBus
 from ..events import Event
 
@@ -47,7 +46,7 @@ class Recorder:
 
     def payloads(self, event: str | Event[Any]) -> list[Any]:
         """The payloads recorded for one event (any of its names)."""
-        name = _registry.default.resolve(event).name if isinstance(event, str) else event.name
+        name = self.bus.registry.resolve(event).name if isinstance(event, str) else event.name
         return [payload for recorded, payload in self.records if recorded == name]
 
     def clear(self) -> None:
