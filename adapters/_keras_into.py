@@ -67,6 +67,7 @@ class KerasCallback(keras.callbacks.Callback):  # type: ignore[misc]
         self._emit = bus.emit
         self._listening = bus.listening
         self._epoch_open = False
+        self._began = False  # whether any fit reached on_train_begin (see fit())
         self._train_logs: dict[str, float] = _EMPTY
         self._last_logs: dict[str, float] = _EMPTY
 
@@ -82,7 +83,7 @@ class KerasCallback(keras.callbacks.Callback):  # type: ignore[misc]
     # -- fit ---------------------------------------------------------------------------------
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        self.fitting, self.epoch, self._epoch_open = True, None, False
+        self.fitting, self.epoch, self._epoch_open, self._began = True, None, False, True
         self._train_logs = self._last_logs = _EMPTY
         # Always emitted, even unheard: the bus forgets the last run's stop request here.
         self._emit(_TRAIN_START, logs=logs or _EMPTY, source=self._source, params=self.params)

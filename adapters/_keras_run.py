@@ -55,7 +55,9 @@ def fit(
     try:
         return model.fit(*args, callbacks=[*(callbacks or ()), cb], **kwargs)
     except BaseException as exc:
-        cb.abort(exc, always=True)
+        # Before on_train_begin Keras failed on its own (bad data): the run still ends in
+        # teardown. After it, the callback knows whether its teardown was already sent.
+        cb.abort(exc, always=not cb._began)
         raise
 
 

@@ -345,6 +345,23 @@ def test_fit_helper_tears_down_on_success_and_on_any_failure() -> None:
     assert_canonical_order(rec.names, emitted=KERAS_EMITS)
 
 
+def test_fit_helper_sends_teardown_once_when_a_teardown_subscriber_fails() -> None:
+    bus = EventBus()
+    rec = Recorder(bus)
+    heard: list[BaseException | None] = []
+
+    def broken(p: Any) -> None:
+        heard.append(p.exception)
+        raise Boom("teardown subscriber broke")
+
+    bus.subscribe(events.teardown, broken)
+    with pytest.raises(SubscriberError) as info:
+        fit(make_model(), *make_data(8), bus=bus, epochs=1, batch_size=4, verbose=0)
+    assert isinstance(info.value.original, Boom)
+    assert heard == [None]  # the successful run's teardown, not a second one about itself
+    assert rec.names.count("teardown") == 1 and rec.names[-2:] == ["on_train_end", "teardown"]
+
+
 def test_a_subscriber_failing_in_on_train_end_still_gets_teardown() -> None:
     bus = EventBus()
     rec = Recorder(bus)
