@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import events
 from .bus import EventBus
 from .callbacks import CSVLogger, History
-from .plot import plot_history
-from .replay import load
+from .plot import epoch_series, plot_series
+from .replay import replay
 
 
 def replay_command(
@@ -23,38 +24,35 @@ def replay_command(
     The log is validated whole before anything is written.
     """
     bus = EventBus()
-    records = load(log, bus)
     history = History()
     bus.attach(history)
+    rows: list[tuple[int, dict[str, float]]] = []  # (epoch, logs): keys may differ by epoch
+    bus.on(events.on_fit_epoch_end)(lambda p: rows.append((p.epoch, dict(p.logs))))
     if csv is not None:
         bus.attach(CSVLogger(csv))
-    for record in records:
-        bus.emit(record.event, **record.fields)
+    count = replay(log, bus)
     lines: list[str] = []
     if summary:
-        lines.append(f"replayed {len(records)} events, {len(history.epoch)} epochs from {log}")
-        lines.extend(_epoch_table(history))
+        lines.append(f"replayed {count} events, {len(history.epoch)} epochs from {log}")
+        lines.extend(_epoch_table(rows))
     if csv is not None:
         written = Path(csv).exists() and history.epoch
         lines.append(f"CSV log: {csv}" if written else "no training run in the log: no CSV")
     if plot is not None:
-        out = plot_history(
-            history.history, plot, epochs=history.epoch, title=title or Path(log).name
-        )
+        if not rows:
+            raise ValueError("nothing to plot: the run has no epoch logs")
+        out = plot_series(epoch_series(rows), plot, title=title or Path(log).name)
         lines.append(f"training curves: {out}")
     return "\n".join(lines)
 
 
-def _epoch_table(history: History) -> list[str]:
-    keys = sorted(history.history)
+def _epoch_table(rows: list[tuple[int, dict[str, float]]]) -> list[str]:
+    keys = sorted({key for _, logs in rows for key in logs})
     if not keys:
         return []
     width = max(10, *(len(k) for k in keys))
-    rows = ["epoch  " + "  ".join(k.rjust(width) for k in keys)]
-    for i, epoch in enumerate(history.epoch):
-        cells = []
-        for k in keys:
-            values = history.history[k]
-            cells.append((f"{values[i]:.4f}" if i < len(values) else "-").rjust(width))
-        rows.append(f"{epoch:>5}  " + "  ".join(cells))
-    return rows
+    table = ["epoch  " + "  ".join(k.rjust(width) for k in keys)]
+    for epoch, logs in rows:
+        cells = [(f"{logs[k]:.4f}" if k in logs else "-").rjust(width) for k in keys]
+        table.append(f"{epoch:>5}  " + "  ".join(cells))
+    return table

@@ -78,6 +78,8 @@ def parse(
         raise EventLogError(
             path, line, f"not valid JSON ({exc.msg} at column {exc.colno})"
         ) from None
+    except RecursionError:
+        raise EventLogError(path, line, "JSON nested too deeply") from None
     if not isinstance(obj, dict):
         raise EventLogError(path, line, f"expected a JSON object, got {type(obj).__name__}")
     if "v" not in obj:

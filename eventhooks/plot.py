@@ -26,6 +26,22 @@ def panels(keys: Sequence[str]) -> dict[str, list[str]]:
     return grouped
 
 
+#: One metric's curve: (0-based epoch, value) points.
+Series = Sequence[tuple[int, float]]
+
+
+def epoch_series(
+    rows: Sequence[tuple[int, Mapping[str, float]]],
+) -> dict[str, list[tuple[int, float]]]:
+    """Per-metric curves from (epoch, logs) rows: a metric missing in an epoch has no point
+    there (Keras-shaped ``History.history`` lists would shift it onto the wrong epoch)."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for epoch, logs in rows:
+        for key, value in logs.items():
+            series.setdefault(key, []).append((epoch, float(value)))
+    return series
+
+
 def plot_history(
     history: Mapping[str, Sequence[float]],
     path: str | os.PathLike[str],
@@ -33,7 +49,20 @@ def plot_history(
     epochs: Sequence[int] | None = None,
     title: str | None = None,
 ) -> Path:
-    """Draw ``history`` (a ``History.history``-shaped dict) to the PNG at ``path``."""
+    """Draw ``history`` (a ``History.history``-shaped dict, every key on every epoch)."""
+    xs = list(epochs) if epochs is not None else None
+    series = {
+        key: [(xs[i] if xs is not None else i, float(v)) for i, v in enumerate(values)]
+        for key, values in history.items()
+    }
+    return plot_series(series, path, title=title)
+
+
+def plot_series(
+    series: Mapping[str, Series], path: str | os.PathLike[str], *, title: str | None = None
+) -> Path:
+    """Draw per-metric (epoch, value) curves to the PNG at ``path``."""
+    history = series
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -50,10 +79,10 @@ def plot_history(
     axes = fig.subplots(1, len(groups), squeeze=False)[0]
     for ax, (name, keys) in zip(axes, groups.items(), strict=True):
         for key in keys:
-            values = [float(v) for v in history[key]]
-            xs = list(epochs)[: len(values)] if epochs is not None else range(len(values))
+            points = history[key]
             ax.plot(
-                [x + 1 for x in xs], [v if math.isfinite(v) else math.nan for v in values],
+                [epoch + 1 for epoch, _ in points],
+                [v if math.isfinite(v) else math.nan for _, v in points],
                 marker="o", markersize=3, label=key,
             )  # fmt: skip
         ax.set_title(name)

@@ -6,6 +6,7 @@ first imported.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ settings.register_profile(
 settings.load_profile("eventhooks")
 
 _HOME = Path(tempfile.mkdtemp(prefix="eventhooks-tests-"))
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 
 os.environ["KERAS_BACKEND"] = "torch"
 os.environ["KERAS_HOME"] = str(_HOME / "keras")

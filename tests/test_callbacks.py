@@ -463,3 +463,13 @@ def test_no_warning_from_a_quiet_run(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         run_epochs(bus, [{"loss": 1.0, "val_loss": 1.0}] * 3)
+
+
+def test_checkpoint_path_may_name_the_rank(tmp_path: Path) -> None:
+    bus = EventBus()
+    saver = Saver()
+    bus.attach(ModelCheckpoint(tmp_path / "r{rank}-e{epoch}.txt", all_ranks=True))
+    bus.emit("on_train_start")
+    for rank in (0, 1):
+        bus.emit("on_fit_epoch_end", epoch=0, rank=rank, world_size=2, source=saver)
+    assert saver.saved == [str(tmp_path / "r0-e1.txt"), str(tmp_path / "r1-e1.txt")]

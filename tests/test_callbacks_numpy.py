@@ -87,14 +87,17 @@ def test_early_stopping_stops_and_restores_the_best_weights() -> None:
 
 def test_early_stopping_without_restore_keeps_the_last_weights() -> None:
     bus = EventBus()
-    bus.attach(EarlyStopping(monitor="val_loss", patience=1))
+    early = EarlyStopping(monitor="val_loss", patience=1)
+    bus.attach(early)
     last: list[Any] = []
     bus.subscribe(
         "on_fit_epoch_end", lambda p: last.__setitem__(slice(None), p.source.get_weights())
     )
     trainer = NumpyTrainer(bus=bus, hidden=(64,), seed=1, lr=0.05)
     x, y, xv, yv = noise(1)
-    trainer.fit(x, y, epochs=40, batch_size=8, validation_data=(xv, yv))
+    history = trainer.fit(x, y, epochs=40, batch_size=8, validation_data=(xv, yv))
+    assert early.stopped_epoch is not None and len(history["loss"]) < 40  # it did stop
+    assert early.best_epoch != early.stopped_epoch  # so restoring would have changed weights
     for got, want in zip(trainer.get_weights(), last, strict=True):
         np.testing.assert_array_equal(got, want)
 

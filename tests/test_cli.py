@@ -245,3 +245,32 @@ def test_replay_of_a_log_without_training_writes_no_csv(capsys: Any, tmp_path: P
     assert code == 0 and "replayed 2 events, 0 epochs" in out
     assert "no training run in the log: no CSV" in out
     assert not (tmp_path / "h.csv").exists()
+
+
+def test_replay_puts_each_metric_on_its_own_epoch(capsys: Any, tmp_path: Path) -> None:
+    """A metric logged on some epochs only (val_loss every other epoch) is not shifted."""
+    bus = EventBus()
+    from eventhooks.callbacks import EventLog
+
+    log = tmp_path / "sparse.jsonl"
+    bus.attach(EventLog(log))
+    bus.emit("on_train_start")
+    bus.emit("on_fit_epoch_end", epoch=0, logs={"loss": 0.9})
+    bus.emit("on_fit_epoch_end", epoch=1, logs={"loss": 0.5, "val_loss": 0.7})
+    bus.emit("on_train_end")
+    bus.emit("teardown")
+    code, out, _ = run(capsys, "replay", str(log), "--csv", str(tmp_path / "r.csv"),
+                       "--plot", str(tmp_path / "r.png"))  # fmt: skip
+    assert code == 0
+    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert rows == [["0", "0.9000", "-"], ["1", "0.5000", "0.7000"]]
+    assert (tmp_path / "r.csv").read_text().splitlines()[1:] == ["0,0.9,NA", "1,0.5,0.7"]
+    assert png_size(tmp_path / "r.png")[0] > 100
+
+
+def test_a_deeply_nested_log_line_is_a_one_line_error(capsys: Any, tmp_path: Path) -> None:
+    log = tmp_path / "deep.jsonl"
+    log.write_text("[" * 100_000 + "\n")
+    code, _, err = run(capsys, "replay", str(log))
+    assert code == 1
+    assert one_line_error(err, "eventhooks replay").endswith("line 1: JSON nested too deeply")

@@ -18,8 +18,8 @@ SaveFn = Callable[[Any, str], object]
 class ModelCheckpoint(Callback):
     """Saves through the emitting trainer's ``save(path)`` at each ``on_fit_epoch_end``.
 
-    ``path`` may be a format string over ``epoch`` (1-based, as in Keras) and the epoch's
-    logs: ``"ckpt/{epoch:02d}-{val_loss:.3f}.npz"``. With ``save_best_only`` a file is
+    ``path`` may be a format string over ``epoch`` (1-based, as in Keras), ``rank`` and the
+    epoch's logs: ``"ckpt/{epoch:02d}-{val_loss:.3f}.npz"``. With ``save_best_only`` a file is
     written only when ``monitor`` improved. Where the trainer's ``save`` does not emit
     ``on_model_save`` itself (the NumPy trainer does), this subscriber emits it. A trainer
     without ``save()`` is a clear error unless ``save_fn(trainer, path)`` says how to save.
@@ -73,7 +73,7 @@ class ModelCheckpoint(Callback):
                 return
             self.best = current
         try:
-            path = self.path.format(epoch=payload.epoch + 1, **logs)
+            path = self.path.format(epoch=payload.epoch + 1, rank=payload.rank, **logs)
         except (KeyError, IndexError, ValueError) as exc:
             raise ValueError(
                 f"ModelCheckpoint: cannot format path {self.path!r} with epoch and "
