@@ -47,13 +47,23 @@ def hyperparams(optimizers: Sequence[torch.optim.Optimizer]) -> dict[str, float]
     return out
 
 
-class _ZeroGrad:
-    """Stands in for ``optimizer.zero_grad`` while a run is active: announce, then clear."""
+#: ``zero_grad`` was not an instance attribute (the class's method was in use).
+_ABSENT: Any = object()
 
-    def __init__(self, listener: StepListener, index: int, original: Callable[..., Any]) -> None:
+
+class _ZeroGrad:
+    """Stands in for ``optimizer.zero_grad`` while a run is active: announce, then clear.
+
+    ``previous`` is what the optimizer instance held under ``zero_grad`` before (another
+    run's wrapper, the user's own function, or nothing): removing the wrapper puts it back,
+    so a run nested in another on the same optimizer leaves the outer run's hook in place.
+    """
+
+    def __init__(self, listener: StepListener, index: int, opt: torch.optim.Optimizer) -> None:
         self.listener: StepListener | None = listener
         self.index = index
-        self.original = original
+        self.original: Callable[..., Any] = opt.zero_grad
+        self.previous: Any = opt.__dict__.get("zero_grad", _ABSENT)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.listener is not None:
@@ -71,7 +81,7 @@ class OptimizerWatch:
         try:
             for index, opt in enumerate(self.optimizers):
                 self._handles.append(opt.register_step_post_hook(self._post_hook(listener, index)))
-                wrapper = _ZeroGrad(listener, index, opt.zero_grad)
+                wrapper = _ZeroGrad(listener, index, opt)
                 opt.zero_grad = wrapper  # type: ignore[method-assign]
                 self._wrappers.append(wrapper)
         except BaseException:
@@ -92,5 +102,19 @@ class OptimizerWatch:
         for opt, wrapper in zip(self.optimizers, self._wrappers, strict=False):
             wrapper.listener = None  # inert even if someone wrapped it again on top of us
             if opt.__dict__.get("zero_grad") is wrapper:
-                del opt.__dict__["zero_grad"]
+                _restore(opt, wrapper.previous)
         self._wrappers.clear()
+
+
+def _restore(opt: torch.optim.Optimizer, previous: Any) -> None:
+    """Put back what ``zero_grad`` was before, skipping wrappers of runs that already ended.
+
+    Runs that end out of order (the outer one first) leave their wrapper under a later one;
+    it is inert, and skipped here, so the optimizer ends up as it was before both.
+    """
+    while isinstance(previous, _ZeroGrad) and previous.listener is None:
+        previous = previous.previous
+    if previous is _ABSENT:
+        del opt.__dict__["zero_grad"]
+    else:
+        opt.__dict__["zero_grad"] = previous

@@ -587,3 +587,70 @@ def test_an_empty_run_still_starts_ends_and_tears_down() -> None:
     with instrument(bus, torch.optim.SGD(mlp().parameters(), lr=0.1)):
         pass
     assert rec.names == ["on_train_start", "on_train_end", "teardown"]
+
+
+# -- runs that share an optimizer, reused runs ---------------------------------------------------
+
+
+def _train_epoch(run: Run, opt: torch.optim.Optimizer, model: Any, train: Any) -> None:
+    for x, y in run.batches(train):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("inner_first", [True, False])
+def test_nested_runs_on_one_optimizer_keep_the_outer_runs_zero_grad(inner_first: bool) -> None:
+    """An inner run (a nested evaluation, a probe) must not take the outer run's hooks away."""
+    model, train = mlp(), data(3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    outer_bus, inner_bus = EventBus(), EventBus()
+    outer, inner = Recorder(outer_bus), Recorder(inner_bus)
+    with instrument(outer_bus, opt) as run:
+        for epoch in run.epochs(2):
+            if epoch == 0 and inner_first:
+                with instrument(inner_bus, opt) as probe:
+                    for _ in probe.epochs(1):
+                        _train_epoch(probe, opt, model, train[:1])
+            _train_epoch(run, opt, model, train)
+            if epoch == 0 and not inner_first:
+                with instrument(inner_bus, opt) as probe:
+                    for _ in probe.epochs(1):
+                        _train_epoch(probe, opt, model, train[:1])
+    epochs = [p.epoch for p in outer.payloads("on_before_zero_grad")]
+    # Every run watching the optimizer hears its zero_grad: the inner run's one is heard by
+    # both; after the inner run ended, the outer run still hears one per batch.
+    assert epochs == [0] * (len(train) + 1) + [1] * len(train)
+    assert len(inner.payloads("on_before_zero_grad")) == 1
+    _assert_hooks_removed(opt, model, train)
+
+
+def test_a_zero_grad_the_user_put_on_the_optimizer_is_restored() -> None:
+    model, train = mlp(), data(1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    calls: list[bool] = []
+    original = opt.zero_grad
+
+    def mine(set_to_none: bool = True) -> None:
+        calls.append(set_to_none)
+        original(set_to_none=set_to_none)
+
+    opt.zero_grad = mine  # type: ignore[method-assign]
+    bus = EventBus()
+    rec = Recorder(bus)
+    with instrument(bus, opt) as run:
+        for _ in run.epochs(1):
+            _train_epoch(run, opt, model, train)
+    assert vars(opt)["zero_grad"] is mine
+    assert len(calls) == 1 and rec.names.count("on_before_zero_grad") == 1
+
+
+def test_runs_on_one_optimizer_ending_out_of_order_leave_it_as_it_was() -> None:
+    model, train = mlp(), data(1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    first, second = instrument(EventBus(), opt), instrument(EventBus(), opt)
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)  # the outer run ends first
+    second.__exit__(None, None, None)
+    _assert_hooks_removed(opt, model, train)
