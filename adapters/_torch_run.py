@@ -140,6 +140,7 @@ class Run:
     def __enter__(self) -> Run:
         if self._active:
             raise RuntimeError("this Run is already active (runs do not nest)")
+        self.params = {}  # a new dict: a reused run's totals are not the last run's
         self._reset()
         self.epoch, self.batch, self.steps = None, None, 0
         self.logs, self.history = {}, {}

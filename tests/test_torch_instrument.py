@@ -654,3 +654,21 @@ def test_runs_on_one_optimizer_ending_out_of_order_leave_it_as_it_was() -> None:
     first.__exit__(None, None, None)  # the outer run ends first
     second.__exit__(None, None, None)
     _assert_hooks_removed(opt, model, train)
+
+
+def test_a_reused_run_starts_with_fresh_params() -> None:
+    bus = EventBus()
+    starts: list[dict[str, Any]] = []
+    bus.subscribe(events.on_train_start, lambda p: starts.append(dict(p.params)))
+    model, train = mlp(), data(5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    run = instrument(bus, opt)
+    with run:
+        for _ in run.epochs(2):
+            _train_epoch(run, opt, model, train)
+    first = run.params
+    with run:
+        for _ in run.epochs(range(1)):
+            pass
+    assert starts == [{"epochs": 2}, {"epochs": 1}]
+    assert first == {"epochs": 2, "steps": 5}  # the first run's params are left as they ended
