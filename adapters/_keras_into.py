@@ -152,15 +152,17 @@ class KerasCallback(keras.callbacks.Callback):  # type: ignore[misc]
         """Emit ``teardown`` with ``exc`` if a ``fit`` is running (or ``always``).
 
         For code that catches an exception escaping ``model.fit``: Keras calls no hook then.
-        :func:`keras_run` calls this for you.
+        :func:`keras_run` calls this for you. A teardown subscriber failing here does not
+        replace ``exc``: it is logged and added to ``exc`` as a note, so re-raise ``exc``.
         """
         if not (self.fitting or always):
             return
         self.fitting, self._epoch_open = False, False
         if self.teardown:
-            self._emit(
-                _TEARDOWN, exception=exc, epoch=self.epoch, logs=self._last_logs,
-                source=self._source, params=self.params,
+            # A teardown subscriber that fails too becomes a note on exc, which goes on.
+            self.bus.emit_teardown(
+                exc, epoch=self.epoch, logs=self._last_logs, source=self._source,
+                params=self.params,
             )  # fmt: skip
 
     # -- validation and evaluate -------------------------------------------------------------

@@ -27,7 +27,8 @@ Decisions worth knowing:
   changed by anyone else (``trainer.lr = ...`` in a subscriber) is announced after the next
   optimizer step.
 * **Failures**: whatever raises inside ``fit`` (a subscriber, the schedule, Ctrl-C) is
-  announced by ``teardown(error=...)`` and then re-raised unchanged. A subscriber error
+  announced by ``teardown(error=...)`` and then re-raised unchanged (a teardown subscriber
+  failing then only adds a note to it: ``bus.emit_teardown``). A subscriber error
   reaches the caller as the bus raises it (:class:`eventhooks.SubscriberError`).
 * **Hot path**: per-batch events are emitted only when ``bus.listening(...)``, so with nobody
   listening no logs dict is built and nothing is validated.
@@ -279,14 +280,10 @@ class NumpyTrainer:
         return {"logs": dict(self._epoch_logs)}
 
     def _teardown_after(self, exc: BaseException, params: dict[str, Any]) -> None:
-        """Announce a failed run; a failing teardown subscriber must not mask ``exc``."""
-        try:
-            self.bus.emit(
-                events.teardown, source=self, params=params, exception=exc, epoch=self._epoch,
-                **self._logs(),
-            )  # fmt: skip
-        except Exception as again:
-            exc.add_note(f"eventhooks: teardown after this failure also failed: {again!r}")
+        """Announce a failed run; a failing teardown subscriber becomes a note on ``exc``."""
+        self.bus.emit_teardown(
+            exc, source=self, params=params, epoch=self._epoch, **self._logs()
+        )
 
     def _scheduled_lr(self, epoch: int) -> None:
         assert self.lr_schedule is not None

@@ -362,6 +362,65 @@ def test_fit_helper_sends_teardown_once_when_a_teardown_subscriber_fails() -> No
     assert rec.names.count("teardown") == 1 and rec.names[-2:] == ["on_train_end", "teardown"]
 
 
+class DataBroke(Exception):
+    pass
+
+
+def _broken_batches(at: int) -> Any:
+    x, y = make_data(4 * (at + 1))
+    for i in range(at + 1):
+        if i == at:
+            raise DataBroke("corrupt batch")
+        yield x[4 * i : 4 * (i + 1)], y[4 * i : 4 * (i + 1)]
+
+
+def _failing_teardown(bus: EventBus) -> list[BaseException | None]:
+    heard: list[BaseException | None] = []
+
+    def broken(p: Any) -> None:
+        heard.append(p.exception)
+        raise Boom("teardown subscriber broke")
+
+    bus.subscribe(events.teardown, broken)
+    return heard
+
+
+@pytest.mark.parametrize("at", [2, 4])
+def test_a_failing_teardown_subscriber_does_not_hide_the_real_error_in_keras_run(
+    at: int,
+) -> None:
+    bus = EventBus()
+    heard = _failing_teardown(bus)
+    with pytest.raises(DataBroke) as info, keras_run(bus) as cb:
+        make_model().fit(_broken_batches(at), epochs=1, steps_per_epoch=at + 2, shuffle=False,
+                         verbose=0, callbacks=[cb])  # fmt: skip
+    assert heard == [info.value]
+    assert any("teardown subscriber broke" in note for note in info.value.__notes__)
+
+
+def test_a_failing_teardown_subscriber_does_not_hide_a_subscriber_error() -> None:
+    bus = EventBus()
+    heard = _failing_teardown(bus)
+    bus.subscribe(events.on_train_batch_end, _raise_at(0, 1))
+    with pytest.raises(SubscriberError) as info, keras_run(bus) as cb:
+        make_model().fit(*make_data(16), epochs=2, batch_size=4, verbose=0, callbacks=[cb])
+    assert isinstance(info.value.original, Boom) and "broke at 0/1" in str(info.value)
+    assert heard == [info.value]
+    assert any("teardown subscriber broke" in note for note in info.value.__notes__)
+
+
+def test_a_failing_teardown_subscriber_does_not_hide_the_real_error_in_fit() -> None:
+    x, y = make_data(8)
+    for args in [(x[:4], y[:3]), (_broken_batches(2),)]:  # before and after train begin
+        bus = EventBus()
+        heard = _failing_teardown(bus)
+        with pytest.raises((ValueError, DataBroke)) as info:
+            fit(make_model(), *args, bus=bus, epochs=1, steps_per_epoch=3, shuffle=False,
+                verbose=0)
+        assert heard == [info.value]
+        assert any("teardown subscriber broke" in note for note in info.value.__notes__)
+
+
 def test_a_subscriber_failing_in_on_train_end_still_gets_teardown() -> None:
     bus = EventBus()
     rec = Recorder(bus)
