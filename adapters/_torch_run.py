@@ -70,7 +70,8 @@ class Run:
     routine moments around the run's own setup (the ready-made :func:`fit` does).
 
     Payloads carry the run as ``source`` (``payload.source.model``, ``.optimizers``,
-    ``.epoch``...) and the run's ``params`` (``epochs``, ``steps`` where known).
+    ``.epoch``...) and the run's ``params`` (``epochs``, ``steps`` where known). A run can be
+    used again (``with run:`` twice): each use starts with fresh ``params`` and logs.
     """
 
     def __init__(
@@ -93,7 +94,9 @@ class Run:
             raise ValueError("checkpoint_dir= needs model= (the model whose state_dict is saved)")
         self.sync_logs = sync_logs
         self.routine = routine
+        #: Totals for progress bars; set before the first ``with run:`` they are that run's.
         self.params: dict[str, Any] = {}
+        self._used = False  # entered before: the next ``with`` starts with fresh params
         #: Logs of the last finished epoch (train metrics, ``val_`` metrics, epoch-level logs).
         self.logs: dict[str, float] = {}
         #: Every finished epoch's logs, by name.
@@ -140,7 +143,9 @@ class Run:
     def __enter__(self) -> Run:
         if self._active:
             raise RuntimeError("this Run is already active (runs do not nest)")
-        self.params = {}  # a new dict: a reused run's totals are not the last run's
+        if self._used:  # a new dict: a reused run's totals are not the last run's
+            self.params = {}
+        self._used = True
         self._reset()
         self.epoch, self.batch, self.steps = None, None, 0
         self.logs, self.history = {}, {}

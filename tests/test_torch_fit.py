@@ -248,3 +248,19 @@ def test_bad_input_gets_clear_errors(tmp_path: Path) -> None:
         from eventhooks.adapters.torch import instrument
 
         instrument(bus, opt, checkpoint_dir=tmp_path)
+
+
+def test_fit_announces_its_totals_from_the_pretrain_routine_on() -> None:
+    """Progress bars size themselves at the first events: params know epochs and steps."""
+    bus = EventBus()
+    seen: list[tuple[str, dict[str, Any]]] = []
+    for name in ("on_pretrain_routine_start", "on_train_start"):
+        bus.subscribe(name, lambda p, name=name: seen.append((name, dict(p.params))))
+    train, _ = loaders(n=40, batch=8)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for epochs in (2, 1):  # twice: each fit's own totals
+        fit(model, opt, torch.nn.functional.cross_entropy, train, epochs=epochs, bus=bus)
+    totals = [{"epochs": 2, "steps": len(train)}] * 2 + [{"epochs": 1, "steps": len(train)}] * 2
+    names = ["on_pretrain_routine_start", "on_train_start"] * 2
+    assert seen == list(zip(names, totals, strict=True))
