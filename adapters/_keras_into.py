@@ -72,9 +72,17 @@ class KerasCallback(keras.callbacks.Callback):  # type: ignore[misc]
         self._last_logs: dict[str, float] = _EMPTY
 
     def set_model(self, model: Any) -> None:
+        """Keras calls this once per ``fit``/``evaluate``/``predict`` call (new CallbackList).
+
+        So a run starts here: whatever a previous ``fit`` left open (it raised outside
+        :func:`keras_run`, where nobody announced its end) is forgotten, and a later
+        ``evaluate`` is not taken for that fit's validation.
+        """
         super().set_model(model)
         # Keras' ``model`` property unwraps DDP on every access; do it once here.
         self._source = self.model
+        self.fitting, self.epoch, self._epoch_open = False, None, False
+        self._train_logs = self._last_logs = _EMPTY
 
     def _stop_if_asked(self) -> None:
         if self.bus.stop_requested and self._source is not None:

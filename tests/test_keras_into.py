@@ -421,6 +421,32 @@ def test_a_failing_teardown_subscriber_does_not_hide_the_real_error_in_fit() -> 
         assert any("teardown subscriber broke" in note for note in info.value.__notes__)
 
 
+@pytest.mark.parametrize("fail_batch", [0, 2])
+def test_a_callback_reused_after_an_unannounced_failed_fit_reports_only_what_happens(
+    fail_batch: int,
+) -> None:
+    bus = EventBus()
+    rec = Recorder(bus)
+    cb = KerasCallback(bus)
+    model = make_model()
+    x, y = make_data(16)
+    failing = bus.subscribe(events.on_train_batch_end, _raise_at(0, fail_batch))
+    with pytest.raises(SubscriberError):
+        model.fit(x, y, epochs=2, batch_size=4, verbose=0, callbacks=[cb])
+    failing.disconnect()
+    rec.clear()
+    model.evaluate(x, y, batch_size=8, verbose=0, callbacks=[cb])
+    assert rec.names == [
+        "on_val_start", "on_val_batch_start", "on_val_batch_end", "on_val_batch_start",
+        "on_val_batch_end", "on_val_end",
+    ]  # fmt: skip
+    assert all(p.epoch is None for _, p in rec.records)
+    rec.clear()
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[cb])
+    assert_canonical_order(rec.names, emitted=KERAS_EMITS)
+    assert rec.names.count("on_train_epoch_end") == 1
+
+
 def test_a_subscriber_failing_in_on_train_end_still_gets_teardown() -> None:
     bus = EventBus()
     rec = Recorder(bus)
