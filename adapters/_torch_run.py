@@ -15,7 +15,6 @@ requests are agreed between the ranks at each epoch boundary, so that a rank-0-o
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence, Sized
 from pathlib import Path
@@ -28,8 +27,6 @@ from eventhooks import EventBus, events
 
 from ._torch_logs import Means, average, state_of, to_floats, where
 from ._torch_optim import OptimizerWatch, hyperparams
-
-log = logging.getLogger("eventhooks.adapters.torch")
 
 _BATCH_START, _BATCH_END = events.on_train_batch_start, events.on_train_batch_end
 _PARAMS, _STEP, _ZERO_GRAD = (
@@ -185,20 +182,17 @@ class Run:
         self._teardown(None)
 
     def _teardown(self, exc: BaseException | None) -> None:
-        """Emit ``teardown`` and remove the hooks; never mask the exception that ended the run."""
-        try:
-            if self._watch is not None:
-                self._watch.remove()
-            self._watch = None
-            self._active = False
-            self._in_epoch = self._batch_open = self._val_open = False
-            self.bus.emit(
-                events.teardown, exception=exc, epoch=self.epoch, logs=self.logs, **self._where
-            )
-        except Exception as failure:
-            if exc is None:
-                raise
-            log.warning("teardown subscriber failed while the run was failing", exc_info=failure)
+        """Remove the hooks and emit ``teardown``; never mask the exception that ended the run.
+
+        ``bus.emit_teardown``: a teardown subscriber failing while the run fails is logged and
+        noted on ``exc``, which stays the exception the caller gets.
+        """
+        if self._watch is not None:
+            self._watch.remove()
+        self._watch = None
+        self._active = False
+        self._in_epoch = self._batch_open = self._val_open = False
+        self.bus.emit_teardown(exc, epoch=self.epoch, logs=self.logs, **self._where)
 
     # -- epochs ---------------------------------------------------------------------------------
 

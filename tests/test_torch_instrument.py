@@ -672,3 +672,16 @@ def test_a_reused_run_starts_with_fresh_params() -> None:
             pass
     assert starts == [{"epochs": 2}, {"epochs": 1}]
     assert first == {"epochs": 2, "steps": 5}  # the first run's params are left as they ended
+
+
+def test_a_failing_teardown_subscriber_is_noted_on_the_users_exception() -> None:
+    bus = EventBus()
+    bus.subscribe(events.teardown, lambda p: 1 / 0)
+    opt = torch.optim.SGD(mlp().parameters(), lr=0.1)
+    error = Boom("original")
+    with pytest.raises(Boom) as caught, instrument(bus, opt) as run:
+        for _ in run.epochs(1):
+            raise error
+    assert caught.value is error and str(error) == "original"
+    notes = getattr(error, "__notes__", [])
+    assert len(notes) == 1 and "teardown" in notes[0] and "ZeroDivisionError" in notes[0]
