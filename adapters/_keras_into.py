@@ -59,7 +59,8 @@ class KerasCallback(keras.callbacks.Callback):  # type: ignore[misc]
         self.bus = bus
         self.train_epoch_end = train_epoch_end
         self.teardown = teardown
-        #: The epoch ``fit`` is in (absolute, 0-based); ``None`` outside ``fit``.
+        #: The epoch ``fit`` is in (absolute, 0-based); ``None`` outside ``fit`` (before its
+        #: first epoch, and again once it ended: ``teardown`` carries the last epoch).
         self.epoch: int | None = None
         #: Whether a ``fit`` began and has not ended (normally or through :meth:`abort`).
         self.fitting = False
@@ -151,10 +152,9 @@ class KerasCallback(keras.callbacks.Callback):  # type: ignore[misc]
         self._emit(_TRAIN_END, epoch=self.epoch, logs=logs, source=self._source, params=self.params)
         # Only now: a subscriber failing in on_train_end leaves the fit open for abort().
         self.fitting = False
+        epoch, self.epoch = self.epoch, None
         if self.teardown:
-            self._emit(
-                _TEARDOWN, epoch=self.epoch, logs=logs, source=self._source, params=self.params
-            )
+            self._emit(_TEARDOWN, epoch=epoch, logs=logs, source=self._source, params=self.params)
 
     def abort(self, exc: BaseException, *, always: bool = False) -> None:
         """Emit ``teardown`` with ``exc`` if a ``fit`` is running (or ``always``).
@@ -166,12 +166,12 @@ class KerasCallback(keras.callbacks.Callback):  # type: ignore[misc]
         if not (self.fitting or always):
             return
         self.fitting, self._epoch_open = False, False
+        epoch, self.epoch = self.epoch, None
         if self.teardown:
             # A teardown subscriber that fails too becomes a note on exc, which goes on.
             self.bus.emit_teardown(
-                exc, epoch=self.epoch, logs=self._last_logs, source=self._source,
-                params=self.params,
-            )  # fmt: skip
+                exc, epoch=epoch, logs=self._last_logs, source=self._source, params=self.params
+            )
 
     # -- validation and evaluate -------------------------------------------------------------
 

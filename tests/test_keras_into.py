@@ -447,6 +447,22 @@ def test_a_callback_reused_after_an_unannounced_failed_fit_reports_only_what_hap
     assert rec.names.count("on_train_epoch_end") == 1
 
 
+def test_callback_epoch_is_the_running_epoch_and_none_outside_fit() -> None:
+    bus = EventBus()
+    cb = KerasCallback(bus)
+    seen: list[tuple[int | None, int]] = []
+    bus.subscribe(events.on_train_batch_end, lambda p: seen.append((cb.epoch, p.epoch)))
+    assert cb.epoch is None
+    model = make_model()
+    model.fit(*make_data(8), epochs=2, batch_size=4, verbose=0, callbacks=[cb])
+    assert seen and all(mine == theirs for mine, theirs in seen)
+    assert cb.epoch is None
+    bus.subscribe(events.on_train_batch_end, _raise_at(1, 0))
+    with pytest.raises(SubscriberError), keras_run(bus) as run_cb:
+        model.fit(*make_data(8), epochs=2, batch_size=4, verbose=0, callbacks=[run_cb])
+    assert run_cb.epoch is None
+
+
 def test_a_subscriber_failing_in_on_train_end_still_gets_teardown() -> None:
     bus = EventBus()
     rec = Recorder(bus)
