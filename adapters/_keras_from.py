@@ -167,6 +167,12 @@ class KerasBridge(Callback):
     def on_predict_end(self, payload: RunPayload) -> None:
         self._bind(payload).on_predict_end(payload.logs)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The class is made per set of hooks at run time (see from_keras), so pickle cannot
+        # find it by name: rebuild through from_keras. The bus is kept (request_stop needs
+        # it); the trainer binding is redone by the first payload.
+        return (from_keras, (self.callback,), {"bus": self.bus})
+
     def __repr__(self) -> str:
         return f"<from_keras({type(self.callback).__name__})>"
 
@@ -210,7 +216,8 @@ def from_keras(callback: Any) -> KerasBridge:
     A hook the callback overrides (or, like ``LambdaCallback``, sets on the instance) runs at
     its moment, as in ``model.fit``; which hooks count is decided here, at wrapping time.
     Where Keras would pass the same ``logs`` dict to every callback, the callback gets the
-    payload's ``logs``.
+    payload's ``logs``. A bridge pickles (so does a bus it is attached to) when its Keras
+    callback does.
     """
     wanted = frozenset(
         moment

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -281,6 +282,32 @@ def test_stop_training_maps_to_the_bus_both_ways() -> None:
     assert stopper.seen == [False, False, True]
     # Keras' own stop flag on the model is untouched: the bus carries the request.
     assert bus.stop_requested and "Stopper" in (bus.stop_reason or "")
+
+
+def test_a_bus_with_bridges_attached_pickles_and_the_copy_drives_the_callbacks() -> None:
+    bus = EventBus()
+    bus.attach(from_keras(keras.callbacks.History()))
+    bus.attach(from_keras(keras.callbacks.TerminateOnNaN()))  # overrides other hooks
+    clone = pickle.loads(pickle.dumps(bus))
+    bridges = {type(sub.owner.callback): sub.owner for sub in clone.subscriptions()}
+    assert set(bridges) == {keras.callbacks.History, keras.callbacks.TerminateOnNaN}
+    assert all(bridge.bus is clone for bridge in bridges.values())
+    # Each copy is subscribed where the original was, and only there.
+    assert sorted(sub.event.name for sub in clone.subscriptions()) == sorted(
+        sub.event.name for sub in bus.subscriptions()
+    )
+    trainer = NumpyTrainer(bus=clone, hidden=(8,), seed=3)
+    (x, y), val = task(2)
+    reported = trainer.fit(x, y, epochs=2, batch_size=8, validation_data=val)
+    history = bridges[keras.callbacks.History].callback
+    assert history.history == reported and history.epoch == [0, 1]
+    # A bridge that ran pickles too, and its callback keeps what it recorded.
+    again = pickle.loads(pickle.dumps(clone))
+    (copied,) = {
+        sub.owner.callback for sub in again.subscriptions()
+        if isinstance(sub.owner.callback, keras.callbacks.History)
+    }  # fmt: skip
+    assert copied.history == reported
 
 
 def test_proxy_reads_through_to_the_trainer() -> None:
