@@ -414,6 +414,25 @@ class NumpyTrainer:
             )
 
 
+class _RunningMean:
+    """Loss and accuracy averaged over the samples seen so far: Keras' batch and epoch logs."""
+
+    __slots__ = ("correct", "seen", "total")
+
+    def __init__(self) -> None:
+        self.seen = self.correct = 0
+        self.total = 0.0
+
+    def add(self, loss: float, correct: int, n: int) -> None:
+        """One batch of ``n`` samples, its mean ``loss`` and how many it got ``correct``."""
+        self.seen += n
+        self.total += loss * n
+        self.correct += correct
+
+    def logs(self) -> dict[str, float]:
+        return {"loss": self.total / self.seen, "accuracy": self.correct / self.seen}
+
+
 class _Run:
     """The loops of one ``fit``/``evaluate`` call: the event sequence around the arithmetic."""
 
@@ -442,8 +461,7 @@ class _Run:
         bus.emit(events.on_train_epoch_start, source=t, params=params, epoch=epoch)
         order = t._shuffle_rng.permutation(len(x)) if shuffle else None
         steps = params["steps"]
-        seen = correct = 0
-        total = 0.0
+        mean = _RunningMean()
         for b in range(steps):
             rows: Any = slice(b * batch_size, (b + 1) * batch_size)
             if order is not None:
@@ -479,18 +497,15 @@ class _Run:
                     events.on_params_update, source=t, params=params, epoch=epoch, batch=b,
                     step=t.iterations - 1, hyperparams={"lr": optimizer.lr},
                 )  # fmt: skip
-            n = len(yb)
-            seen += n
-            total += loss * n
-            correct += right
+            mean.add(loss, right, len(yb))
             if listening(events.on_train_batch_end):
                 bus.emit(
                     events.on_train_batch_end, source=t, params=params, batch=b, epoch=epoch,
-                    logs={"loss": total / seen, "accuracy": correct / seen},
+                    logs=mean.logs(),
                 )  # fmt: skip
             if t._stopping():
                 break
-        logs = {"loss": total / seen, "accuracy": correct / seen}
+        logs = mean.logs()
         bus.emit(events.on_train_epoch_end, source=t, params=params, epoch=epoch, logs=logs)
         logs = dict(logs)
         if val is not None:
@@ -512,23 +527,19 @@ class _Run:
         t, params = self.trainer, self.params
         bus, listening = t.bus, t.bus.listening
         bus.emit(events.on_val_start, source=t, params=params, epoch=epoch)
-        seen = correct = 0
-        total = 0.0
+        mean = _RunningMean()
         for b in range(math.ceil(len(x) / batch_size)):
             if listening(events.on_val_batch_start):
                 bus.emit(events.on_val_batch_start, source=t, params=params, batch=b, epoch=epoch)
             rows = slice(b * batch_size, (b + 1) * batch_size)
             loss, right = mlp.loss_and_correct(t._weights, x[rows], y[rows])
-            n = len(y[rows])
-            seen += n
-            total += loss * n
-            correct += right
+            mean.add(loss, right, len(y[rows]))
             if listening(events.on_val_batch_end):
                 bus.emit(
                     events.on_val_batch_end, source=t, params=params, batch=b, epoch=epoch,
-                    logs={"loss": total / seen, "accuracy": correct / seen},
+                    logs=mean.logs(),
                 )  # fmt: skip
-        logs = {"loss": total / seen, "accuracy": correct / seen}
+        logs = mean.logs()
         bus.emit(events.on_val_end, source=t, params=params, epoch=epoch, logs=dict(logs))
         return logs
 
