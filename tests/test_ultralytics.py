@@ -74,11 +74,19 @@ def final_eval_block(native: NativeTrace) -> tuple[int, int]:
 # -- shared runs ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", autouse=True)
 def network() -> Iterator[NetworkGuard]:
+    """Every run of this module, module fixtures included, happens behind the guard."""
     guard = NetworkGuard()
     with guard.active():
         yield guard
+
+
+@pytest.fixture(autouse=True)
+def no_network_attempt(network: NetworkGuard) -> Iterator[None]:
+    """Fails the test (as an error at its teardown) in which, or before which, a run tried."""
+    yield
+    assert network.attempts == [], f"network access attempted: {network.attempts}"
 
 
 class KerasNames(Callback):
