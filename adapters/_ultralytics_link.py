@@ -29,6 +29,14 @@ log = logging.getLogger("eventhooks.adapters.ultralytics")
 
 FinalEval = Literal["drop", "keep"]
 
+
+def check_final_eval(final_eval: object) -> FinalEval:
+    """``final_eval`` itself, if it is one of the two choices; a clear error otherwise."""
+    if final_eval not in ("drop", "keep"):
+        raise ValueError(f"final_eval= must be 'drop' or 'keep', got {final_eval!r}")
+    return final_eval
+
+
 #: Live links of this process by key, so that a forwarder unpickled here finds its bus.
 _LINKS: weakref.WeakValueDictionary[str, Link] = weakref.WeakValueDictionary()
 
@@ -50,10 +58,8 @@ class Link:
     def __init__(self, bus: EventBus, *, final_eval: FinalEval = "drop", key: str | None = None):
         if not isinstance(bus, EventBus):
             raise TypeError(f"attach() needs an eventhooks.EventBus, got {type(bus).__name__}")
-        if final_eval not in ("drop", "keep"):
-            raise ValueError(f"final_eval= must be 'drop' or 'keep', got {final_eval!r}")
         self.bus = bus
-        self.final_eval: FinalEval = final_eval
+        self.final_eval: FinalEval = check_final_eval(final_eval)
         self.key = key or uuid.uuid4().hex
         self.rank, self.world_size = _rank()
         self.trainer: Any = None  # the trainer of the run in progress

@@ -62,7 +62,7 @@ from typing import Any
 
 from eventhooks import EventBus, events
 
-from ._ultralytics_link import FinalEval, Forwarder, Link
+from ._ultralytics_link import FinalEval, Forwarder, Link, check_final_eval
 
 __all__ = ["NAMES", "FinalEval", "Forwarder", "Link", "attach", "detach"]
 
@@ -90,18 +90,22 @@ def _forwarders(target: Any, bus: EventBus | None = None) -> list[tuple[str, For
     ]
 
 
-def attach(target: Any, bus: EventBus, *, final_eval: FinalEval = "drop") -> Link:
+def attach(target: Any, bus: EventBus, *, final_eval: FinalEval | None = None) -> Link:
     """Register a forwarder to ``bus`` for each of the 25 Ultralytics callbacks of ``target``.
 
     ``target`` is a ``YOLO`` model (its trainer, validators, predictor and exporter inherit
-    the callbacks) or a trainer, validator, predictor or exporter. Attaching the same bus
-    twice is a no-op that returns the existing link. ``final_eval`` chooses what happens to
-    the best-weights validation after the last epoch (see the module docs).
+    the callbacks) or a trainer, validator, predictor or exporter. ``final_eval`` chooses
+    what happens to the best-weights validation after the last epoch (see the module docs;
+    ``"drop"`` unless given). Attaching the same bus again registers nothing more and
+    returns the existing link, with its ``final_eval`` changed if one is given.
     """
     existing = _forwarders(target, bus)
     if existing:
-        return existing[0][1].link
-    link = Link(bus, final_eval=final_eval)
+        link = existing[0][1].link
+        if final_eval is not None:
+            link.final_eval = check_final_eval(final_eval)
+        return link
+    link = Link(bus, final_eval=final_eval or "drop")
     for name in NAMES:
         target.add_callback(name, Forwarder(link, name))
     return link

@@ -476,6 +476,11 @@ def test_attach_registers_one_forwarder_per_callback_once(tmp_path: Path) -> Non
     bus, other = EventBus(), EventBus()
     link = attach(model, bus)
     assert attach(model, bus) is link  # idempotent
+    assert attach(model, bus, final_eval="keep") is link and link.final_eval == "keep"
+    assert attach(model, bus) is link and link.final_eval == "keep"  # not given: unchanged
+    with pytest.raises(ValueError, match="final_eval"):
+        attach(model, bus, final_eval="smooth")  # type: ignore[arg-type]
+    assert link.final_eval == "keep"
     attach(model, other)
     for name in NAMES:
         mine = [fn for fn in model.callbacks[name] if isinstance(fn, Forwarder)]
