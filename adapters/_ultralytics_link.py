@@ -13,7 +13,6 @@ must then pickle too).
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import uuid
@@ -21,11 +20,9 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Literal
 
-from eventhooks import EventBus, SubscriberError
+from eventhooks import EventBus
 
 from . import _ultralytics_logs as ul
-
-log = logging.getLogger("eventhooks.adapters.ultralytics")
 
 FinalEval = Literal["drop", "keep"]
 
@@ -191,14 +188,12 @@ class Link:
         epoch, logs = self._epoch(), dict(self.last_logs)
         self.fitting = self.in_final_eval = False
         self.trainer = None
-        try:
-            self._emit("teardown", trainer, exception=failure, epoch=epoch, logs=logs)
-        except SubscriberError:
-            if failure is None:
-                raise
-            # Ultralytics calls teardown in a `finally`: raising here would replace the error
-            # that aborted the run with this one.
-            log.exception("a teardown subscriber failed while the run was failing")
+        # Ultralytics calls teardown in a `finally`: a teardown subscriber failing while the
+        # run fails must not replace the run's error (bus.emit_teardown notes it on the error).
+        self.bus.emit_teardown(
+            failure, source=trainer, rank=self.rank, world_size=self.world_size, epoch=epoch,
+            logs=logs,
+        )  # fmt: skip
 
     # -- validation ---------------------------------------------------------------------------
 

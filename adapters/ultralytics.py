@@ -32,6 +32,8 @@ validator, predictor or exporter):
 - ``on_predict_postprocess_end`` / ``on_predict_batch_end``: ``outputs`` = the batch's
   ``Results`` list.
 - ``teardown``: ``error`` set when the run failed (the exception is ``payload.exception``).
+  A teardown subscriber failing while the run fails does not replace the run's error: it
+  is logged and added to that error as a note (``bus.emit_teardown``).
 
 Quirks, and what the adapter does about them:
 

@@ -468,6 +468,33 @@ def test_subscriber_error_aborts_training_and_teardown_reaches_everyone(
     assert_canonical_order(rec.names, emitted=EMITTED)
 
 
+@pytest.mark.parametrize("fails", ["in an epoch", "nowhere"])
+def test_a_failing_teardown_subscriber_never_hides_the_runs_error(
+    tmp_path: Path, cls_data: Path, fails: str
+) -> None:
+    """The run's own error reaches the caller, noting the teardown failure; one teardown."""
+    bus = EventBus()
+    heard: list[Any] = []
+
+    def broken(payload: Any) -> None:
+        heard.append(payload.exception)
+        raise ValueError("teardown subscriber broke")
+
+    bus.subscribe("teardown", broken)
+    if fails == "in an epoch":
+        bus.attach(Boom())
+    with pytest.raises(Exception) as caught:
+        train_cls(bus, tmp_path, cls_data, epochs=1)
+    error = caught.value
+    assert len(heard) == 1
+    if fails == "nowhere":  # nothing to protect: the teardown failure is the error
+        assert isinstance(error, SubscriberError) and error.event == "teardown"
+        assert heard == [None]
+    else:
+        assert heard == [error] and "teardown subscriber broke" not in str(error)
+        assert any("teardown subscriber broke" in note for note in error.__notes__)
+
+
 # -- attaching --------------------------------------------------------------------------------
 
 
