@@ -63,6 +63,7 @@ class Link:
         self.fitting = False  # between the pretrain routine and teardown
         self.in_final_eval = False  # inside the best-weights validation after the last epoch
         self.ended = False  # on_train_end was seen: teardown of a run that did not fail
+        self.runs = self.teardowns = 0  # runs started and teardowns emitted, for train()
         self.batch = self.val_batch = self.predict_batch = -1
         self.last_logs: dict[str, float] = {}  # the last real epoch's logs, for on_train_end
         self.best_logs: dict[str, float] = {}  # the best-weights validation, as best/<key>
@@ -93,6 +94,12 @@ class Link:
     def _start_run(self, trainer: Any) -> None:
         self.trainer, self.fitting, self.in_final_eval, self.ended = trainer, True, False, False
         self.last_logs, self.best_logs = {}, {}
+        self.runs += 1
+
+    def _new_run(self, trainer: Any) -> bool:
+        # A later hook of a run whose start was not heard: attached to a built trainer, or a
+        # start that failed in the constructor of another trainer (no teardown came then).
+        return not self.fitting or trainer is not self.trainer
 
     def on_pretrain_routine_start(self, trainer: Any) -> None:
         self._start_run(trainer)
@@ -100,16 +107,15 @@ class Link:
         self._check_stop()
 
     def on_pretrain_routine_end(self, trainer: Any) -> None:
-        if not self.fitting:  # attached to a trainer after its constructor ran the start hook
+        if self._new_run(trainer):
             self._start_run(trainer)
         if self.bus.listening("on_pretrain_routine_end"):
             self._emit("on_pretrain_routine_end", trainer)
         self._check_stop()
 
     def on_train_start(self, trainer: Any) -> None:
-        if not self.fitting:
+        if self._new_run(trainer):
             self._start_run(trainer)
-        self.trainer = trainer
         self._emit("on_train_start", trainer, epoch=getattr(trainer, "start_epoch", None))
         self._check_stop()
 
@@ -184,15 +190,31 @@ class Link:
         self._check_stop()
 
     def teardown(self, trainer: Any) -> None:
-        failure = None if self.ended else sys.exception()
-        epoch, logs = self._epoch(), dict(self.last_logs)
-        self.fitting = self.in_final_eval = False
-        self.trainer = None
         # Ultralytics calls teardown in a `finally`: a teardown subscriber failing while the
         # run fails must not replace the run's error (bus.emit_teardown notes it on the error).
+        self._end_run(None if self.ended else sys.exception(), trainer, started=True)
+
+    def abort(self, error: BaseException, source: Any, *, started: bool) -> None:
+        """Emit the ``teardown`` Ultralytics does not send: for a run that failed to start.
+
+        Ultralytics runs ``on_pretrain_routine_start`` and the dataset check in the trainer's
+        constructor and ``teardown`` only in ``train()``; :func:`train` calls this when
+        ``model.train()`` raised without a teardown. ``started``: the trainer was built far
+        enough to run the start hook (it is the payload's source; else ``source``).
+        """
+        self._end_run(error, self.trainer if started else None, started=started, source=source)
+
+    def _end_run(
+        self, failure: BaseException | None, trainer: Any, *, started: bool, source: Any = None
+    ) -> None:
+        epoch = self._epoch() if started else None
+        logs = dict(self.last_logs) if started else {}
+        self.fitting = self.in_final_eval = False
+        self.trainer = None
+        self.teardowns += 1
         self.bus.emit_teardown(
-            failure, source=trainer, rank=self.rank, world_size=self.world_size, epoch=epoch,
-            logs=logs,
+            failure, source=trainer if trainer is not None else source, rank=self.rank,
+            world_size=self.world_size, epoch=epoch, logs=logs,
         )  # fmt: skip
 
     # -- validation ---------------------------------------------------------------------------
@@ -205,8 +227,15 @@ class Link:
 
     def on_val_start(self, validator: Any) -> None:
         self.val_batch = -1
-        if self.fitting and not getattr(validator, "training", False):
-            self.in_final_eval = True  # final_eval(): best.pt validated as a standalone run
+        # final_eval(): the trainer's own validator, on best.pt, as a standalone run. Told by
+        # identity: a model.val() after a start that failed (no teardown) is not it.
+        trainer = self.trainer
+        if (
+            trainer is not None
+            and validator is getattr(trainer, "validator", None)
+            and not getattr(validator, "training", False)
+        ):
+            self.in_final_eval = True
         if not self._dropped() and self.bus.listening("on_val_start"):
             self._emit("on_val_start", validator, epoch=self._val_epoch(validator))
         self._check_stop()

@@ -10,6 +10,11 @@
 >>> attach(model, bus)                                # doctest: +SKIP
 >>> model.train(data="data.yaml", epochs=2)           # doctest: +SKIP
 
+or, so that a training that fails to start still ends in ``teardown`` (see the quirks):
+
+>>> from eventhooks.adapters.ultralytics import train
+>>> train(model, bus, data="data.yaml", epochs=2)     # doctest: +SKIP
+
 Ultralytics is AGPL-3.0 and an optional extra: this module never imports it (it only calls
 ``add_callback`` and reads attributes of the objects Ultralytics hands its callbacks).
 
@@ -56,6 +61,17 @@ Quirks, and what the adapter does about them:
 - A subscriber error under the ``raise`` policy propagates out of ``model.train()`` as
   :class:`eventhooks.SubscriberError`; Ultralytics runs ``teardown`` in a ``finally``, so
   every subscriber still hears it, with the error.
+- That ``finally`` is in ``trainer.train()``, but the trainer's constructor already runs
+  ``on_pretrain_routine_start`` and the dataset check: a start that fails there (a dataset
+  that is not usable, a subscriber failing at ``on_pretrain_routine_start``) gets no
+  ``teardown`` from Ultralytics. :func:`train` (``train(model, bus, **train_args)`` instead
+  of ``model.train(**train_args)``) emits it, with the error, whenever ``model.train()``
+  raises without one, so every run ends in ``teardown`` as with the other adapters. With a
+  plain ``model.train()`` such a run just ends silently; later validations, predictions and
+  trainings are heard normally either way.
+- A classification dataset folder that does not exist makes Ultralytics try to download
+  it (``YOLO_OFFLINE`` does not stop that attempt); one that exists without images fails
+  offline.
 """
 
 from __future__ import annotations
@@ -66,7 +82,7 @@ from eventhooks import EventBus, events
 
 from ._ultralytics_link import FinalEval, Forwarder, Link, check_final_eval
 
-__all__ = ["NAMES", "FinalEval", "Forwarder", "Link", "attach", "detach"]
+__all__ = ["NAMES", "FinalEval", "Forwarder", "Link", "attach", "detach", "train"]
 
 #: The 25 Ultralytics callback names the adapter registers.
 NAMES: tuple[str, ...] = events.ULTRALYTICS_NAMES
@@ -121,3 +137,23 @@ def detach(target: Any, bus: EventBus | None = None) -> int:
         callbacks[name].remove(fn)
         removed += 1
     return removed
+
+
+def train(model: Any, bus: EventBus, *, final_eval: FinalEval | None = None, **kwargs: Any) -> Any:
+    """``model.train(**kwargs)`` heard on ``bus``, ending in ``teardown`` even if it fails to start.
+
+    Attaches ``bus`` to ``model`` first (as :func:`attach`; it stays attached) and returns
+    what ``model.train`` returns. If ``model.train`` raises and no ``teardown`` was emitted
+    for it (Ultralytics sends none when the trainer's constructor fails: unusable dataset,
+    a subscriber failing at ``on_pretrain_routine_start``), emits ``teardown`` with the
+    error and re-raises it (a teardown subscriber failing then is only noted on it). Only
+    ``bus`` gets that teardown, not other buses attached to ``model``.
+    """
+    link = attach(model, bus, final_eval=final_eval)
+    runs, teardowns = link.runs, link.teardowns
+    try:
+        return model.train(**kwargs)
+    except BaseException as exc:
+        if link.teardowns == teardowns:
+            link.abort(exc, model, started=link.runs > runs)
+        raise

@@ -35,7 +35,7 @@ from ultralytics.models.yolo.detect import DetectionPredictor, DetectionValidato
 from eventhooks import Callback, EpochPayload, EventBus, RunPayload, SubscriberError, events
 from eventhooks import eventlog as eventlog_format
 from eventhooks.adapters import _ultralytics_logs as ul
-from eventhooks.adapters.ultralytics import NAMES, Forwarder, Link, attach, detach
+from eventhooks.adapters.ultralytics import NAMES, Forwarder, Link, attach, detach, train
 from eventhooks.callbacks import CSVLogger, EarlyStopping, EventLog, History
 from eventhooks.testing import CanonicalOrderError, Recorder, assert_canonical_order
 
@@ -468,7 +468,81 @@ def test_subscriber_error_aborts_training_and_teardown_reaches_everyone(
     assert_canonical_order(rec.names, emitted=EMITTED)
 
 
-@pytest.mark.parametrize("fails", ["in an epoch", "nowhere"])
+def failing_start(how: str, tmp_path: Path, cls_data: Path, bus: EventBus) -> tuple[str, Any]:
+    """A training that fails in the trainer's constructor: the dataset, or a subscriber."""
+    if how == "dataset":
+        empty = tmp_path / "no-images"  # a folder that exists: a missing one is downloaded
+        empty.mkdir()
+        return str(empty), None
+
+    def refuse(payload: Any) -> None:
+        raise RuntimeError("not today")
+
+    return str(cls_data), bus.subscribe("on_pretrain_routine_start", refuse)
+
+
+def standalone_val(model: Any, rec: Recorder, cls_data: Path, tmp_path: Path) -> None:
+    """A model.val() after the failed start is heard in full, as a standalone validation."""
+    rec.clear()
+    model.val(data=str(cls_data), **train_args(tmp_path, name="val"))
+    assert rec.names[0] == "on_val_start" and rec.names[-1] == "on_val_end"
+    assert "on_val_batch_end" in rec.names
+    assert [p.epoch for p in rec.payloads("on_val_end")] == [None]
+
+
+@pytest.mark.parametrize("how", ["dataset", "subscriber"])
+def test_train_tears_down_a_run_that_fails_to_start(
+    tmp_path: Path, cls_data: Path, how: str
+) -> None:
+    """Ultralytics starts a run in the trainer's constructor but tears down only in train()."""
+    bus = EventBus()
+    rec = Recorder(bus)
+    model = YOLO("yolov8n-cls.yaml")
+    data, refusal = failing_start(how, tmp_path, cls_data, bus)
+    expected = SubscriberError if refusal is not None else RuntimeError
+    with pytest.raises(expected) as caught:
+        train(model, bus, data=data, epochs=1, **train_args(tmp_path))
+    assert rec.names == ["on_pretrain_routine_start", "teardown"]
+    (teardown,) = rec.payloads("teardown")
+    assert teardown.exception is caught.value and teardown.error
+    assert isinstance(teardown.source, ClassificationTrainer)  # the trainer that failed
+    link = _forwarders_to(model, bus)[0].link
+    assert not link.fitting and link.trainer is None
+    if refusal is not None:
+        refusal.disconnect()
+    standalone_val(model, rec, cls_data, tmp_path)
+
+
+def test_a_plain_train_that_fails_to_start_leaves_validation_heard(
+    tmp_path: Path, cls_data: Path
+) -> None:
+    """Without the wrapper Ultralytics sends no teardown; a later model.val() is still heard."""
+    bus = EventBus()
+    rec = Recorder(bus)
+    model = YOLO("yolov8n-cls.yaml")
+    attach(model, bus)
+    data, _ = failing_start("dataset", tmp_path, cls_data, bus)
+    with pytest.raises(RuntimeError):
+        model.train(data=data, epochs=1, **train_args(tmp_path))
+    assert rec.names == ["on_pretrain_routine_start"]  # Ultralytics' quirk: no teardown
+    standalone_val(model, rec, cls_data, tmp_path)
+
+
+def test_train_attaches_and_a_good_run_tears_down_once(tmp_path: Path, cls_data: Path) -> None:
+    bus = EventBus()
+    rec = Recorder(bus)
+    model = YOLO("yolov8n-cls.yaml")
+    metrics = train(model, bus, data=str(cls_data), epochs=1, **train_args(tmp_path))
+    assert metrics is not None and metrics is model.metrics  # what model.train() returns
+    assert rec.names.count("teardown") == 1 and rec.names[-2:] == ["on_train_end", "teardown"]
+    assert rec.payloads("teardown")[0].error is None
+    assert len(_forwarders_to(model, bus)) == 25  # attached once, and it stays attached
+    train(model, bus, data=str(cls_data), epochs=1, **train_args(tmp_path))
+    assert len(_forwarders_to(model, bus)) == 25 and rec.names.count("teardown") == 2
+    assert_canonical_order(rec.names, emitted=EMITTED)
+
+
+@pytest.mark.parametrize("fails", ["at start", "in an epoch", "nowhere"])
 def test_a_failing_teardown_subscriber_never_hides_the_runs_error(
     tmp_path: Path, cls_data: Path, fails: str
 ) -> None:
@@ -481,18 +555,27 @@ def test_a_failing_teardown_subscriber_never_hides_the_runs_error(
         raise ValueError("teardown subscriber broke")
 
     bus.subscribe("teardown", broken)
-    if fails == "in an epoch":
+    data = str(cls_data)
+    if fails == "at start":
+        data, _ = failing_start("dataset", tmp_path, cls_data, bus)
+    elif fails == "in an epoch":
         bus.attach(Boom())
+    model = YOLO("yolov8n-cls.yaml")
     with pytest.raises(Exception) as caught:
-        train_cls(bus, tmp_path, cls_data, epochs=1)
+        train(model, bus, data=data, epochs=1, **train_args(tmp_path))
     error = caught.value
-    assert len(heard) == 1
+    assert len(heard) == 1  # train() does not tear down a second time
     if fails == "nowhere":  # nothing to protect: the teardown failure is the error
         assert isinstance(error, SubscriberError) and error.event == "teardown"
         assert heard == [None]
     else:
         assert heard == [error] and "teardown subscriber broke" not in str(error)
         assert any("teardown subscriber broke" in note for note in error.__notes__)
+
+
+def _forwarders_to(model: Any, bus: EventBus) -> list[Forwarder]:
+    return [fn for name in NAMES for fn in model.callbacks[name]
+            if isinstance(fn, Forwarder) and fn.link.bus is bus]  # fmt: skip
 
 
 # -- attaching --------------------------------------------------------------------------------
