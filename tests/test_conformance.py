@@ -69,7 +69,7 @@ def test_keras_callback_conforms() -> None:
 
 
 def toy(bus: EventBus, *, greedy: bool = False, deaf: bool = False, silent_failure: bool = False,
-        disorder: bool = False) -> None:  # fmt: skip
+        disorder: bool = False, twice: bool = False) -> None:  # fmt: skip
     """A two-epoch loop of two batches; the flags break it."""
     bus.emit("on_train_start")
     try:
@@ -91,6 +91,9 @@ def toy(bus: EventBus, *, greedy: bool = False, deaf: bool = False, silent_failu
         if not silent_failure:
             bus.emit("teardown", exception=exc)
         raise
+    finally:
+        if twice:  # a finally that tears down again
+            bus.emit("teardown")
     bus.emit("teardown")
 
 
@@ -105,6 +108,7 @@ def test_a_correct_toy_adapter_passes() -> None:
         ("deaf", "did not stop the run"),
         ("silent_failure", "teardown must be last"),
         ("disorder", "breaks the canonical order"),
+        ("twice", "teardown emitted 2 times"),
     ],
 )
 def test_each_flaw_is_caught_and_named(flaw: str, message: str) -> None:

@@ -60,6 +60,11 @@ def check_adapter(
     return Conformance(names, chosen)
 
 
+def _one_teardown(names: list[str]) -> None:
+    """One run(bus), one teardown at most (the order alone cannot tell a second run's)."""
+    assert names.count("teardown") <= 1, f"teardown emitted {names.count('teardown')} times"
+
+
 def _probe_order(run: Run, emitted: Iterable[str] | None) -> list[str]:
     """Canonical order, payloads that survive JSON, 0-based epochs and batches in sequence."""
     bus = EventBus()
@@ -67,6 +72,7 @@ def _probe_order(run: Run, emitted: Iterable[str] | None) -> list[str]:
     run(bus)
     names = rec.names
     assert_canonical_order(names, emitted=list(emitted) if emitted is not None else None)
+    _one_teardown(names)
     epochs = [p.epoch for p in rec.payloads("on_fit_epoch_end")]
     assert len(epochs) >= 2, f"run(bus) must train two epochs or more; it trained {epochs}"
     assert epochs == sorted(set(epochs)) and epochs[0] >= 0, f"epochs out of sequence: {epochs}"
@@ -112,6 +118,7 @@ def _probe_stop(run: Run, plain: list[str], emitted: frozenset[str]) -> None:
     for last in ("on_train_end", "teardown"):
         if last in emitted:
             assert last in names, f"a stopped run must still emit {last}"
+    _one_teardown(names)
     assert_canonical_order(names, emitted=sorted(emitted))
 
 
@@ -130,6 +137,7 @@ def _probe_failure(run: Run, emitted: frozenset[str]) -> None:
         assert isinstance(exc.original, _Probe), f"another error reached the caller: {exc!r}"
     else:
         raise AssertionError("a failing subscriber's error did not reach the caller of run(bus)")
+    _one_teardown(rec.names)
     if "teardown" in emitted:
         assert rec.names and rec.names[-1] == "teardown", (
             f"teardown must be last after a failure; the trace ends {rec.names[-3:]}"

@@ -85,11 +85,9 @@ def cut_then(body: Parser, last: Parser, last_name: str) -> Parser:
             return body(run, i)
         outer, run.reached = run.reached, set()
         ends = body(run, i)
-        prefixes = (run.reached | ends) - {i}
-        # A run may fail before its first event (teardown alone), but not twice in a row:
-        # a teardown right after a teardown is an adapter tearing down once too often.
-        if i == 0 or run.tokens[i - 1] != last_name:
-            prefixes.add(i)
+        # A run may fail before its first event: teardown alone. (Names alone cannot tell
+        # that from an adapter tearing one run down twice; check_adapter counts teardowns.)
+        prefixes = run.reached | ends | {i}
         run.reached = outer if outer is None else outer | prefixes
         return {end for start in prefixes for end in last(run, start)}
 
