@@ -30,7 +30,7 @@ demo: $(VENV)/.demo-installed
 
 lint: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy eventhooks adapters
+	$(VENV)/bin/mypy --strict eventhooks adapters
 
 test: lint
 	$(VENV)/bin/pytest
