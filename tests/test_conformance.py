@@ -147,5 +147,9 @@ def test_ultralytics_adapter_conforms(tmp_path: Any) -> None:
                     plots=False, device="cpu", workers=0, project=str(tmp_path / "runs"),
                     name=f"run{next(runs)}", verbose=False)  # fmt: skip
 
-    seen = check_adapter(yolo_run)
+    from _yolo_support import NetworkGuard
+
+    with NetworkGuard().active() as guard:
+        seen = check_adapter(yolo_run)
+    assert guard.attempts == []
     assert "on_model_save" in seen.emitted and "optimizer_step" not in seen.emitted
