@@ -3,7 +3,7 @@
 Every event is a :class:`blinker.Signal` of this bus (``bus.signal(name)``), and blinker is
 the connection layer: receivers connected with plain blinker hear the bus too, called as
 ``receiver(bus, payload=payload)``. Dispatch does not go through ``Signal.send`` (about 50x
-a bare call): each event keeps a tuple of callables, rebuilt only when its signal connects or
+a bare call): each event keeps a list of callables, rebuilt only when its signal connects or
 disconnects a receiver (blinker's weak-reference cleanup included), so an emit with nobody
 listening is one dict lookup, and one with listeners is one pydantic validation and a loop.
 """
@@ -37,7 +37,7 @@ log = logging.getLogger("eventhooks")
 P = TypeVar("P", bound=BaseModel)
 R = TypeVar("R")
 
-#: Events at which a run begins: a stop request from an earlier run is forgotten there.
+#: Where a run begins or ends: a stop request from an earlier run is forgotten at the start.
 _RUN_EDGE_EVENTS: tuple[Event[Any], ...] = (
     ev.on_pretrain_routine_start, ev.on_train_start, ev.on_train_end, ev.teardown,
 )  # fmt: skip
@@ -349,10 +349,6 @@ class EventBus:
                 self._rebuild(event)  # type: ignore[arg-type]
 
     # -- dispatch ---------------------------------------------------------------------------
-
-    def _rebuild_all(self) -> None:
-        for event in self._signals:
-            self._rebuild(event)
 
     def _rebuild(self, event: Event[Any]) -> None:
         """Recompute an event's delivery list: priority first, then connection order."""
