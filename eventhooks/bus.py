@@ -46,6 +46,9 @@ _RUN_EDGE_EVENTS: tuple[Event[Any], ...] = (
 #: What an event nobody listens to delivers to (CPython's empty-tuple singleton).
 _NOBODY: tuple[()] = ()
 
+#: ``emit``'s default for its named fields: the field was not given.
+_UNSET: Any = object()
+
 
 class _Calls(list):  # type: ignore[type-arg]
     """An event's delivery list, with what ``emit`` needs beside it (no second lookup).
@@ -392,21 +395,40 @@ class EventBus:
         for key in (event, *event.names):
             self._calls[key] = delivered
 
-    def emit(self, event: str | Event[Any], /, **fields: Any) -> Any:
+    def emit(
+        self,
+        event: str | Event[Any],
+        /,
+        *,
+        batch: Any = _UNSET,
+        epoch: Any = _UNSET,
+        logs: Any = _UNSET,
+        **fields: Any,
+    ) -> Any:
         """Validate ``fields`` into the event's payload and deliver it; returns the payload.
 
         When nobody listens, nothing is built or validated and ``None`` is returned. Wrong
         fields raise :class:`~eventhooks.errors.PayloadError` naming the event and the field.
+
+        ``batch``, ``epoch`` and ``logs`` (what every batch event carries) are named
+        parameters only for speed: Python builds no keyword dict for them, which is most of
+        what an emit nobody listens to would cost.
         """
         try:
             calls = self._calls[event]
         except (KeyError, TypeError):
             calls = self._calls[self._learn(event)]
-        if not calls:
-            # Only a run-edge event's empty list is not the () singleton.
-            if calls is not _NOBODY:
-                self._run_edge(calls.event)
+        if calls is _NOBODY:
             return None
+        if not calls:  # a run-edge event nobody listens to still opens or closes a run
+            self._run_edge(calls.event)
+            return None
+        if batch is not _UNSET:
+            fields["batch"] = batch
+        if epoch is not _UNSET:
+            fields["epoch"] = epoch
+        if logs is not _UNSET:
+            fields["logs"] = logs
         try:
             payload = calls.validate(fields)
         except ValidationError as exc:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from eventhooks import EventBus, PayloadError, events, registry
 
@@ -148,3 +149,31 @@ def test_optional_fields_keras_cannot_supply() -> None:
     bus.emit("on_train_begin", logs={})
     bus.emit("on_train_batch_begin", batch=0, logs={})
     assert begin[0].epoch is None and batch[0].epoch is None
+
+
+# Every field name any built-in payload has, with values that are right for some events and
+# wrong for others: emit's named parameters (batch, epoch, logs) must change nothing.
+ANY_FIELD = st.sampled_from(sorted({*FIELD_STRATEGIES, "source"}))
+ANY_VALUE = st.one_of(index, st.integers(-3, -1), names, st.none(), FIELD_STRATEGIES["logs"])
+
+
+@settings(max_examples=300)
+@given(
+    event=st.sampled_from(registry.events()),
+    fields=st.dictionaries(ANY_FIELD, ANY_VALUE, max_size=5),
+)
+def test_emit_validates_exactly_as_the_payload_type(event: Any, fields: dict[str, Any]) -> None:
+    bus = EventBus()
+    got = listened(bus, event.name)
+    try:
+        expected = event.payload.model_validate(fields)
+    except ValidationError as exc:
+        with pytest.raises(PayloadError) as info:
+            bus.emit(event.name, **fields)
+        wrong = {str(err["loc"][0]) for err in exc.errors() if err["loc"]}
+        assert set(info.value.fields) == wrong
+        assert got == []
+        return
+    assert bus.emit(event.name, **fields) is got[0]
+    assert same(got[0].model_dump(), expected.model_dump())
+    assert got[0].model_fields_set == expected.model_fields_set == set(fields)
