@@ -18,6 +18,24 @@ def ns_per_call(
     return statistics.median(timer.repeat(repeat=repeat, number=number)) / number * 1e9
 
 
+def interleaved_ns(
+    cases: dict[str, tuple[str, dict[str, Any]]], *, rounds: int = 15, number: int = 10000
+) -> dict[str, list[float]]:
+    """ns per execution of each ``(stmt, namespace)``, one sample per case in each round.
+
+    Cases take turns, so a slow spell of this shared machine hits all of them alike; compare
+    them sample by sample (same round) rather than median against median.
+    """
+    timers = {label: timeit.Timer(stmt, globals=ns) for label, (stmt, ns) in cases.items()}
+    for timer in timers.values():
+        timer.timeit(number // 10)  # warm up
+    samples: dict[str, list[float]] = {label: [] for label in cases}
+    for _ in range(rounds):
+        for label, timer in timers.items():
+            samples[label].append(min(timer.repeat(repeat=3, number=number)) / number * 1e9)
+    return samples
+
+
 def seconds(fn: Callable[[], object], *, repeat: int = 5) -> float:
     """Median wall time of ``fn()`` over ``repeat`` runs, after one warm-up run."""
     fn()

@@ -6,16 +6,19 @@ sent through blinker) and a Keras-style dispatch loop over callback objects.
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 import blinker
+from pydantic import BaseModel, ConfigDict, Field
 
 from eventhooks import BatchPayload, EventBus
+from eventhooks.payloads import Index
 
 try:
-    from ._timing import ns_per_call, table
+    from ._timing import interleaved_ns, table
 except ImportError:  # run as a script
-    from _timing import ns_per_call, table  # type: ignore[no-redef]
+    from _timing import interleaved_ns, table  # type: ignore[no-redef]
 
 LOGS = {"loss": 0.25, "accuracy": 0.9, "val_loss": 0.3, "val_accuracy": 0.88}
 
@@ -48,50 +51,86 @@ def bus_with(n: int) -> EventBus:
     return bus
 
 
-def measure() -> list[tuple[str, float]]:
-    ns: dict[str, Any] = {"f": subscriber, "p": 1, "logs": LOGS}
-    results = [("bare Python call `f(p)`", ns_per_call("f(p)", ns))]
+class OneInt(BaseModel):
+    """The smallest pydantic model: what any validated payload costs at least."""
+
+    batch: int
+
+
+class Lean(BaseModel):
+    """The benchmark's payload without the fields every eventhooks payload carries."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch: Index
+    epoch: Index | None = None
+    logs: dict[str, float] = Field(default_factory=dict)
+
+
+BARE = "bare Python call `f(p)`"
+ONE = "`bus.emit`, 1 subscriber (validated, 4 metrics)"
+TEN = "`bus.emit`, 10 subscribers (validated, 4 metrics)"
+TARGETS = {"`bus.emit`, 0 subscribers": "5x", ONE: "40x"}
+
+
+def cases() -> dict[str, tuple[str, dict[str, Any]]]:
+    """Every timed statement with its namespace, by label."""
+    base: dict[str, Any] = {"f": subscriber, "p": 1, "logs": LOGS}
     emit = "bus.emit('on_train_batch_end', batch=3, epoch=1, logs=logs)"
-    for n in (0, 1, 10):
-        ns["bus"] = bus_with(n)
-        label = f"`bus.emit`, {n} subscriber{'s' if n != 1 else ''}" + (
-            " (validated, 4 metrics)" if n else ""
-        )
-        results.append((label, ns_per_call(emit, ns)))
     signal = blinker.Signal()
     signal.connect(lambda sender, **kw: None, weak=False)
-    ns["signal"] = signal
-    results.append(
-        ("raw blinker `Signal.send`, 1 receiver", ns_per_call("signal.send(None, logs=logs)", ns))
-    )
-    ns["validate"] = BatchPayload.__pydantic_validator__.validate_python
-    ns["fields"] = {"batch": 3, "epoch": 1, "logs": LOGS}
-    results.append(("pydantic validation alone", ns_per_call("validate(fields)", ns)))
-    results.append(
-        ("naive: `BatchPayload(...)` sent through blinker, 1 receiver",
-         ns_per_call("signal.send(None, payload=BatchPayload(batch=3, epoch=1, logs=logs))",
-                     {**ns, "BatchPayload": BatchPayload})),
-    )  # fmt: skip
+    fields = {"batch": 3, "epoch": 1, "logs": LOGS}
+    found = {
+        BARE: ("f(p)", base),
+        "`bus.emit`, 0 subscribers": (emit, {**base, "bus": bus_with(0)}),
+        ONE: (emit, {**base, "bus": bus_with(1)}),
+        TEN: (emit, {**base, "bus": bus_with(10)}),
+        "raw blinker `Signal.send`, 1 receiver": (
+            "signal.send(None, logs=logs)", {**base, "signal": signal}
+        ),
+        "naive: `BatchPayload(...)` sent through blinker, 1 receiver": (
+            "signal.send(None, payload=BatchPayload(batch=3, epoch=1, logs=logs))",
+            {**base, "signal": signal, "BatchPayload": BatchPayload},
+        ),
+    }
+    models: list[tuple[str, type[BaseModel]]] = [
+        ("the payload", BatchPayload),
+        ("the same without the 4 fields every payload carries", Lean),
+        ("a model of one int field", OneInt),
+    ]
+    for what, model in models:
+        validate = model.__pydantic_validator__.validate_python
+        given = fields if model is not OneInt else {"batch": 3}
+        found[f"pydantic validation alone: {what}"] = (
+            "validate(given)", {"validate": validate, "given": given}
+        )
     for n in (1, 10):
-        ns["callbacks"] = KerasStyleList([KerasStyleCallback() for _ in range(n)])
-        results.append(
-            (f"Keras-style dispatch loop, {n} callback{'s' if n > 1 else ''}",
-             ns_per_call("callbacks.on_train_batch_end(3, logs)", ns)),
-        )  # fmt: skip
-    return results
+        keras_like = KerasStyleList([KerasStyleCallback() for _ in range(n)])
+        found[f"Keras-style dispatch loop, {n} callback{'s' if n > 1 else ''}"] = (
+            "callbacks.on_train_batch_end(3, logs)", {**base, "callbacks": keras_like}
+        )
+    return found
 
 
-def main() -> str:
-    results = measure()
-    bare = results[0][1]
-    rows = [(label, f"{value:,.0f}", f"{value / bare:.1f}x") for label, value in results]
-    by = dict(results)
-    one = by["`bus.emit`, 1 subscriber (validated, 4 metrics)"]
-    ten = by["`bus.emit`, 10 subscribers (validated, 4 metrics)"]
-    rows.append(("each extra subscriber ((10 - 1) / 9)", f"{(ten - one) / 9:,.0f}",
-                 f"{(ten - one) / 9 / bare:.1f}x"))  # fmt: skip
+def main(rounds: int = 15) -> str:
+    samples = interleaved_ns(cases(), rounds=rounds)
+    bare = samples[BARE]
+
+    def ratio(values: list[float]) -> float:  # per round: both sides saw the same machine
+        return statistics.median(v / b for v, b in zip(values, bare, strict=True))
+
+    rows = [
+        (label, f"{statistics.median(values):,.0f}", f"{ratio(values):.1f}x",
+         TARGETS.get(label, ""))
+        for label, values in samples.items()
+    ]  # fmt: skip
+    extra = [(t - o) / 9 for t, o in zip(samples[TEN], samples[ONE], strict=True)]
+    rows.append(("each extra subscriber ((10 - 1) / 9)", f"{statistics.median(extra):,.0f}",
+                 f"{ratio(extra):.1f}x", "3x"))  # fmt: skip
     text = table(
-        "Core: one emit (median ns per call)", ("operation", "ns", "ratio to bare call"), rows
+        f"Core: one emit (median ns per call, cases interleaved over {rounds} rounds)",
+        ("operation", "ns", "ratio to bare call", "target"),
+        rows,
     )
     print(text)
     return text
