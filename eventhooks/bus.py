@@ -263,9 +263,10 @@ class EventBus:
     ) -> Attachment:
         """Subscribe an object's ``on_*`` methods, Keras-style, under any of the 35 names.
 
-        For an :class:`eventhooks.Callback` only overridden methods are subscribed; for any
-        other object, every callable attribute named like an event. A method under a Keras
-        name and one under its Ultralytics twin both run, the Ultralytics one first.
+        For an :class:`eventhooks.Callback` only overridden methods are subscribed, and an
+        overridden ``on_event(event, payload)`` hears every event the registry knows now; for
+        any other object, every callable attribute named like an event. A method under a
+        Keras name and one under its Ultralytics twin both run, the Ultralytics one first.
         """
         from .callback import Callback  # here, not at import: callback.py imports this module
 
@@ -288,6 +289,15 @@ class EventBus:
                     )
                 )
         if isinstance(obj, Callback):
+            if type(obj).on_event is not Callback.on_event:
+                label = f"{type(obj).__qualname__}.on_event"
+                for event in self.registry.events():
+                    subs.append(
+                        self.subscribe(
+                            event, EventHandler(obj.on_event, event), priority=priority,
+                            errors=errors, max_failures=max_failures, owner=obj, label=label,
+                        )
+                    )  # fmt: skip
             obj.bus = self
         return Attachment(self, obj, tuple(subs))
 
@@ -567,6 +577,29 @@ class EventBus:
     def __repr__(self) -> str:
         live = sum(len(e) for e in self._entries.values())
         return f"<EventBus {live} receivers, errors={self.errors!r}>"
+
+
+class EventHandler:
+    """``Callback.on_event`` bound to one event, called with the payload like any subscriber.
+
+    Picklable (buses cross to DDP workers, and pickling needs the default registry anyway):
+    the event travels by name.
+    """
+
+    __slots__ = ("event", "method")
+
+    def __init__(self, method: Callable[[Event[Any], Any], object], event: Event[Any]) -> None:
+        self.method, self.event = method, event
+
+    def __call__(self, payload: Any) -> object:
+        return self.method(self.event, payload)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_event_handler, (self.method, self.event.name))
+
+
+def _event_handler(method: Callable[[Event[Any], Any], object], name: str) -> EventHandler:
+    return EventHandler(method, _registry.default.resolve(name))
 
 
 def _entry_for(entries: tuple[Any, ...], call: object) -> Any:

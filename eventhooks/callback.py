@@ -2,12 +2,16 @@
 
 Every method takes the event's payload. Override it under the Keras name
 (``on_epoch_end``) or the Ultralytics one (``on_fit_epoch_end``): both hear the same moment.
+Override ``on_event(event, payload)`` to hear every event, other libraries' included (loggers).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel
+
+from .events import Event
 from .payloads import (
     BatchPayload,
     CheckpointPayload,
@@ -70,6 +74,14 @@ class Callback:
     def on_test_end(self, payload: RunPayload) -> None: ...
     def on_predict_begin(self, payload: RunPayload) -> None: ...
     def on_predict_batch_begin(self, payload: PredictBatchPayload) -> None: ...
+
+    # Every event
+    def on_event(self, event: Event[Any], payload: BaseModel) -> None:
+        """Hears every event the bus's registry knows when attached, custom ones included.
+
+        For subscribers that treat events alike (loggers, recorders). It runs in addition to
+        the named methods, after them at equal priority.
+        """
 
     def request_stop(self, reason: str | None = None) -> None:
         """Ask the attached bus's loop to stop after the current batch or epoch."""

@@ -15,12 +15,15 @@ from eventhooks import (
     BatchPayload,
     Callback,
     EpochPayload,
+    Event,
     EventBus,
+    Payload,
     RunPayload,
     SubscriberError,
     UnknownEventError,
     events,
 )
+from eventhooks.registry import Registry
 
 STYLES = ("on", "subscribe", "add_callback", "attach", "blinker")
 
@@ -128,6 +131,61 @@ def test_attach_plain_object_and_callback_gets_the_bus() -> None:
     assert bus.stop_requested and bus.stop_reason == "enough"
     with pytest.raises(RuntimeError, match="not attached"):
         Stopper().request_stop()
+
+
+class Everything(Callback):
+    """Hears every event through on_event, and one moment by name too."""
+
+    def __init__(self) -> None:
+        self.heard: list[tuple[str, str]] = []
+
+    def on_event(self, event: Event[Any], payload: Any) -> None:
+        self.heard.append((event.name, type(payload).__name__))
+
+    def on_epoch_end(self, payload: EpochPayload) -> None:
+        self.heard.append(("named", type(payload).__name__))
+
+
+def test_on_event_hears_every_event_custom_ones_included() -> None:
+    class Sample(Payload):
+        step: int
+
+    reg = Registry()
+    custom = reg.register("mylib.on_sample", Sample)
+    bus = EventBus(registry=reg)
+    everything = Everything()
+    attachment = bus.attach(everything)
+    assert {sub.event for sub in attachment.subscriptions} == set(reg.events())
+    bus.emit("on_train_start")
+    bus.emit("on_epoch_end", epoch=0)
+    bus.emit(custom, step=1)
+    assert everything.heard == [
+        ("on_train_start", "RunPayload"),
+        ("named", "EpochPayload"),  # the named method first: it was connected first
+        ("on_fit_epoch_end", "EpochPayload"),
+        ("mylib.on_sample", "Sample"),
+    ]
+    bus.disconnect(everything)
+    bus.emit(custom, step=2)
+    assert len(everything.heard) == 4 and not bus.listening(custom)
+
+
+def test_a_callback_without_on_event_is_not_subscribed_to_everything() -> None:
+    bus = EventBus()
+    attachment = bus.attach(Counter())
+    assert [sub.event for sub in attachment.subscriptions] == [events.on_fit_epoch_end]
+
+
+def test_on_event_survives_pickling() -> None:
+    import pickle
+
+    bus = EventBus()
+    bus.attach(Everything())
+    clone = pickle.loads(pickle.dumps(bus))
+    copied = clone.subscriptions("teardown")[0].owner
+    assert isinstance(copied, Everything) and copied.bus is clone
+    clone.emit("teardown")
+    assert copied.heard == [("teardown", "TeardownPayload")]
 
 
 def test_misspelt_names_are_errors_with_suggestions() -> None:

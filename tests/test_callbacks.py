@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventhooks import EventBus, SubscriberError
+from eventhooks import EventBus, Payload, SubscriberError, eventlog, events
 from eventhooks.callbacks import (
     CSVLogger,
     EarlyStopping,
@@ -31,6 +31,7 @@ from eventhooks.callbacks import (
     ProgressBar,
     TerminateOnNaN,
 )
+from eventhooks.registry import Registry
 from eventhooks.testing import Recorder
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False)
@@ -308,6 +309,28 @@ def test_event_log_truncates_once_then_appends_across_teardown(tmp_path: Path) -
         bus.emit("on_export_start", format="npz")
     names = [json.loads(line)["event"] for line in path.read_text().splitlines()]
     assert names == ["on_train_start", "teardown", "on_export_start"]
+
+
+def test_event_log_writes_other_libraries_events_and_reads_them_back(tmp_path: Path) -> None:
+    reg = Registry()
+    sample = reg.register("mylib.on_sample", SamplePayload, counter="step")
+    path = tmp_path / "events.jsonl"
+    bus = EventBus(registry=reg)
+    with EventLog(path) as log:
+        bus.attach(log)
+        bus.emit("on_train_start")
+        bus.emit(sample, step=3, caption="a cat")
+        bus.emit("teardown")
+    records = list(eventlog.read(path, reg))
+    assert [r.event for r in records] == [events.on_train_start, sample, events.teardown]
+    assert records[1].fields == {"rank": 0, "world_size": 1, "step": 3, "caption": "a cat"}
+    with pytest.raises(eventlog.EventLogError, match=r"unknown event 'mylib\.on_sample'"):
+        list(eventlog.read(path))  # the default registry does not know the custom event
+
+
+class SamplePayload(Payload):
+    step: int
+    caption: str
 
 
 # -- ProgressBar -----------------------------------------------------------------------------

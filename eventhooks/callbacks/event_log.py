@@ -9,12 +9,15 @@ from typing import IO, Any
 
 from .. import eventlog
 from ..callback import Callback
-from ..events import BUILTIN, Event
+from ..events import Event
 from ._monitor import rank_path, writes_here
 
 
 class EventLog(Callback):
-    """Writes each of the 25 moments to ``path`` as a line of :mod:`eventhooks.eventlog`.
+    """Writes every event to ``path`` as a line of :mod:`eventhooks.eventlog`.
+
+    Every event means the 25 moments and the events other libraries registered before
+    ``bus.attach(log)``; their payloads must dump to JSON, as built-in ones do.
 
     Each line is flushed as it is written, so a crash loses nothing already emitted (the
     ``teardown`` line carrying the error included). The file is truncated on the first event
@@ -33,7 +36,7 @@ class EventLog(Callback):
         self._files: dict[str, IO[str]] = {}
         self._opened: set[str] = set()
 
-    def _write(self, event: Event[Any], payload: Any) -> None:
+    def on_event(self, event: Event[Any], payload: Any) -> None:
         if not writes_here(payload.rank, self.all_ranks):
             return
         path = rank_path(self.path, payload.rank)
@@ -64,17 +67,3 @@ class EventLog(Callback):
 
     def __del__(self) -> None:
         self.close()
-
-
-def _method(event: Event[Any]) -> Any:
-    def handler(self: EventLog, payload: Any) -> None:
-        self._write(event, payload)
-
-    handler.__name__ = handler.__qualname__ = event.name
-    handler.__doc__ = f"Log {event.name}."
-    return handler
-
-
-for _event in BUILTIN:  # one overridden method per moment, under its canonical name
-    setattr(EventLog, _event.name, _method(_event))
-del _event
