@@ -62,7 +62,7 @@ class Link:
         self.trainer: Any = None  # the trainer of the run in progress
         self.fitting = False  # between the pretrain routine and teardown
         self.in_final_eval = False  # inside the best-weights validation after the last epoch
-        self.ended = False  # on_train_end was seen: teardown of a run that did not fail
+        self.ended = False  # on_train_end was delivered: teardown of a run that did not fail
         self.runs = self.teardowns = 0  # runs started and teardowns emitted, for train()
         self.batch = self.val_batch = self.predict_batch = -1
         self.last_logs: dict[str, float] = {}  # the last real epoch's logs, for on_train_end
@@ -184,9 +184,11 @@ class Link:
         self._check_stop()
 
     def on_train_end(self, trainer: Any) -> None:
-        self.ended, self.in_final_eval = True, False
+        self.in_final_eval = False
         logs = {**self.last_logs, **self.best_logs} if self.bus.listening("on_train_end") else {}
         self._emit("on_train_end", trainer, epoch=self._epoch(), logs=logs)
+        # Only now: a subscriber failing above fails the run, and teardown must carry that.
+        self.ended = True
         self._check_stop()
 
     def teardown(self, trainer: Any) -> None:

@@ -468,6 +468,30 @@ def test_subscriber_error_aborts_training_and_teardown_reaches_everyone(
     assert_canonical_order(rec.names, emitted=EMITTED)
 
 
+def test_a_subscriber_failing_at_train_end_reaches_teardown(tmp_path: Path, cls_data: Path) -> None:
+    """The run ended, but on_train_end failed: the run failed, and teardown says so."""
+    bus = EventBus(errors="raise")
+    rec = Recorder(bus)
+    before, after = [], []
+    bus.subscribe("teardown", before.append, priority=10)
+    bus.subscribe("teardown", after.append, priority=-10)
+
+    @bus.on("on_train_end")
+    def boom(payload: RunPayload) -> None:
+        raise RuntimeError("boom at train end")
+
+    with pytest.raises(SubscriberError) as caught:
+        train_cls(bus, tmp_path, cls_data, epochs=1)
+    err = caught.value
+    assert err.event == "on_train_end" and isinstance(err.original, RuntimeError)
+    assert rec.names[-2:] == ["on_train_end", "teardown"]
+    for heard in (before, after, rec.payloads("teardown")):
+        (payload,) = heard
+        assert payload.exception is err and "boom at train end" in (payload.error or "")
+        assert payload.epoch == 0
+    assert_canonical_order(rec.names, emitted=EMITTED)
+
+
 def failing_start(how: str, tmp_path: Path, cls_data: Path, bus: EventBus) -> tuple[str, Any]:
     """A training that fails in the trainer's constructor: the dataset, or a subscriber."""
     if how == "dataset":
