@@ -29,6 +29,7 @@ from ._subscription import (
     connection_seq,
     describe,
 )
+from .callback import Callback
 from .errors import PayloadError, SubscriberError
 from .events import Event
 
@@ -46,8 +47,14 @@ _RUN_EDGE_EVENTS: tuple[Event[Any], ...] = (
 #: What an event nobody listens to delivers to (CPython's empty-tuple singleton).
 _NOBODY: tuple[()] = ()
 
-#: ``emit``'s default for its named fields: the field was not given.
-_UNSET: Any = object()
+class _Unset:
+    """``emit``'s default for its named fields: the field was not given."""
+
+    def __repr__(self) -> str:
+        return "<not given>"
+
+
+_UNSET: Any = _Unset()
 
 
 class _Calls(list):  # type: ignore[type-arg]
@@ -158,7 +165,10 @@ class EventBus:
 
     def _learn(self, key: object) -> Event[Any]:
         """Find an event by name or object, creating its signal on first use."""
-        event = self._event_of.get(key)
+        try:
+            event = self._event_of.get(key)
+        except TypeError:  # unhashable: no name of any event
+            event = None
         if event is not None:
             return event
         event = self.registry.resolve(key)  # type: ignore[arg-type]
@@ -175,11 +185,16 @@ class EventBus:
         return self._signals[self._learn(event)]
 
     def listening(self, event: str | Event[Any]) -> bool:
-        """Whether an emit of ``event`` would reach anyone (adapters skip conversions if not)."""
+        """Whether an emit of ``event`` would do anything: adapters skip the work if not.
+
+        True when a subscriber would hear it, and always for the events where a run begins
+        or ends (``on_pretrain_routine_start``, ``on_train_start``, ``on_train_end``,
+        ``teardown``): emitting them forgets the previous run's stop request.
+        """
         try:
-            return bool(self._calls[event])
-        except KeyError:
-            return bool(self._calls[self._learn(event)])
+            return self._calls[event] is not _NOBODY
+        except (KeyError, TypeError):
+            return self._calls[self._learn(event)] is not _NOBODY
 
     # -- subscribing ------------------------------------------------------------------------
 
@@ -268,18 +283,13 @@ class EventBus:
         any other object, every callable attribute named like an event. A method under a
         Keras name and one under its Ultralytics twin both run, the Ultralytics one first.
         """
-        from .callback import Callback  # here, not at import: callback.py imports this module
-
         subs: list[Subscription] = []
         for event in self.registry.events():
             for name in event.names:
                 if not name.isidentifier():
                     continue
-                if isinstance(obj, Callback):
-                    if getattr(type(obj), name, None) is getattr(Callback, name, None):
-                        continue
                 method = getattr(obj, name, None)
-                if not callable(method):
+                if not callable(method) or _inherited(method, name):
                     continue
                 subs.append(
                     self.subscribe(
@@ -289,7 +299,7 @@ class EventBus:
                     )
                 )
         if isinstance(obj, Callback):
-            if type(obj).on_event is not Callback.on_event:
+            if not _inherited(obj.on_event, "on_event"):
                 label = f"{type(obj).__qualname__}.on_event"
                 for event in self.registry.events():
                     subs.append(
@@ -397,10 +407,12 @@ class EventBus:
         if not delivered and not delivered.edge:  # type: ignore[union-attr]
             delivered = _NOBODY
         previous = self._calls.get(event)
-        if isinstance(previous, _Calls):  # an emit may be iterating it right now
-            kept = {id(c) for c in delivered} | {id(e) for e in snapshot}
-            for index, call in enumerate(previous):
-                if id(call) not in kept:
+        if isinstance(previous, _Calls):
+            # An emit may be iterating it right now: a subscription that is gone is not called
+            # later in that emit. Muting changes only later emits. Slot i delivers entry i.
+            kept = {id(entry) for entry in snapshot}
+            for index, entry in enumerate(previous.entries[: len(previous)]):
+                if id(entry) not in kept:
                     previous[index] = _skip
         for key in (event, *event.names):
             self._calls[key] = delivered
@@ -600,6 +612,13 @@ class EventHandler:
 
 def _event_handler(method: Callable[[Event[Any], Any], object], name: str) -> EventHandler:
     return EventHandler(method, _registry.default.resolve(name))
+
+
+def _inherited(method: object, name: str) -> bool:
+    """Whether ``method`` is :class:`Callback`'s own no-op: not overridden, not set on the
+    object (Keras' ``LambdaCallback`` sets hooks as instance attributes)."""
+    base = Callback.__dict__.get(name)
+    return base is not None and getattr(method, "__func__", None) is base
 
 
 def _entry_for(entries: tuple[Any, ...], call: object) -> Any:

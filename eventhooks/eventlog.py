@@ -80,6 +80,8 @@ def parse(
         ) from None
     except RecursionError:
         raise EventLogError(path, line, "JSON nested too deeply") from None
+    except ValueError as exc:  # Python's limit on the digits of an int, say
+        raise EventLogError(path, line, f"unreadable JSON value ({exc})") from None
     if not isinstance(obj, dict):
         raise EventLogError(path, line, f"expected a JSON object, got {type(obj).__name__}")
     if "v" not in obj:

@@ -11,13 +11,12 @@ import re
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
-from pydantic import BaseModel
-
 from . import events as _events
 from .errors import RegistryError, UnknownEventError
 from .events import Event
+from .payloads import Payload
 
-P = TypeVar("P", bound=BaseModel)
+P = TypeVar("P", bound=Payload)
 
 _CUSTOM_NAME = re.compile(r"^[A-Za-z_][\w-]*\.[A-Za-z_][\w.-]*$")
 
@@ -50,8 +49,9 @@ class Registry:
     ) -> Event[P]:
         """Add a library's own event; ``name`` and aliases need a prefix: ``"mylib.on_x"``.
 
-        ``payload`` should subclass :class:`eventhooks.payloads.Payload` (any pydantic model
-        works). ``counter`` names the payload field that ``every=``/``once=`` count by.
+        ``payload`` must subclass :class:`eventhooks.payloads.Payload`, so that it carries
+        what every event carries (``source``, ``rank``...) and dumps to JSON as built-in
+        payloads do. ``counter`` names the payload field that ``every=``/``once=`` count by.
         """
         if len({name, *aliases}) != 1 + len(aliases):
             raise RegistryError(f"event {name!r}: its names repeat: {(name, *aliases)}")
@@ -71,8 +71,10 @@ class Registry:
                     f"cannot register {candidate!r}: the name is already taken by "
                     f"{self._by_name[candidate].name!r}"
                 )
-        if not (isinstance(payload, type) and issubclass(payload, BaseModel)):
-            raise RegistryError(f"payload of {name!r} must be a pydantic model class")
+        if not (isinstance(payload, type) and issubclass(payload, Payload)):
+            raise RegistryError(
+                f"payload of {name!r} must be a subclass of eventhooks.Payload, got {payload!r}"
+            )
         event = Event(name, payload, doc, aliases, counter)
         self._add(event)
         return event

@@ -426,12 +426,80 @@ def test_muted_block_nests_and_restores() -> None:
         with bus.muted("on_val_end"):
             bus.emit("on_val_end")
         bus.emit("on_val_end")
-        assert not bus.listening("on_train_end")
+        assert not bus.listening("on_val_end")
+        assert bus.listening("on_train_end")  # a run's edge: emitting it is never in vain
     with bus.muted("on_test_end"):
         bus.emit("on_val_end")
         bus.emit("on_train_end")
     bus.emit("on_val_end")
     assert heard == ["train", "val"]
+
+
+def test_muting_inside_a_subscriber_changes_later_emits_only() -> None:
+    bus = EventBus()
+    heard: list[str] = []
+
+    @bus.on("on_val_end", priority=1)
+    def first(payload: Any) -> None:
+        heard.append("first")
+        with bus.muted():  # e.g. an evaluation the subscriber runs itself
+            bus.emit("on_val_end")
+
+    bus.on("on_val_end")(lambda p: heard.append("second"))
+    bus.emit("on_val_end")
+    bus.emit("on_val_end")
+    assert heard == ["first", "second"] * 2
+
+
+def test_a_function_subscribed_twice_and_disconnected_once_mid_emit_runs_once() -> None:
+    bus = EventBus()
+    calls: list[int] = []
+
+    def fn(payload: Any) -> None:
+        calls.append(1)
+
+    @bus.on("on_val_end", priority=1)
+    def drop_first(payload: Any) -> None:
+        first.disconnect()
+
+    first = bus.subscribe("on_val_end", fn)
+    bus.subscribe("on_val_end", fn)
+    bus.emit("on_val_end")
+    assert len(calls) == 1
+    bus.emit("on_val_end")
+    assert len(calls) == 2
+
+
+def test_run_edges_count_as_listened_so_adapters_reset_stop_requests() -> None:
+    bus = EventBus()
+    edges = ["on_pretrain_routine_start", "on_train_start", "on_train_end", "teardown"]
+    assert all(bus.listening(name) for name in edges)
+    assert not bus.listening("on_fit_epoch_end") and not bus.listening("on_train_batch_end")
+    bus.request_stop("previous run")
+    if bus.listening("on_train_begin"):  # what an adapter does before each emit
+        bus.emit("on_train_begin")
+    assert not bus.stop_requested
+
+
+def test_attach_takes_hooks_set_on_the_instance() -> None:
+    class Hooks(Callback):  # Keras' LambdaCallback sets its hooks this way
+        def __init__(self, **hooks: Any) -> None:
+            for name, fn in hooks.items():
+                setattr(self, name, fn)
+
+    bus = EventBus()
+    seen: list[int] = []
+    attachment = bus.attach(Hooks(on_epoch_end=lambda p: seen.append(p.epoch)))
+    assert [sub.event for sub in attachment.subscriptions] == [events.on_fit_epoch_end]
+    bus.emit("on_epoch_end", epoch=2)
+    assert seen == [2]
+
+
+def test_an_unhashable_event_name_is_an_unknown_event() -> None:
+    bus = EventBus()
+    for call in (bus.emit, bus.listening, bus.signal):
+        with pytest.raises(UnknownEventError):
+            call(["on_epoch_end"])  # type: ignore[operator]
 
 
 # -- errors in subscribers -------------------------------------------------------------------

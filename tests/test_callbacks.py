@@ -496,3 +496,13 @@ def test_checkpoint_path_may_name_the_rank(tmp_path: Path) -> None:
     for rank in (0, 1):
         bus.emit("on_fit_epoch_end", epoch=0, rank=rank, world_size=2, source=saver)
     assert saver.saved == [str(tmp_path / "r0-e1.txt"), str(tmp_path / "r1-e1.txt")]
+
+
+def test_checkpoint_epoch_and_rank_win_over_logs_of_the_same_name(tmp_path: Path) -> None:
+    bus = EventBus()
+    saver = Saver()
+    bus.attach(ModelCheckpoint(tmp_path / "e{epoch}-r{rank}-{loss}.txt"))
+    bus.emit("on_train_start")
+    bus.emit("on_fit_epoch_end", epoch=1, logs={"epoch": 9.0, "rank": 5.0, "loss": 0.5},
+             source=saver)  # fmt: skip
+    assert saver.saved == [str(tmp_path / "e2-r0-0.5.txt")]

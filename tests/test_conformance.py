@@ -69,11 +69,13 @@ def test_keras_callback_conforms() -> None:
 
 
 def toy(bus: EventBus, *, greedy: bool = False, deaf: bool = False, silent_failure: bool = False,
-        disorder: bool = False, twice: bool = False) -> None:  # fmt: skip
-    """A two-epoch loop of two batches; the flags break it."""
+        disorder: bool = False, twice: bool = False, forgetful: bool = False,
+        first_epoch: int = 0) -> None:  # fmt: skip
+    """A two-epoch loop of two batches (from ``first_epoch``, as a resumed run); flags break it."""
+    ended = False
     bus.emit("on_train_start")
     try:
-        for epoch in range(2):
+        for epoch in range(first_epoch, first_epoch + 2):
             bus.emit("on_train_epoch_start", epoch=epoch)
             for batch in range(2):
                 if greedy or bus.listening("on_train_batch_end"):
@@ -86,10 +88,11 @@ def toy(bus: EventBus, *, greedy: bool = False, deaf: bool = False, silent_failu
                 bus.emit("on_fit_epoch_end", epoch=epoch)
             if bus.stop_requested and not deaf:
                 break
+        ended = forgetful  # the run counts as ended before on_train_end was delivered
         bus.emit("on_train_end")
     except Exception as exc:
         if not silent_failure:
-            bus.emit("teardown", exception=exc)
+            bus.emit("teardown", exception=None if ended else exc)
         raise
     finally:
         if twice:  # a finally that tears down again
@@ -101,6 +104,13 @@ def test_a_correct_toy_adapter_passes() -> None:
     assert check_adapter(toy).names[:2] == ["on_train_start", "on_train_epoch_start"]
 
 
+def test_a_correct_adapter_resuming_at_a_later_epoch_passes() -> None:
+    def resumed(bus: EventBus) -> None:
+        toy(bus, first_epoch=5)
+
+    check_adapter(resumed)
+
+
 @pytest.mark.parametrize(
     ("flaw", "message"),
     [
@@ -109,6 +119,7 @@ def test_a_correct_toy_adapter_passes() -> None:
         ("silent_failure", "teardown must be last"),
         ("disorder", "breaks the canonical order"),
         ("twice", "teardown emitted 2 times"),
+        ("forgetful", "teardown's error does not name the failure at on_train_end"),
     ],
 )
 def test_each_flaw_is_caught_and_named(flaw: str, message: str) -> None:

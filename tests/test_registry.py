@@ -123,8 +123,14 @@ def test_clash_between_custom_events() -> None:
     reg.register("mylib.on_a", SamplePayload)
     with pytest.raises(RegistryError, match="already taken"):
         reg.register("other.on_b", SamplePayload, aliases=("mylib.on_a",))
-    with pytest.raises(RegistryError, match="pydantic model"):
+    with pytest.raises(RegistryError, match=r"subclass of eventhooks\.Payload"):
         reg.register("mylib.on_c", dict)  # type: ignore[type-var]
+
+    class Plain(BaseModel):  # no rank, source...: filters and EventLog need those
+        step: int
+
+    with pytest.raises(RegistryError, match=r"subclass of eventhooks\.Payload"):
+        reg.register("mylib.on_d", Plain)  # type: ignore[type-var]
 
 
 def test_every_payload_exports_json_schema() -> None:

@@ -169,6 +169,8 @@ GOOD = json.dumps({"v": VERSION, "event": "on_train_start", "time": 1.0, "payloa
          "'time' must be a number"),
         (json.dumps({"v": 1, "event": "on_train_start", "payload": {}, "extra": 1}),
          "unexpected keys ['extra']"),
+        ('{"v": 1, "event": "on_epoch_end", "payload": {"epoch": 1' + "0" * 5000 + "}}",
+         "unreadable JSON value"),
     ],
 )  # fmt: skip
 def test_bad_lines_are_errors_naming_the_line_and_nothing_is_emitted(

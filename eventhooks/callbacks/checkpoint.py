@@ -73,7 +73,8 @@ class ModelCheckpoint(Callback):
                 return
             self.best = current
         try:
-            path = self.path.format(epoch=payload.epoch + 1, rank=payload.rank, **logs)
+            # epoch and rank win over log keys of the same name (Keras raises a TypeError)
+            path = self.path.format(**{**logs, "epoch": payload.epoch + 1, "rank": payload.rank})
         except (KeyError, IndexError, ValueError) as exc:
             raise ValueError(
                 f"ModelCheckpoint: cannot format path {self.path!r} with epoch and "

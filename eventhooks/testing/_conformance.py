@@ -1,8 +1,11 @@
 """The conformance kit: four probes that an adapter of any library must pass.
 
 ``check_adapter(run)`` calls ``run(bus)`` (one training run of two epochs or more, on the bus
-it is given) four times, each under another probe, and raises ``AssertionError`` naming what
-broke. It is how our own adapters are tested, and how another library tests its own.
+it is given) once per probe (the failure probe runs twice: a subscriber fails at the first
+epoch's end, then at ``on_train_end``), and raises ``AssertionError`` naming what broke. It
+is how our own adapters are tested, and how another library tests its own. The probes act at
+the first occurrence of an event, whatever its epoch, so a run that resumes at a later epoch
+is checked alike.
 """
 
 from __future__ import annotations
@@ -56,8 +59,22 @@ def check_adapter(
     if stops:
         _probe_stop(run, names, chosen)
     if failures:
-        _probe_failure(run, chosen)
+        _probe_failure(run, chosen, "on_fit_epoch_end")
+        if "on_train_end" in chosen:
+            _probe_failure(run, chosen, "on_train_end")
     return Conformance(names, chosen)
+
+
+def _first_time(action: Callable[[], object]) -> Callable[[Any], None]:
+    """A subscriber that acts at its first delivery only (``once=1`` counts by epoch)."""
+    done: list[bool] = []
+
+    def subscriber(payload: Any) -> None:
+        if not done:
+            done.append(True)
+            action()
+
+    return subscriber
 
 
 def _one_teardown(names: list[str]) -> None:
@@ -108,7 +125,7 @@ def _probe_stop(run: Run, plain: list[str], emitted: frozenset[str]) -> None:
     """A stop requested at the first epoch's end ends the run there, closed properly."""
     bus = EventBus()
     rec = Recorder(bus)
-    bus.on("on_fit_epoch_end", once=1)(lambda payload: bus.request_stop("conformance probe"))
+    bus.subscribe("on_fit_epoch_end", _first_time(lambda: bus.request_stop("conformance probe")))
     run(bus)
     names = rec.names
     assert names.count("on_fit_epoch_end") < plain.count("on_fit_epoch_end"), (
@@ -122,28 +139,32 @@ def _probe_stop(run: Run, plain: list[str], emitted: frozenset[str]) -> None:
     assert_canonical_order(names, emitted=sorted(emitted))
 
 
-def _probe_failure(run: Run, emitted: frozenset[str]) -> None:
-    """A subscriber failing mid-run reaches the caller, and teardown still carries the error."""
+def _probe_failure(run: Run, emitted: frozenset[str], at: str) -> None:
+    """A subscriber failing at ``at`` reaches the caller, and teardown still carries the error."""
     bus = EventBus()
     rec = Recorder(bus)
 
-    @bus.on("on_fit_epoch_end", once=1)
-    def fail(payload: Any) -> None:
+    def fail() -> None:
         raise _Probe("conformance probe")
 
+    bus.subscribe(at, _first_time(fail))
     try:
         run(bus)
     except SubscriberError as exc:
         assert isinstance(exc.original, _Probe), f"another error reached the caller: {exc!r}"
     else:
-        raise AssertionError("a failing subscriber's error did not reach the caller of run(bus)")
+        raise AssertionError(
+            f"a subscriber's error at {at} did not reach the caller of run(bus)"
+        )
     _one_teardown(rec.names)
     if "teardown" in emitted:
         assert rec.names and rec.names[-1] == "teardown", (
             f"teardown must be last after a failure; the trace ends {rec.names[-3:]}"
         )
         error = rec.payloads("teardown")[-1].error or ""
-        assert "conformance probe" in error, f"teardown's error does not name it: {error!r}"
+        assert "conformance probe" in error, (
+            f"teardown's error does not name the failure at {at}: {error!r}"
+        )
         assert_canonical_order(rec.names, emitted=sorted(emitted))
     else:  # a run cut short, without the teardown this adapter never emits
         assert_canonical_order([*rec.names, "teardown"], emitted=sorted(emitted | {"teardown"}))
