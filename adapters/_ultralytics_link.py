@@ -63,6 +63,7 @@ class Link:
         self.fitting = False  # between the pretrain routine and teardown
         self.in_final_eval = False  # inside the best-weights validation after the last epoch
         self.ended = False  # on_train_end was delivered: teardown of a run that did not fail
+        self.validated = False  # a training validation ended in the current epoch
         self.runs = self.teardowns = 0  # runs started and teardowns emitted, for train()
         self.batch = self.val_batch = self.predict_batch = -1
         self.last_logs: dict[str, float] = {}  # the last real epoch's logs, for on_train_end
@@ -93,6 +94,7 @@ class Link:
 
     def _start_run(self, trainer: Any) -> None:
         self.trainer, self.fitting, self.in_final_eval, self.ended = trainer, True, False, False
+        self.validated = False
         self.last_logs, self.best_logs = {}, {}
         self.runs += 1
 
@@ -120,7 +122,7 @@ class Link:
         self._check_stop()
 
     def on_train_epoch_start(self, trainer: Any) -> None:
-        self.trainer, self.batch = trainer, -1
+        self.trainer, self.batch, self.validated = trainer, -1, False
         if self.bus.listening("on_train_epoch_start"):
             self._emit("on_train_epoch_start", trainer, epoch=trainer.epoch)
         self._check_stop()
@@ -167,7 +169,7 @@ class Link:
     def on_model_save(self, trainer: Any) -> None:
         bus = self.bus
         if bus.listening("on_model_save"):
-            logs = ul.fit_logs(trainer)
+            logs = ul.fit_logs(trainer, validated=self.validated)
             for path in _checkpoints_written(trainer):
                 self._emit("on_model_save", trainer, path=path, epoch=trainer.epoch, logs=logs)
         self._check_stop()
@@ -177,7 +179,7 @@ class Link:
         final = self.in_final_eval
         wanted = bus.listening("on_fit_epoch_end")
         if not final and (wanted or bus.listening("on_train_end") or bus.listening("teardown")):
-            self.last_logs = ul.fit_logs(trainer)
+            self.last_logs = ul.fit_logs(trainer, validated=self.validated)
         if wanted and (not final or self.final_eval == "keep"):
             logs = self.last_logs if not final else ul.fit_logs(trainer)
             self._emit("on_fit_epoch_end", trainer, epoch=trainer.epoch, logs=dict(logs))
@@ -261,6 +263,8 @@ class Link:
         if self.in_final_eval:
             if bus.listening("on_train_end"):
                 self.best_logs = ul.floats(ul.val_logs(validator, names), "best/")
+        elif getattr(validator, "training", False):
+            self.validated = True  # trainer.metrics and fitness are this epoch's, not zeros
         if not self._dropped() and bus.listening("on_val_end"):
             self._emit("on_val_end", validator, epoch=self._val_epoch(validator),
                        logs=ul.val_logs(validator, names))  # fmt: skip

@@ -4,7 +4,8 @@ Keys are Ultralytics' own (the columns of its ``results.csv``): ``train/box_loss
 ``val/box_loss``, ``metrics/mAP50(B)``, ``lr/pg0``, ``fitness``. Two sums are added so that
 subscribers written for Keras keys work unchanged: ``loss`` (the sum of the ``train/*``
 losses, each a running mean over the epoch's batches) and ``val_loss`` (the sum of the
-``val/*`` losses, when the validation ran inside training and computed losses).
+``val/*`` losses, when the validation ran inside training and computed losses). Epochs
+that did not validate (``val=False``) carry no validation keys at all.
 """
 
 from __future__ import annotations
@@ -64,15 +65,21 @@ def learning_rates(trainer: Any) -> Logs:
     return {f"lr/pg{i}": float(group["lr"]) for i, group in enumerate(groups)}
 
 
-def fit_logs(trainer: Any) -> Logs:
-    """An epoch's logs: training losses, validation metrics and losses, learning rates, fitness."""
+def fit_logs(trainer: Any, *, validated: bool = True) -> Logs:
+    """An epoch's logs: training losses, validation metrics and losses, learning rates, fitness.
+
+    ``validated``: a validation ran in this epoch. If not, ``trainer.metrics`` are the zeros
+    ``_setup_train`` fills in (or the last validation's) and ``trainer.fitness`` is None (or
+    stale), so metrics, ``val/*``, ``val_loss`` and ``fitness`` are left out, as Keras leaves
+    ``val_*`` out of epochs it did not validate.
+    """
     logs = train_losses(trainer)
-    metrics = floats(getattr(trainer, "metrics", None))
-    logs.update(metrics)
-    _with_sum(logs, "val/", "val_loss")
+    if validated:
+        logs.update(floats(getattr(trainer, "metrics", None)))
+        _with_sum(logs, "val/", "val_loss")
     logs.update(floats(getattr(trainer, "lr", None)) or learning_rates(trainer))
     fitness = getattr(trainer, "fitness", None)
-    if fitness is not None:
+    if validated and fitness is not None:
         logs["fitness"] = float(fitness)
     return logs
 

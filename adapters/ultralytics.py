@@ -51,6 +51,11 @@ Quirks, and what the adapter does about them:
   as Ultralytics calls them (the raw order; the last ``on_fit_epoch_end`` is a phantom).
 - Validation inside training: ``on_val_*`` carry ``epoch`` and ``val/*`` losses. A
   standalone ``model.val()``: ``epoch`` is None and there are no losses.
+- ``val=False``: Ultralytics still validates the last epoch (and an epoch it may stop
+  after), and until its first validation ``trainer.metrics`` holds zeros (later, the last
+  validation's). The epochs that did not validate carry no ``val_loss``, ``val/*``,
+  ``metrics/*`` or ``fitness`` (as Keras leaves ``val_*`` out), so a ``monitor="val_loss"``
+  callback does not act on those placeholders (EarlyStopping warns that it is missing).
 - ``optimizer_step``, ``on_before_zero_grad``, ``on_params_update`` are registered but
   Ultralytics never calls them (its "reserved" names); a custom trainer that does gets them.
 - A trainer runs ``on_pretrain_routine_start`` in its constructor: attach to the YOLO model

@@ -402,6 +402,42 @@ def test_early_stopping_stops_yolo_training(tmp_path: Path, cls_data: Path, pati
     assert_canonical_order(rec.names, emitted=EMITTED)
 
 
+def validation_keys(logs: dict[str, float]) -> set[str]:
+    """What only a validation can give: val_* and val/* losses, metrics/*, fitness."""
+    return {k for k in logs if k.startswith(("val", "metrics/")) or k == "fitness"}
+
+
+def test_epochs_without_validation_carry_no_validation_logs(tmp_path: Path, cls_data: Path) -> None:
+    """val=False: Ultralytics validates only the last epoch, its metrics are zeros until then.
+
+    As Keras leaves val_* out of the epochs it did not validate, so does the adapter, and
+    EarlyStopping(monitor="val_loss") is not fooled into stopping on those zeros.
+    """
+    bus = EventBus()
+    rec = Recorder(bus)
+    stopper = EarlyStopping(monitor="val_loss", patience=1)
+    bus.attach(stopper)
+    model = YOLO("yolov8n-cls.yaml")
+    attach(model, bus)
+    with pytest.warns(UserWarning, match="`val_loss` which is not available"):
+        model.train(data=str(cls_data), epochs=3, val=False, **train_args(tmp_path))
+    fits = rec.payloads("on_fit_epoch_end")
+    assert [p.epoch for p in fits] == [0, 1, 2] and stopper.stopped_epoch is None
+    assert [p.epoch for p in rec.payloads("on_val_end")] == [2]  # only the final epoch
+    (val_end,) = rec.payloads("on_val_end")
+    for payload in fits[:-1]:
+        assert validation_keys(payload.logs) == set(), payload.epoch
+        assert "loss" in payload.logs and "lr/pg0" in payload.logs
+    last = fits[-1].logs
+    assert validation_keys(val_end.logs) <= validation_keys(last)
+    assert all(close(last[k], v) for k, v in val_end.logs.items())
+    for save in rec.payloads("on_model_save"):
+        assert save.logs == fits[save.epoch].logs
+    (end,) = rec.payloads("on_train_end")
+    assert {k: v for k, v in end.logs.items() if not k.startswith("best/")} == last
+    assert_canonical_order(rec.names, emitted=EMITTED)
+
+
 # -- control and failure ----------------------------------------------------------------------
 
 
