@@ -28,12 +28,15 @@ def replay_command(
     bus.attach(history)
     rows: list[tuple[int, dict[str, float]]] = []  # (epoch, logs): keys may differ by epoch
     bus.on(events.on_fit_epoch_end)(lambda p: rows.append((p.epoch, dict(p.logs))))
+    runs: list[object] = []  # a log may hold several runs; History and the CSV keep the last
+    bus.on(events.on_train_start)(runs.append)
     if csv is not None:
         bus.attach(CSVLogger(csv))
     count = replay(log, bus)
     lines: list[str] = []
     if summary:
-        lines.append(f"replayed {count} events, {len(history.epoch)} epochs from {log}")
+        within = f" in {len(runs)} runs" if len(runs) > 1 else ""
+        lines.append(f"replayed {count} events, {len(rows)} epochs{within} from {log}")
         lines.extend(_epoch_table(rows))
     if csv is not None:
         written = Path(csv).exists() and history.epoch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import weakref
 from collections.abc import Callable
@@ -23,8 +24,14 @@ Handler = Callable[[Any], object]
 connection_seq = itertools.count()
 
 
+def _not_int(value: object) -> bool:
+    return isinstance(value, bool) or not isinstance(value, int)
+
+
 def describe(fn: object) -> str:
     """A subscriber's name for error messages: ``module.QualName`` where it has one."""
+    if isinstance(fn, functools.partial):
+        return f"partial({describe(fn.func)})"
     target = getattr(fn, "__func__", fn)
     qualname = getattr(target, "__qualname__", None) or type(fn).__qualname__
     module = getattr(target, "__module__", None)
@@ -63,8 +70,12 @@ class Subscription:
         if not callable(fn):
             raise TypeError(f"subscriber for {event.name!r} must be callable, got {fn!r}")
         for option, value in (("every", every), ("once", once), ("max_failures", max_failures)):
-            if value is not None and (not isinstance(value, int) or value < 1):
+            if value is not None and (_not_int(value) or value < 1):
                 raise ValueError(f"{option}= must be a positive int, got {value!r}")
+        if rank is not None and (_not_int(rank) or rank < 0):
+            raise ValueError(f"rank= must be an int >= 0, got {rank!r}")
+        if when is not None and not callable(when):
+            raise TypeError(f"when= must be a predicate on the payload, got {when!r}")
         if isinstance(priority, bool) or not isinstance(priority, (int, float)):
             raise TypeError(f"priority= must be a number, got {priority!r}")
         if errors not in (None, "raise", "warn", "disable"):

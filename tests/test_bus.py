@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 from contextlib import ExitStack
@@ -269,11 +270,25 @@ def test_every_once_when_against_a_model(
 
 def test_invalid_filter_values() -> None:
     bus = EventBus()
-    for bad in ({"every": 0}, {"once": -1}, {"every": 1.5}, {"errors": "ignore"}):
-        with pytest.raises(ValueError):
-            bus.subscribe("on_epoch_end", lambda p: None, **bad)  # type: ignore[arg-type]
+    bad_values: list[dict[str, Any]] = [
+        {"every": 0}, {"once": -1}, {"every": 1.5}, {"every": True}, {"once": False},
+        {"errors": "ignore"}, {"rank": "0"}, {"rank": -1}, {"rank": True}, {"max_failures": 0},
+    ]  # fmt: skip
+    for bad in bad_values:
+        with pytest.raises(ValueError, match=f"{next(iter(bad))}="):
+            bus.subscribe("on_epoch_end", lambda p: None, **bad)
     with pytest.raises(TypeError, match="callable"):
         bus.subscribe("on_epoch_end", 42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="when= must be a predicate"):
+        bus.subscribe("on_epoch_end", lambda p: None, when=3)  # type: ignore[arg-type]
+    assert bus.subscriptions() == []
+
+
+def test_a_partial_subscriber_is_named_after_its_function() -> None:
+    bus = EventBus()
+    bus.subscribe("on_epoch_end", functools.partial(broken))
+    with pytest.raises(SubscriberError, match=r"partial\(\S*\bbroken\) failed"):
+        bus.emit("on_epoch_end", epoch=0)
 
 
 def test_rank_filter() -> None:

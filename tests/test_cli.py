@@ -100,6 +100,30 @@ def test_bad_arguments_are_one_line_usage_errors(capsys: Any, argv: list[str]) -
     code, _, err = run(capsys, *argv)
     assert code == 2
     one_line_error(err)
+    assert "_positive" not in err  # argparse names a type's function unless told otherwise
+
+
+def test_a_non_integer_epochs_says_what_was_expected(capsys: Any) -> None:
+    code, _, err = run(capsys, "demo", "--epochs", "x")
+    assert code == 2 and "argument --epochs: must be an integer, got 'x'" in err
+
+
+def test_replay_of_two_runs_counts_every_epoch_it_prints(capsys: Any, tmp_path: Path) -> None:
+    from eventhooks.callbacks import EventLog
+
+    bus = EventBus()
+    log = tmp_path / "two.jsonl"
+    with EventLog(log) as writer:
+        bus.attach(writer)
+        for epochs in (2, 3):
+            bus.emit("on_train_start")
+            for epoch in range(epochs):
+                bus.emit("on_fit_epoch_end", epoch=epoch, logs={"loss": 1.0 / (epoch + 1)})
+            bus.emit("on_train_end")
+            bus.emit("teardown")
+    code, out, _ = run(capsys, "replay", str(log))
+    rows = [line for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert code == 0 and "5 epochs in 2 runs" in out and len(rows) == 5
 
 
 def test_help_and_version_exit_zero(capsys: Any) -> None:
