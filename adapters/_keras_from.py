@@ -3,7 +3,8 @@
 ``bus.attach(from_keras(keras.callbacks.EarlyStopping(...)))`` runs the callback under the
 NumPy reference trainer, the PyTorch adapter or anything else that emits on the bus. Its
 ``on_*`` methods get what Keras would give them (``epoch``/``batch`` and a ``logs`` dict),
-``self.params`` comes from the payload's ``params``, and ``self.model`` is a
+``self.params`` comes from the payload's ``params`` (with Keras' ``fit`` defaults for the
+keys it lacks: ``verbose="auto"``, ``epochs=1``, ``steps=None``), and ``self.model`` is a
 :class:`KerasModelProxy` around the emitting trainer (the payload's ``source``).
 """
 
@@ -23,6 +24,12 @@ from eventhooks.payloads import (
 )
 
 _UNSET: Any = object()
+
+#: What ``keras.Model.fit`` passes to ``set_params`` by default. Keras callbacks read these
+#: keys unguarded (``ProgbarLogger.set_params`` indexes all three), so the keys a loop does
+#: not give (the PyTorch adapter knows no ``verbose``, Ultralytics gives no params at all)
+#: take Keras' own defaults: ``"auto"`` (a progress bar), one epoch, an unknown step count.
+KERAS_FIT_DEFAULTS: dict[str, Any] = {"verbose": "auto", "epochs": 1, "steps": None}
 
 
 class KerasModelProxy:
@@ -98,7 +105,8 @@ class KerasBridge(Callback):
         self.callback = callback
         self.proxy: KerasModelProxy | None = None
         self._source: Any = _UNSET
-        self._params: Any = _UNSET
+        self._params: Any = _UNSET  # the payload's params dict last handed on
+        self._seen: dict[str, Any] = {}  # its content then (a loop may add keys later)
 
     def require_bus(self) -> EventBus:
         if self.bus is None:
@@ -117,12 +125,23 @@ class KerasBridge(Callback):
             self.proxy = KerasModelProxy(source, self)
             cb.set_model(self.proxy)
         params = payload.params
-        if params is not None and params is not self._params:
-            self._params = params
-            cb.set_params(params)
+        if params is not None and (params is not self._params or self._changed(params)):
+            self._params, self._seen = params, dict(params)
+            cb.set_params({**KERAS_FIT_DEFAULTS, **params})
         elif cb.params is None:
-            cb.set_params({})
+            cb.set_params(dict(KERAS_FIT_DEFAULTS))
         return cb
+
+    def _changed(self, params: dict[str, Any]) -> bool:
+        """Whether a key was added, removed or rebound since the last ``set_params``.
+
+        By identity, not ``==``: cheap on every batch, and safe for values (arrays) whose
+        equality is not a bool; a value rebound to an equal one only costs a ``set_params``.
+        """
+        seen = self._seen
+        return len(params) != len(seen) or any(
+            params.get(key, _UNSET) is not value for key, value in seen.items()
+        )
 
     # Each override forwards one moment to the Keras hook of the same moment.
     def on_train_start(self, payload: RunPayload) -> None:

@@ -198,13 +198,20 @@ class NumpyTrainer:
         shuffle: bool = True,
         initial_epoch: int = 0,
         checkpoint: str | os.PathLike[str] | None = None,
+        verbose: int | str = 0,
     ) -> History:
         """Train, emitting the FIT sequence; returns the Keras-like history dict.
 
         Epochs run from ``initial_epoch`` to ``epochs - 1`` (Keras' convention). With
         ``checkpoint`` the weights are saved there after each epoch's validation (the same
         file each time, like Ultralytics' ``last.pt``), emitting ``on_model_save``.
+        ``verbose`` (Keras' 0, 1, 2 or ``"auto"``) only reaches subscribers as
+        ``params["verbose"]``: the trainer prints nothing itself, a bridged Keras
+        ``ProgbarLogger`` prints a bar (1) or a line per epoch (2). 0 by default, because
+        here, unlike in Keras, nobody adds a progress bar unasked.
         """
+        if verbose not in (0, 1, 2, "auto") or isinstance(verbose, bool):
+            raise ValueError(f"fit: verbose must be 0, 1, 2 or 'auto', got {verbose!r}")
         xs, ys = self._check_data(x, y, "x", "y", labels=True)
         if not len(xs):
             raise ValueError("fit: x is empty")
@@ -224,7 +231,7 @@ class NumpyTrainer:
                 )
         val_batch = _check_count(validation_batch_size or batch_size, "validation_batch_size", 1)
         steps = math.ceil(len(xs) / batch_size)
-        params = {"verbose": 0, "epochs": epochs, "steps": steps, "batch_size": batch_size}
+        params = {"verbose": verbose, "epochs": epochs, "steps": steps, "batch_size": batch_size}
         bus, run = self.bus, _Run(self, params)
         self.stop_training = False
         self.history = {}
@@ -281,9 +288,7 @@ class NumpyTrainer:
 
     def _teardown_after(self, exc: BaseException, params: dict[str, Any]) -> None:
         """Announce a failed run; a failing teardown subscriber becomes a note on ``exc``."""
-        self.bus.emit_teardown(
-            exc, source=self, params=params, epoch=self._epoch, **self._logs()
-        )
+        self.bus.emit_teardown(exc, source=self, params=params, epoch=self._epoch, **self._logs())
 
     def _scheduled_lr(self, epoch: int) -> None:
         assert self.lr_schedule is not None

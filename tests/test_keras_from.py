@@ -344,17 +344,100 @@ def test_weights_missing_on_the_trainer_is_a_clear_error() -> None:
     assert "EarlyStopping" in message and "get_weights" in message and "Loop" in message
 
 
-def test_params_default_to_empty_and_bad_callbacks_are_refused() -> None:
+def test_params_default_to_keras_fit_defaults_and_bad_callbacks_are_refused() -> None:
     bus = EventBus()
     spy = Spy()
     bus.attach(from_keras(spy))
-    bus.emit(events.on_train_start)
-    assert spy.calls == [("on_train_begin", None, (), {})]
+    bus.emit(events.on_train_start)  # no params at all, as under Ultralytics
+    assert spy.calls == [("on_train_begin", None, (), KERAS_FIT_DEFAULTS)]
     assert spy.model.source is None
     with pytest.raises(TypeError, match=r"keras\.callbacks\.Callback"):
         from_keras(KerasCallback)  # a class, not an instance
     with pytest.raises(TypeError, match="got object"):
         from_keras(object())
+
+
+#: What keras.Model.fit passes to set_params when called with no arguments but the data.
+KERAS_FIT_DEFAULTS = {"verbose": "auto", "epochs": 1, "steps": None}
+
+
+def test_params_a_loop_leaves_out_are_keras_fit_defaults() -> None:
+    bus = EventBus()
+    spy = Spy()
+    bus.attach(from_keras(spy))
+    bus.emit(events.on_train_start, params={"epochs": 3, "extra": "kept"})
+    assert spy.calls[-1][-1] == {**KERAS_FIT_DEFAULTS, "epochs": 3, "extra": "kept"}
+
+
+def test_params_that_grow_during_a_run_reach_the_callback() -> None:
+    """A loop may learn ``steps`` only when the first epoch's loader is known (instrument)."""
+    bus = EventBus()
+    spy = Spy()
+    bus.attach(from_keras(spy))
+    params: dict[str, Any] = {"epochs": 2}
+    bus.emit(events.on_train_start, params=params)
+    params["steps"] = 5
+    bus.emit(events.on_train_epoch_start, epoch=0, params=params)
+    assert [call[-1]["steps"] for call in spy.calls] == [None, 5]
+
+
+def progbar_lines(out: str) -> list[str]:
+    return [line for line in out.replace("\r", "\n").splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("verbose", [0, 1, 2])
+def test_keras_progbar_logger_under_the_numpy_trainer(
+    verbose: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Keras' ProgbarLogger honours fit(verbose=...) as under Keras: 0 silent, 1 bar, 2 lines."""
+    bus = EventBus()
+    bus.attach(from_keras(keras.callbacks.ProgbarLogger()))
+    (x, y), val = task()
+    capsys.readouterr()
+    history = NumpyTrainer(bus=bus, hidden=(4,)).fit(
+        x, y, epochs=2, batch_size=8, validation_data=val, verbose=verbose
+    )
+    lines = progbar_lines(capsys.readouterr().out)
+    if verbose == 0:
+        assert lines == []
+        return
+    assert [line for line in lines if line.startswith("Epoch ")] == ["Epoch 1/2", "Epoch 2/2"]
+    finals = [line for line in lines if "val_loss" in line]  # each epoch's final line
+    assert len(finals) == 2
+    for epoch, line in enumerate(finals):  # 3 steps of 8 out of 24, and the epoch's logs
+        assert "3/3" in line
+        assert all(f"{key}: {history[key][epoch]:.4f}" in line for key in history), line
+
+
+def test_fit_verbose_must_be_a_keras_verbosity() -> None:
+    (x, y), _ = task()
+    with pytest.raises(ValueError, match="verbose"):
+        NumpyTrainer(bus=EventBus(), hidden=(4,)).fit(x, y, verbose=3)
+
+
+def test_keras_progbar_logger_under_the_pytorch_adapter(capsys: pytest.CaptureFixture[str]) -> None:
+    """The PyTorch loop passes no verbose: Keras' default ("auto", a progress bar) applies."""
+    import torch
+
+    from eventhooks.adapters import torch as torch_adapter
+
+    torch.manual_seed(0)
+    (x, y), _ = task()
+    batches = [
+        (torch.tensor(x[i : i + 8], dtype=torch.float32), torch.tensor(y[i : i + 8]))
+        for i in range(0, len(x), 8)
+    ]
+    model = torch.nn.Linear(6, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    bus = EventBus()
+    bus.attach(from_keras(keras.callbacks.ProgbarLogger()))
+    capsys.readouterr()
+    torch_adapter.fit(
+        model, optimizer, torch.nn.functional.cross_entropy, batches, epochs=2, bus=bus
+    )
+    lines = progbar_lines(capsys.readouterr().out)
+    assert [line for line in lines if line.startswith("Epoch ")] == ["Epoch 1/2", "Epoch 2/2"]
+    assert sum(1 for line in lines if "3/3" in line and "loss" in line) >= 2
 
 
 def test_a_keras_callback_that_asks_to_stop_without_a_bus_is_told_why() -> None:
