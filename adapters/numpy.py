@@ -234,7 +234,9 @@ class NumpyTrainer:
         params = {"verbose": verbose, "epochs": epochs, "steps": steps, "batch_size": batch_size}
         bus, run = self.bus, _Run(self, params)
         self.stop_training = False
-        self.history = {}
+        # This run's, not the previous fit's: a run that ends (or fails) before its first
+        # epoch reports no epoch and no logs.
+        self.history, self._epoch, self._epoch_logs = {}, None, {}
         try:
             bus.emit(events.on_pretrain_routine_start, source=self, params=params)
             self._prepare(xs, ys, val, initial_epoch)
@@ -274,7 +276,6 @@ class NumpyTrainer:
             # The starting rate is not a change (on_params_update belongs inside a step).
             self._scheduled_lr(initial_epoch)
             self._announced_lr = self.lr
-        self._epoch_logs = {}
 
     def _stopping(self) -> bool:
         if self.bus.stop_requested:

@@ -394,6 +394,29 @@ def test_non_subscriber_failures_reach_the_caller_unchanged() -> None:
     assert_canonical_order(rec.names, emitted=ALL)
 
 
+def test_a_fit_reports_its_own_epoch_never_the_previous_fits() -> None:
+    """The second and third runs on one trainer run no epoch: their ends carry none."""
+    x, y = blobs(24)
+    bus = EventBus()
+    rec = Recorder(bus)
+    trainer = NumpyTrainer(bus=bus, hidden=(4,))
+    trainer.fit(x, y, epochs=2, batch_size=8)
+    assert [p.epoch for p in rec.payloads("teardown")] == [1]
+
+    rec.clear()
+    trainer.fit(x, y, epochs=0)  # no epoch runs
+    for name in ("on_train_end", "teardown"):
+        (payload,) = rec.payloads(name)
+        assert payload.epoch is None and payload.logs == {}, name
+
+    rec.clear()
+    with pytest.raises(ValueError, match="x has 3 features, the model takes 4"):
+        trainer.fit(x[:, :3], y, epochs=2)  # fails in the pretrain routine
+    assert rec.names == ["on_pretrain_routine_start", "teardown"]
+    (teardown,) = rec.payloads("teardown")
+    assert teardown.epoch is None and teardown.logs == {} and teardown.error
+
+
 def test_keyboard_interrupt_is_announced_and_propagates() -> None:
     x, y = blobs(30)
     bus = EventBus()
@@ -689,7 +712,6 @@ def test_works_without_a_bus() -> None:
     assert isinstance(trainer.bus, EventBus)
     history = trainer.fit(x, y, epochs=2)
     assert len(history["loss"]) == 2
-
 
 
 def test_per_batch_events_are_skipped_when_nobody_listens() -> None:
