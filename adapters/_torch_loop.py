@@ -79,9 +79,12 @@ def fit(
 ) -> dict[str, list[float]]:
     """Train ``model`` and emit every training moment; returns the history (logs by name).
 
-    ``scheduler`` is stepped once per epoch after validation (``ReduceLROnPlateau`` gets
-    ``val_loss``, or ``loss`` without validation). ``checkpoint_dir`` saves ``last.pt`` every
-    epoch (``on_model_save``). ``sync_logs`` averages epoch logs over torch.distributed ranks.
+    ``scheduler`` is stepped once per epoch: right after the last batch's optimizer step, so
+    that the change is announced (``on_params_update``) in the epoch that made it, the last
+    one included; ``ReduceLROnPlateau`` after validation (with ``val_loss``, or ``loss``
+    without validation), its change announced at the next epoch's first step.
+    ``checkpoint_dir`` saves ``last.pt`` every epoch (``on_model_save``). ``sync_logs``
+    averages epoch logs over torch.distributed ranks.
     A stop request (``bus.request_stop()``) ends training after the current batch, or after
     the epoch under torch.distributed. ``device`` is where batches are moved (default: the
     model's device; the model itself is not moved). A ``DistributedSampler`` gets
@@ -101,6 +104,8 @@ def fit(
         for epoch in run.epochs(range(initial_epoch, epochs)):
             _set_epoch(train_loader, epoch)
             model.train()
+            last = _last_batch(scheduler, train_loader)
+            stepped = False
             for batch in run.batches(train_loader):
                 inputs, targets = _pair(_to(batch, target), "fit(train_loader)")
                 optimizer.zero_grad()
@@ -108,12 +113,37 @@ def fit(
                 loss = loss_fn(outputs, targets)
                 loss.backward()  # type: ignore[no-untyped-call]
                 optimizer.step()
+                if run.batch == last:  # announced by this batch's on_params_update
+                    scheduler.step()
+                    stepped = True
                 run.log(**_measure(loss, outputs, targets, metrics))
             if val_loader is not None:
                 _validate(run, model, loss_fn, val_loader, metrics, target)
-            if scheduler is not None:
+            if scheduler is not None and not stepped:
                 _step_scheduler(scheduler, run)
     return run.history
+
+
+def _last_batch(scheduler: Any, loader: Iterable[Any]) -> int | None:
+    """The index of the epoch's last batch, if the scheduler is to be stepped inside it.
+
+    The canonical order has ``on_params_update`` only inside a batch, so a change made
+    between epochs could only be announced at the next epoch's first step, and the change
+    after the final epoch never. An epoch-level scheduler that does not watch a metric is
+    therefore stepped right after the last batch's optimizer step: no step of training runs
+    at another rate than with ``scheduler.step()`` after the epoch, and each change is
+    announced in the epoch that made it (where the NumPy trainer announces its schedule).
+    ``ReduceLROnPlateau`` needs the validation, and a loader whose length is not exact (an
+    ``IterableDataset``) has no known last batch: those are stepped after the epoch (the
+    fallback also covers an epoch a stop request cut short).
+    """
+    if scheduler is None or isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        return None
+    if not isinstance(loader, Sized) or isinstance(
+        getattr(loader, "dataset", None), torch.utils.data.IterableDataset
+    ):
+        return None
+    return len(loader) - 1
 
 
 def _step_scheduler(scheduler: Any, run: Run) -> None:

@@ -15,6 +15,11 @@ Your loop, five lines added or changed::
                     run.log(loss=loss_fn(model(x), y))        # -> val_loss
             scheduler.step()                                  # -> on_params_update
 
+The canonical order has ``on_params_update`` only inside a batch: a change your loop makes
+between epochs (``scheduler.step()`` above) is announced at the next epoch's first optimizer
+step, and one made after the last epoch is not announced. :func:`fit` steps an epoch-level
+scheduler inside each epoch's last batch instead, so every change is announced there.
+
 No loop: :func:`fit`, :func:`evaluate`, :func:`predict`, :func:`export`.
 """
 

@@ -213,6 +213,98 @@ def test_reduce_lr_on_plateau_is_stepped_with_val_loss_and_announced() -> None:
     assert updates[0].hyperparams["lr"] == pytest.approx(5e-7)
 
 
+def lr_of(optimizer: torch.optim.Optimizer) -> float:
+    return float(optimizer.param_groups[0]["lr"])
+
+
+@pytest.mark.parametrize(("epochs", "step_size"), [(3, 1), (4, 2)])
+def test_an_epoch_scheduler_change_is_announced_in_the_epoch_that_made_it(
+    epochs: int, step_size: int
+) -> None:
+    """Each change, the one after the final epoch included, at the end of the epoch's last batch.
+
+    The canonical order has on_params_update only inside a batch, so fit steps an epoch-level
+    scheduler right after the last batch's optimizer step (as the NumPy trainer sets its
+    schedule): no training step sees a different rate than with PyTorch's usual
+    ``scheduler.step()`` after the epoch.
+    """
+    bus = EventBus()
+    rec = Recorder(bus)
+    used: list[tuple[int, float]] = []  # (epoch, rate) of every optimizer step
+    bus.subscribe(events.optimizer_step, lambda p: used.append((p.epoch, lr_of(opt))))
+    train, val = loaders()
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.4)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=step_size, gamma=0.5)
+    fit(model, opt, torch.nn.functional.cross_entropy, train, epochs=epochs, bus=bus,
+        val_loader=val, scheduler=sched)  # fmt: skip
+
+    # The rates PyTorch's scheduler gives after each epoch, computed apart from fit.
+    reference = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.4)
+    ref_sched = torch.optim.lr_scheduler.StepLR(reference, step_size=step_size, gamma=0.5)
+    after: list[float] = []
+    for _ in range(epochs):
+        reference.step()
+        ref_sched.step()
+        after.append(lr_of(reference))
+    before = [0.4, *after[:-1]]
+    expected = [(e, after[e]) for e in range(epochs) if after[e] != before[e]]
+    assert expected  # the case has changes to announce, the last one after the final epoch
+
+    updates = rec.payloads("on_params_update")
+    assert [(p.epoch, p.hyperparams["lr"]) for p in updates] == expected
+    assert all(p.batch == len(train) - 1 for p in updates)
+    assert updates[-1].hyperparams["lr"] == lr_of(opt)
+    for epoch in range(epochs):  # every step of an epoch ran at the rate in force for it
+        assert {rate for e, rate in used if e == epoch} == {before[epoch]}
+    assert_canonical_order(rec.names)
+
+
+def test_fit_with_a_scheduler_trains_as_the_plain_pytorch_loop() -> None:
+    """Stepping inside the last batch changes no number: same weights as the usual loop."""
+    ce = torch.nn.functional.cross_entropy
+    train, val = loaders()
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.4, momentum=0.5)
+    fit(model, opt, ce, train, epochs=3, bus=EventBus(), val_loader=val,
+        scheduler=torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5))  # fmt: skip
+
+    train, val = loaders()
+    plain = mlp()
+    plain_opt = torch.optim.SGD(plain.parameters(), lr=0.4, momentum=0.5)
+    plain_sched = torch.optim.lr_scheduler.StepLR(plain_opt, step_size=1, gamma=0.5)
+    for _ in range(3):
+        plain.train()
+        for x, y in train:
+            plain_opt.zero_grad()
+            ce(plain(x), y).backward()
+            plain_opt.step()
+        plain.eval()
+        with torch.no_grad():
+            for x, _ in val:
+                plain(x)
+        plain_sched.step()
+    for a, b in zip(model.parameters(), plain.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert lr_of(opt) == lr_of(plain_opt)
+
+
+def test_a_scheduler_still_steps_once_an_epoch_when_a_stop_cuts_the_epoch_short() -> None:
+    bus = EventBus()
+    bus.subscribe(
+        events.on_train_batch_end,
+        lambda p: bus.request_stop("enough") if (p.epoch, p.batch) == (1, 2) else None,
+    )
+    train, _ = loaders()
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.4)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    history = fit(model, opt, torch.nn.functional.cross_entropy, train, epochs=5, bus=bus,
+                  scheduler=sched)  # fmt: skip
+    assert len(history["loss"]) == 2 and sched.last_epoch == 2
+    assert lr_of(opt) == pytest.approx(0.1)
+
+
 def test_model_checkpoint_saves_through_the_run_without_a_second_announcement(
     tmp_path: Path,
 ) -> None:
