@@ -25,14 +25,16 @@ def _check(name: str, value: object) -> object:
                 f"metric {name!r} must be a scalar, got a tensor of shape {tuple(value.shape)}"
             )
         return value.detach()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        try:
-            return float(value)  # type: ignore[arg-type]  # numpy scalars and the like
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"metric {name!r} must be a number or a scalar tensor, got {type(value).__name__}"
-            ) from None
-    return value
+    if isinstance(value, (bool, str, bytes)):  # float() would take "0.5" and True
+        raise TypeError(
+            f"metric {name!r} must be a number or a scalar tensor, got {type(value).__name__}"
+        )
+    try:
+        return float(value)  # type: ignore[arg-type]  # numpy scalars and the like
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"metric {name!r} must be a number or a scalar tensor, got {type(value).__name__}"
+        ) from None
 
 
 #: Pending tensors of one metric are summed into one (on their device, no sync) this often.

@@ -454,26 +454,31 @@ class Run:
 
     # -- optimizer moments (called by the hooks of _torch_optim) ----------------------------------
 
+    # The canonical order has optimizer moments only inside a training batch: a zero_grad()
+    # before the epoch loop or at the top of an epoch is counted, not emitted.
+
     def _after_step(self, index: int) -> None:
         step = self.steps
         self.steps += 1
+        if not self._batch_open:
+            return
         self._step_seen = True
         bus = self.bus
         if bus.listening(_STEP):
-            batch = self.batch if self._batch_open else None
-            bus.emit(_STEP, epoch=self.epoch, batch=batch, step=step, **self._where)
-        if self._zero_grad_seen and self._batch_open and bus.listening(_PARAMS):
+            bus.emit(_STEP, epoch=self.epoch, batch=self.batch, step=step, **self._where)
+        if self._zero_grad_seen and bus.listening(_PARAMS):
             self._check_params()
 
     def _before_zero_grad(self, index: int) -> None:
+        if not self._batch_open:
+            return
         bus = self.bus
         if bus.listening(_ZERO_GRAD):
-            batch = self.batch if self._batch_open else None
             bus.emit(
-                _ZERO_GRAD, epoch=self.epoch, batch=batch, step=self.steps, **self._where
+                _ZERO_GRAD, epoch=self.epoch, batch=self.batch, step=self.steps, **self._where
             )  # fmt: skip
         self._zero_grad_seen = True
-        if self._step_seen and self._batch_open and bus.listening(_PARAMS):
+        if self._step_seen and bus.listening(_PARAMS):
             self._check_params()
 
     def _check_params(self) -> None:

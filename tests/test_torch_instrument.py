@@ -8,6 +8,7 @@ import inspect
 import pickle
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -151,6 +152,40 @@ def test_step_payloads_count_steps_and_locate_them() -> None:
     zero = rec.payloads("on_before_zero_grad")
     assert [p.step for p in zero] == list(range(8))  # announces the step about to be made
     assert all(isinstance(p.source, Run) for _, p in rec.records)
+
+
+def test_zero_grad_outside_a_batch_is_counted_not_emitted() -> None:
+    """zero_grad() before the epoch loop or at the top of an epoch: still canonical order."""
+    bus = EventBus()
+    rec = Recorder(bus)
+    model, train = mlp(), data(2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    with instrument(bus, opt) as run:
+        opt.zero_grad()
+        for _ in run.epochs(2):
+            opt.zero_grad()
+            for x, y in run.batches(train):
+                loss_fn(model(x), y).backward()
+                opt.step()
+                opt.zero_grad()
+            opt.step()  # a stray step between epochs counts as a step of the run
+    assert_canonical_order(rec.names, emitted=INSTRUMENTED)
+    steps = rec.payloads("optimizer_step")
+    assert [(p.epoch, p.batch, p.step) for p in steps] == [(0, 0, 0), (0, 1, 1), (1, 0, 3),
+                                                           (1, 1, 4)]  # fmt: skip
+    assert all(p.batch is not None for p in rec.payloads("on_before_zero_grad"))
+    assert run.steps == 6
+
+
+def test_numpy_scalars_logged_become_floats_in_the_history() -> None:
+    bus = EventBus()
+    with instrument(bus) as run:
+        for _ in run.epochs(1):
+            for value in run.batches([0.5, 1.0]):
+                run.log(acc=np.float64(value), n=np.int64(2))
+    assert run.history == {"acc": [0.75], "n": [2.0]}
+    assert all(type(v) is float for values in run.history.values() for v in values)
 
 
 # -- batch logs: running means, floats, no .item() per batch unless someone listens ------------
@@ -447,8 +482,9 @@ def test_bad_metrics_and_misuse_get_clear_errors() -> None:
             for _ in run.batches([1]):
                 with pytest.raises(ValueError, match=r"'loss' must be a scalar.*\(3,\)"):
                     run.log(loss=torch.ones(3))
-                with pytest.raises(TypeError, match="'acc' must be a number"):
-                    run.log(acc="high")
+                for bad in ("high", "0.5", True):  # float() would take the last two
+                    with pytest.raises(TypeError, match="'acc' must be a number"):
+                        run.log(acc=bad)
         with pytest.raises(RuntimeError, match="already active"):
             run.__enter__()
 
@@ -618,9 +654,11 @@ def test_nested_runs_on_one_optimizer_keep_the_outer_runs_zero_grad(inner_first:
                     for _ in probe.epochs(1):
                         _train_epoch(probe, opt, model, train[:1])
     epochs = [p.epoch for p in outer.payloads("on_before_zero_grad")]
-    # Every run watching the optimizer hears its zero_grad: the inner run's one is heard by
-    # both; after the inner run ended, the outer run still hears one per batch.
-    assert epochs == [0] * (len(train) + 1) + [1] * len(train)
+    # Every run watching the optimizer sees its zero_grad, but emits it only inside its own
+    # batches: the inner run's one is not the outer run's; after the inner run ended, the
+    # outer run still hears one per batch.
+    assert epochs == [0] * len(train) + [1] * len(train)
+    assert_canonical_order(outer.names, emitted=INSTRUMENTED)
     assert len(inner.payloads("on_before_zero_grad")) == 1
     _assert_hooks_removed(opt, model, train)
 
