@@ -28,8 +28,14 @@ def keras_run(
     ...     model.fit(x, y, epochs=3, callbacks=[cb])
     ...     model.predict(x, callbacks=[cb])
 
-    If an exception escapes the block while a ``fit`` is running (a subscriber raised, the
-    data broke, Ctrl-C), ``teardown`` is emitted with it, then the exception goes on.
+    If an exception escapes the block while a ``fit`` is running (a subscriber or another
+    callback raised, a batch failed to load midway, Ctrl-C), ``teardown`` is emitted with it,
+    then the exception goes on. "Running" means Keras reached ``on_train_begin``: a ``fit``
+    that fails before that (data of the wrong shape fails while Keras builds the model, before
+    it even hands the callbacks the model) emits nothing here, not even ``teardown``. Use
+    :func:`fit` for a ``teardown`` in that case too. A ``predict`` or ``evaluate`` through
+    ``cb`` during the ``fit`` (from a subscriber) does not end it: a later failure of the fit
+    still gets its ``teardown``.
     """
     cb = KerasCallback(bus, train_epoch_end=train_epoch_end, teardown=teardown)
     try:

@@ -514,3 +514,205 @@ def test_bad_logs_name_the_event_and_field() -> None:
         make_model().fit(*make_data(8), epochs=1, batch_size=4, verbose=0,
                          callbacks=[Labeller(), KerasCallback(bus)])  # fmt: skip
     assert "on_fit_epoch_end" in str(info.value) and "note" in str(info.value)
+
+
+# -- a predict or evaluate run through the same callback while a fit is running ------------
+
+_NESTED_EMITS = {
+    "predict": ("on_predict_start", "on_predict_batch_start", "on_predict_batch_end",
+                "on_predict_end"),
+    "evaluate": ("on_val_start", "on_val_batch_start", "on_val_batch_end", "on_val_end"),
+}  # fmt: skip
+
+
+def _run_nested(kind: str, model: Any, x: np.ndarray, y: np.ndarray, cb: KerasCallback) -> None:
+    if kind == "predict":
+        model.predict(x, batch_size=3, verbose=0, callbacks=[cb])
+    else:
+        model.evaluate(x, y, batch_size=3, verbose=0, callbacks=[cb])
+
+
+class _Nested:
+    """Runs ``kind`` through ``cb`` and remembers which slice of ``rec`` it produced."""
+
+    def __init__(self, kind: str, model: Any, rec: Recorder, data: Any) -> None:
+        self.kind, self.model, self.rec, self.data = kind, model, rec, data
+        self.cb: KerasCallback | None = None
+        self.spans: list[tuple[int, int]] = []
+
+    def __call__(self, *_: Any) -> None:
+        assert self.cb is not None
+        start = len(self.rec.records)
+        _run_nested(self.kind, self.model, *self.data, self.cb)
+        self.spans.append((start, len(self.rec.records)))
+
+    def split(self) -> tuple[list[tuple[str, Any]], list[list[tuple[str, Any]]]]:
+        """The fit's own records, and each nested run's."""
+        inner = {i for a, b in self.spans for i in range(a, b)}
+        own = [r for i, r in enumerate(self.rec.records) if i not in inner]
+        return own, [self.rec.records[a:b] for a, b in self.spans]
+
+
+@pytest.mark.parametrize("kind", ["predict", "evaluate"])
+@pytest.mark.parametrize("other_model", [False, True])
+def test_a_run_nested_in_a_fit_epoch_end_leaves_the_fit_intact(
+    kind: str, other_model: bool
+) -> None:
+    """Keras calls set_model/set_params for the nested run's CallbackList: the fit goes on.
+
+    The grammar (PRODUCT.md §1) has no place for a run inside a fit, so the nested run's
+    events are checked apart: the fit's own trace is canonical, and so is each nested run.
+    """
+    bus = EventBus()
+    rec = Recorder(bus)
+    model = make_model()
+    x, y = make_data(16)
+    xv, yv = make_data(6, seed=1)
+    nested_model = make_model(seed=1) if other_model else model
+    nested = _Nested(kind, nested_model, rec, (x[:7], y[:7]))
+    bus.subscribe(events.on_fit_epoch_end, nested)
+    cb = nested.cb = KerasCallback(bus)
+    epochs = 3
+    model.fit(x, y, epochs=epochs, batch_size=8, validation_data=(xv, yv), verbose=0,
+              callbacks=[cb])  # fmt: skip
+    own, runs = nested.split()
+    names = [n for n, _ in own]
+    assert_canonical_order(names, emitted=KERAS_EMITS)
+    assert names.count("on_train_epoch_end") == names.count("on_val_start") == epochs
+    # Validation belongs to its epoch, every epoch, after the training part of it.
+    assert [p.epoch for p in rec.payloads("on_val_end") if p.params["epochs"] == epochs] == [
+        *range(epochs)
+    ]
+    fit_params = own[0][1].params
+    assert fit_params["epochs"] == epochs
+    assert all(p.params == fit_params and p.source is model for _, p in own)
+    assert cb.params == fit_params and cb.model is model
+    assert len(runs) == epochs
+    start, batch_start, batch_end, end = _NESTED_EMITS[kind]
+    for run in runs:  # 7 samples in batches of 3: 3 batches
+        assert [n for n, _ in run] == [start, *[batch_start, batch_end] * 3, end]
+        assert_canonical_order([n for n, _ in run], emitted=KERAS_EMITS)
+        for _, p in run:
+            assert p.source is nested_model and p.params["steps"] == 3
+            assert getattr(p, "epoch", None) is None
+
+
+@pytest.mark.parametrize("kind", ["predict", "evaluate"])
+def test_keras_run_tears_down_a_fit_that_fails_after_a_nested_run(kind: str) -> None:
+    """A nested run must not make the fit look ended: a later failure still gets teardown."""
+    bus = EventBus()
+    rec = Recorder(bus)
+    model = make_model()
+    x, y = make_data(16)
+    nested = _Nested(kind, model, rec, (x[:4], y[:4]))
+    bus.subscribe(events.on_fit_epoch_end, nested)
+    bus.subscribe(events.on_train_batch_end, _raise_at(1, 1))
+    with pytest.raises(SubscriberError) as info, keras_run(bus) as cb:
+        nested.cb = cb
+        model.fit(x, y, epochs=3, batch_size=4, verbose=0, callbacks=[cb])
+    assert rec.names[-1] == "teardown" and rec.names.count("teardown") == 1
+    (down,) = rec.payloads("teardown")
+    assert down.exception is info.value and "broke at 1/1" in (down.error or "")
+    assert down.epoch == 1 and down.source is model
+    assert down.params == rec.payloads("on_train_start")[0].params
+    own, runs = nested.split()
+    assert len(runs) == 1
+    assert_canonical_order([n for n, _ in own], emitted=KERAS_EMITS)
+
+
+class _EvaluateAtEpochEnd(keras.callbacks.Callback):  # type: ignore[misc]
+    """A native Keras callback, listed before ours, that evaluates through our callback."""
+
+    def __init__(self, ours: KerasCallback, data: Any) -> None:
+        super().__init__()
+        self.ours, self.data = ours, data
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.model.evaluate(*self.data, batch_size=4, verbose=0, callbacks=[self.ours])
+
+
+def test_a_native_callback_evaluating_before_ours_does_not_close_the_training_epoch() -> None:
+    """Without validation the epoch is still open when the nested evaluate runs: the
+    evaluate is not the fit's validation, so on_train_epoch_end still comes, once, after it.
+    """
+    bus = EventBus()
+    rec = Recorder(bus)
+    cb = KerasCallback(bus)
+    model = make_model()
+    x, y = make_data(8)
+    model.fit(x, y, epochs=2, batch_size=4, verbose=0,
+              callbacks=[_EvaluateAtEpochEnd(cb, (x, y)), cb])  # fmt: skip
+    evaluate = ["on_val_start", *["on_val_batch_start", "on_val_batch_end"] * 2, "on_val_end"]
+    batch = ["on_train_batch_start", "on_train_batch_end"]
+    epoch = ["on_train_epoch_start", *batch * 2, *evaluate, "on_train_epoch_end",
+             "on_fit_epoch_end"]  # fmt: skip
+    assert rec.names == ["on_train_start", *epoch * 2, "on_train_end", "teardown"]
+    assert [p.epoch for p in rec.payloads("on_train_epoch_end")] == [0, 1]
+    assert all(p.epoch is None for p in rec.payloads("on_val_batch_end"))
+    assert all(p.params["epochs"] == 2 for p in rec.payloads("on_fit_epoch_end"))
+
+
+@pytest.mark.parametrize("during", ["on_fit_epoch_end", "on_train_batch_end"])
+def test_a_nested_run_that_fails_and_is_caught_leaves_the_fit_intact(during: str) -> None:
+    """The nested predict dies midway (no end hook); its caller catches the error and the
+    fit goes on. From on_train_batch_end the fit's validation comes right after it."""
+    bus = EventBus()
+    rec = Recorder(bus)
+    model, other = make_model(), make_model(seed=1)
+    x, y = make_data(8)
+    cb = KerasCallback(bus)
+    caught: list[SubscriberError] = []
+
+    def peek(p: Any) -> None:
+        if p.epoch == 0 and getattr(p, "batch", 1) == 1:  # the last batch: validation next
+            try:
+                other.predict(x, batch_size=2, verbose=0, callbacks=[cb])
+            except SubscriberError as exc:
+                caught.append(exc)
+
+    bus.subscribe(during, peek)
+
+    def predict_breaks(p: Any) -> None:
+        if p.batch == 1:
+            raise Boom("predict broke")
+
+    bus.subscribe(events.on_predict_batch_end, predict_breaks)
+    model.fit(x, y, epochs=2, batch_size=4, validation_data=(x, y), verbose=0, callbacks=[cb])
+    assert caught and isinstance(caught[0].original, Boom)
+    assert rec.names.count("on_predict_batch_end") == 2 and "on_predict_end" not in rec.names
+    own = [(n, p) for n, p in rec.records if p.source is model]
+    assert_canonical_order([n for n, _ in own], emitted=KERAS_EMITS)
+    assert len(own) + sum(p.source is other for _, p in rec.records) == len(rec.records)
+    fit_params = own[0][1].params
+    assert all(p.params == fit_params for _, p in own)
+    assert [p.epoch for p in rec.payloads("on_val_end")] == [0, 1]
+    assert cb.params == fit_params and cb.model is model
+
+
+def test_a_run_nested_in_a_nested_run_gives_the_outer_run_its_model_back() -> None:
+    bus = EventBus()
+    rec = Recorder(bus)
+    model, other, third = make_model(), make_model(seed=1), make_model(seed=2)
+    x, y = make_data(8)
+    cb = KerasCallback(bus)
+
+    def evaluate_other(p: Any) -> None:
+        if p.epoch == 0:
+            other.evaluate(x, y, batch_size=2, verbose=0, callbacks=[cb])
+
+    def predict_third(p: Any) -> None:
+        if p.source is other and p.batch == 1:
+            third.predict(x, batch_size=4, verbose=0, callbacks=[cb])
+
+    bus.subscribe(events.on_fit_epoch_end, evaluate_other)
+    bus.subscribe(events.on_val_batch_end, predict_third)
+    model.fit(x, y, epochs=2, batch_size=4, validation_data=(x, y), verbose=0, callbacks=[cb])
+    sources = [p.source for _, p in rec.records]
+    assert sources.count(third) == 1 + 2 * 2 + 1  # start, 2 batches of 4 (start, end), end
+    # The outer evaluate's events after the inner predict still carry its model and params.
+    outer = [p for n, p in rec.records if p.source is other]
+    assert [n for n, p in rec.records if p.source is other][-1] == "on_val_end"
+    assert all(p.params == outer[0].params and p.params["steps"] == 4 for p in outer)
+    own = [(n, p) for n, p in rec.records if p.source is model]
+    assert_canonical_order([n for n, _ in own], emitted=KERAS_EMITS)
+    assert all(p.params["steps"] == 2 for _, p in own)
