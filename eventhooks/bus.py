@@ -65,7 +65,7 @@ class _Calls(list):  # type: ignore[type-arg]
     An empty ``_Calls`` (a run-edge event nobody listens to) is not the ``()`` singleton.
     """
 
-    __slots__ = ("edge", "entries", "event", "validate")
+    __slots__ = ("__weakref__", "edge", "entries", "event", "validate")
 
     def __init__(self, event: Event[Any], calls: list[Any], entries: tuple[Any, ...]) -> None:
         super().__init__(calls)
@@ -152,6 +152,9 @@ class EventBus:
         self.registry = registry or _registry.default
         self._signals: dict[Event[Any], _EventSignal] = {}
         self._calls: dict[object, Any] = {}  # name or Event -> _Calls, or () if nobody listens
+        # Every delivery list of an event that an emit may still be iterating (nested emits
+        # and rebuilds during an emit leave several): gone subscriptions are skipped in all.
+        self._lists: dict[Event[Any], list[weakref.ref[_Calls]]] = {}
         self._entries: dict[Event[Any], tuple[Any, ...]] = {}
         self._event_of: dict[object, Event[Any]] = {}
         self._muted: dict[Event[Any] | None, int] = {}
@@ -331,7 +334,10 @@ class EventBus:
                 continue
             for entry in entries:
                 if isinstance(entry, Subscription):
-                    if entry.owner is target or _same(entry.target, target):
+                    fn: object = entry.target
+                    if isinstance(fn, EventHandler):  # on_event, subscribed once per event
+                        fn = fn.method
+                    if entry.owner is target or _same(fn, target):
                         removed += self.disconnect(entry)
                 elif _same(entry.target, target):
                     self._signals[evt].disconnect(entry.target)
@@ -406,14 +412,21 @@ class EventBus:
         delivered: list[Any] | tuple[()] = _Calls(event, [] if silent else calls, snapshot)
         if not delivered and not delivered.edge:  # type: ignore[union-attr]
             delivered = _NOBODY
-        previous = self._calls.get(event)
-        if isinstance(previous, _Calls):
-            # An emit may be iterating it right now: a subscription that is gone is not called
-            # later in that emit. Muting changes only later emits. Slot i delivers entry i.
-            kept = {id(entry) for entry in snapshot}
-            for index, entry in enumerate(previous.entries[: len(previous)]):
+        # An emit may be iterating an older list right now: a subscription that is gone is
+        # not called later in that emit. Muting changes only later emits. Slot i: entry i.
+        kept = {id(entry) for entry in snapshot}
+        alive: list[weakref.ref[_Calls]] = []
+        for ref in self._lists.get(event, ()):
+            older = ref()
+            if older is None:  # no emit holds it any more
+                continue
+            alive.append(ref)
+            for index, entry in enumerate(older.entries[: len(older)]):
                 if id(entry) not in kept:
-                    previous[index] = _skip
+                    older[index] = _skip
+        if isinstance(delivered, _Calls):
+            alive.append(weakref.ref(delivered))
+        self._lists[event] = alive
         for key in (event, *event.names):
             self._calls[key] = delivered
 

@@ -171,6 +171,15 @@ def test_on_event_hears_every_event_custom_ones_included() -> None:
     assert len(everything.heard) == 4 and not bus.listening(custom)
 
 
+def test_disconnecting_on_event_by_method_undoes_all_its_subscriptions() -> None:
+    bus = EventBus()
+    everything = Everything()
+    bus.attach(everything)
+    assert bus.disconnect(everything.on_event) == len(bus.registry.events())
+    bus.emit("on_epoch_end", epoch=0)
+    assert everything.heard == [("named", "EpochPayload")]
+
+
 def test_a_callback_without_on_event_is_not_subscribed_to_everything() -> None:
     bus = EventBus()
     attachment = bus.attach(Counter())
@@ -483,6 +492,31 @@ def test_a_function_subscribed_twice_and_disconnected_once_mid_emit_runs_once() 
     assert len(calls) == 1
     bus.emit("on_val_end")
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("before", ["another disconnect", "a subscribe", "a mute"])
+def test_a_subscription_disconnected_after_another_change_mid_emit_is_not_called(
+    before: str,
+) -> None:
+    """Each change rebuilds the delivery list; the emit still iterates the first one."""
+    bus = EventBus()
+    heard: list[str] = []
+
+    @bus.on("on_val_end", priority=1)
+    def first(payload: Any) -> None:
+        heard.append("first")
+        if before == "another disconnect":
+            second.disconnect()
+        elif before == "a subscribe":
+            bus.subscribe("on_val_end", lambda p: heard.append("late"))
+        with bus.muted() if before == "a mute" else ExitStack():
+            third.disconnect()
+
+    second = bus.subscribe("on_val_end", lambda p: heard.append("second"))
+    third = bus.subscribe("on_val_end", lambda p: heard.append("third"))
+    bus.emit("on_val_end")
+    assert "third" not in heard and heard[0] == "first"
+    assert heard == ["first"] + ([] if before == "another disconnect" else ["second"])
 
 
 def test_run_edges_count_as_listened_so_adapters_reset_stop_requests() -> None:
