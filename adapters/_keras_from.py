@@ -125,10 +125,15 @@ class KerasBridge(Callback):
             self.proxy = KerasModelProxy(source, self)
             cb.set_model(self.proxy)
         params = payload.params
-        if params is not None and (params is not self._params or self._changed(params)):
-            self._params, self._seen = params, dict(params)
-            cb.set_params({**KERAS_FIT_DEFAULTS, **params})
-        elif cb.params is None:
+        # Compared by content: pydantic copies params into each payload (shallowly, so the
+        # values keep their identity), and set_params on every batch would cost each hook.
+        # A payload without params (most batch events) leaves the known ones in place.
+        if params is not None:
+            if self._params is _UNSET or self._params is None or self._changed(params):
+                self._params, self._seen = params, dict(params)
+                cb.set_params({**KERAS_FIT_DEFAULTS, **params})
+        elif self._params is _UNSET:  # nothing known yet: Keras' defaults
+            self._params, self._seen = None, {}
             cb.set_params(dict(KERAS_FIT_DEFAULTS))
         return cb
 

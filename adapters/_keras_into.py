@@ -255,43 +255,49 @@ class KerasCallback(keras.callbacks.Callback):  # type: ignore[misc]
     def on_test_begin(self, logs: dict[str, Any] | None = None) -> None:
         if not self._nested_begin() and self._epoch_open and self.fitting:
             self._close_train_epoch()
+        validating = self._validating()
         if self._listening(_VAL_START):
             self._emit(
                 _VAL_START, epoch=self._val_epoch(), logs=logs or _EMPTY, source=self._source,
                 params=self.params,
             )  # fmt: skip
-        self._stop_if_fitting()
+        self._val_hook_done(validating)
 
     def on_test_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        validating = self._validating()
         if self._listening(_VAL_BATCH_START):
             self._emit(
                 _VAL_BATCH_START, batch=batch, epoch=self._val_epoch(), logs=logs or _EMPTY,
                 source=self._source, params=self.params,
             )  # fmt: skip
-        self._stop_if_fitting()
+        self._val_hook_done(validating)
 
     def on_test_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        validating = self._validating()
         if self._listening(_VAL_BATCH_END):
             self._emit(
                 _VAL_BATCH_END, batch=batch, epoch=self._val_epoch(), logs=logs or _EMPTY,
                 source=self._source, params=self.params,
             )  # fmt: skip
-        self._stop_if_fitting()
+        self._val_hook_done(validating)
 
     def on_test_end(self, logs: dict[str, Any] | None = None) -> None:
+        validating = self._validating()
         if self._listening(_VAL_END):
             self._emit(
                 _VAL_END, epoch=self._val_epoch(), logs=logs or _EMPTY, source=self._source,
                 params=self.params,
             )  # fmt: skip
-        self._stop_if_fitting()
+        self._val_hook_done(validating)
         self._nested_end()
 
-    def _stop_if_fitting(self) -> None:
+    def _val_hook_done(self, validating: bool) -> None:
         # A stop request outlives a run until the next one starts: only a fit obeys it,
         # so a later evaluate or predict is not cut short by an old request. A run nested in
-        # a fit leaves it to the fit's next hook.
-        if self._validating():
+        # a fit leaves it to the fit's next hook. Told before the emit: a nested run that a
+        # subscriber of this event started and that died (its error caught) is over now,
+        # and _stop_if_asked gives the fit its state back.
+        if validating:
             self._stop_if_asked()
 
     # -- predict -----------------------------------------------------------------------------

@@ -381,6 +381,31 @@ def test_params_that_grow_during_a_run_reach_the_callback() -> None:
     assert [call[-1]["steps"] for call in spy.calls] == [None, 5]
 
 
+def test_unchanged_params_are_set_once_not_at_every_hook() -> None:
+    """Every payload carries a copy of the run's params: set_params only when they change."""
+
+    class Counting(keras.callbacks.Callback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.set_calls = 0
+
+        def set_params(self, params: dict[str, Any]) -> None:
+            self.set_calls += 1
+            super().set_params(params)
+
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            pass
+
+    bus = EventBus()
+    counting = Counting()
+    bus.attach(from_keras(counting))
+    params: dict[str, Any] = {"epochs": 1, "steps": 4}
+    bus.emit(events.on_train_start, params=params)
+    for batch in range(4):
+        bus.emit(events.on_train_batch_end, batch=batch, epoch=0, params=params)
+    assert counting.set_calls == 1 and counting.params["steps"] == 4
+
+
 def progbar_lines(out: str) -> list[str]:
     return [line for line in out.replace("\r", "\n").splitlines() if line.strip()]
 

@@ -652,7 +652,9 @@ def test_a_native_callback_evaluating_before_ours_does_not_close_the_training_ep
     assert all(p.params["epochs"] == 2 for p in rec.payloads("on_fit_epoch_end"))
 
 
-@pytest.mark.parametrize("during", ["on_fit_epoch_end", "on_train_batch_end"])
+@pytest.mark.parametrize(
+    "during", ["on_fit_epoch_end", "on_train_batch_end", "on_val_start", "on_val_batch_end"]
+)
 def test_a_nested_run_that_fails_and_is_caught_leaves_the_fit_intact(during: str) -> None:
     """The nested predict dies midway (no end hook); its caller catches the error and the
     fit goes on. From on_train_batch_end the fit's validation comes right after it."""

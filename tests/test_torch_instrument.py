@@ -482,7 +482,7 @@ def test_bad_metrics_and_misuse_get_clear_errors() -> None:
             for _ in run.batches([1]):
                 with pytest.raises(ValueError, match=r"'loss' must be a scalar.*\(3,\)"):
                     run.log(loss=torch.ones(3))
-                for bad in ("high", "0.5", True):  # float() would take the last two
+                for bad in ("high", "0.5", True, np.True_):  # float() takes all but the first
                     with pytest.raises(TypeError, match="'acc' must be a number"):
                         run.log(acc=bad)
         with pytest.raises(RuntimeError, match="already active"):
