@@ -25,7 +25,7 @@ def _check(name: str, value: object) -> object:
                 f"metric {name!r} must be a scalar, got a tensor of shape {tuple(value.shape)}"
             )
         return value.detach()
-    if isinstance(value, (bool, str, bytes)) or type(value).__name__ == "bool_":
+    if isinstance(value, (str, bytes)) or type(value).__name__ in ("bool", "bool_"):
         # float() would take "0.5", True and numpy's True alike
         raise TypeError(
             f"metric {name!r} must be a number or a scalar tensor, got {type(value).__name__}"
