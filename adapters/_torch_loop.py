@@ -8,7 +8,7 @@ takes bare inputs); ``metrics`` maps names to ``fn(outputs, targets) -> scalar``
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping, Sized
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from pathlib import Path
 from typing import Any, Literal
 
@@ -104,16 +104,16 @@ def fit(
         for epoch in run.epochs(range(initial_epoch, epochs)):
             _set_epoch(train_loader, epoch)
             model.train()
-            last = _last_batch(scheduler, train_loader)
+            peek = _peek(scheduler, train_loader)
             stepped = False
-            for batch in run.batches(train_loader):
+            for batch in run.batches(peek if peek is not None else train_loader):
                 inputs, targets = _pair(_to(batch, target), "fit(train_loader)")
                 optimizer.zero_grad()
                 outputs = model(inputs)
                 loss = loss_fn(outputs, targets)
                 loss.backward()  # type: ignore[no-untyped-call]
                 optimizer.step()
-                if run.batch == last:  # announced by this batch's on_params_update
+                if peek is not None and peek.last:  # announced by this batch's on_params_update
                     scheduler.step()
                     stepped = True
                 run.log(**_measure(loss, outputs, targets, metrics))
@@ -124,8 +124,8 @@ def fit(
     return run.history
 
 
-def _last_batch(scheduler: Any, loader: Iterable[Any]) -> int | None:
-    """The index of the epoch's last batch, if the scheduler is to be stepped inside it.
+def _peek(scheduler: Any, loader: Iterable[Any]) -> _Peek | None:
+    """The loader read one batch ahead, if the scheduler is to be stepped inside the last.
 
     The canonical order has ``on_params_update`` only inside a batch, so a change made
     between epochs could only be announced at the next epoch's first step, and the change
@@ -133,17 +133,39 @@ def _last_batch(scheduler: Any, loader: Iterable[Any]) -> int | None:
     therefore stepped right after the last batch's optimizer step: no step of training runs
     at another rate than with ``scheduler.step()`` after the epoch, and each change is
     announced in the epoch that made it (where the NumPy trainer announces its schedule).
-    ``ReduceLROnPlateau`` needs the validation, and a loader whose length is not exact (an
-    ``IterableDataset``) has no known last batch: those are stepped after the epoch (the
-    fallback also covers an epoch a stop request cut short).
+    Which batch is the last is known by reading one ahead, not from ``len()``, which a
+    loader may get wrong. ``ReduceLROnPlateau`` needs the validation: it is stepped after
+    the epoch, as is any scheduler in an epoch that a stop request cut short.
     """
     if scheduler is None or isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         return None
-    if not isinstance(loader, Sized) or isinstance(
-        getattr(loader, "dataset", None), torch.utils.data.IterableDataset
-    ):
-        return None
-    return len(loader) - 1
+    return _SizedPeek(loader) if isinstance(loader, Sized) else _Peek(loader)
+
+
+class _Peek:
+    """Iterates a loader one batch ahead; ``last`` tells whether the batch just yielded is
+    the last one."""
+
+    def __init__(self, loader: Iterable[Any]) -> None:
+        self.loader = loader
+        self.last = False
+
+    def __iter__(self) -> Iterator[Any]:
+        self.last = False
+        items = iter(self.loader)
+        for current in items:
+            for following in items:
+                yield current
+                current = following
+            self.last = True
+            yield current
+
+
+class _SizedPeek(_Peek):
+    """A peeking loader that keeps its loader's ``len()`` (``params["steps"]``)."""
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
 
 
 def _step_scheduler(scheduler: Any, run: Run) -> None:

@@ -260,6 +260,50 @@ def test_an_epoch_scheduler_change_is_announced_in_the_epoch_that_made_it(
     assert_canonical_order(rec.names)
 
 
+class _Misreporting(list):  # type: ignore[type-arg]
+    """A loader whose len() is wrong (iteration does not use it)."""
+
+    def __init__(self, items: Any, reported: int) -> None:
+        super().__init__(items)
+        self.reported = reported
+
+    def __len__(self) -> int:
+        return self.reported
+
+
+class _Unsized:
+    def __init__(self, items: Any) -> None:
+        self.items = list(items)
+
+    def __iter__(self) -> Any:
+        return iter(self.items)
+
+
+@pytest.mark.parametrize("kind", ["len too small", "len too large", "no len"])
+def test_the_last_batch_is_found_by_reading_ahead_not_by_len(kind: str) -> None:
+    bus = EventBus()
+    rec = Recorder(bus)
+    used: list[tuple[int, float]] = []
+    bus.subscribe(events.optimizer_step, lambda p: used.append((p.epoch, lr_of(opt))))
+    batches = list(loaders()[0])
+    train: Any = {
+        "len too small": lambda: _Misreporting(batches, 2),
+        "len too large": lambda: _Misreporting(batches, 9),
+        "no len": lambda: _Unsized(batches),
+    }[kind]()
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.4)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    fit(model, opt, torch.nn.functional.cross_entropy, train, epochs=2, bus=bus,
+        scheduler=sched)  # fmt: skip
+    assert {rate for e, rate in used if e == 0} == {0.4}
+    assert {rate for e, rate in used if e == 1} == {0.2}
+    updates = rec.payloads("on_params_update")
+    assert [(p.epoch, p.batch, p.hyperparams["lr"]) for p in updates] == [
+        (0, len(batches) - 1, 0.2), (1, len(batches) - 1, 0.1),
+    ]  # fmt: skip
+
+
 def test_fit_with_a_scheduler_trains_as_the_plain_pytorch_loop() -> None:
     """Stepping inside the last batch changes no number: same weights as the usual loop."""
     ce = torch.nn.functional.cross_entropy
