@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -62,11 +63,20 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any], 
     with source.open("rb") as fh:
         npz = fh.read(4) == b"PK\x03\x04"
     if npz:
-        with np.load(source, allow_pickle=False) as data:
-            if _HEADER not in data.files:
-                raise ValueError(f"{os.fspath(path)!r} is an npz file but not an eventhooks one")
-            header = _check(json.loads(str(data[_HEADER])), path)
-            weights = [np.array(data[f"w{i}"]) for i in range(len(data.files) - 1)]
+        try:
+            with np.load(source, allow_pickle=False) as data:
+                files = set(data.files)
+                if _HEADER not in files:
+                    raise _Foreign("an npz file but not an eventhooks one")
+                header = _check(json.loads(str(data[_HEADER])), path)
+                names = [f"w{i}" for i in range(len(files) - 1)]
+                if files != {_HEADER, *names}:
+                    raise _Foreign(f"unexpected arrays {sorted(files - {_HEADER, *names})}")
+                weights = [np.array(data[name]) for name in names]
+        except (_Foreign, zipfile.BadZipFile, OSError, KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, ValueError) and str(exc).startswith(repr(os.fspath(path))):
+                raise  # already names the file (_check)
+            raise ValueError(f"{os.fspath(path)!r} is not an eventhooks artifact: {exc}") from None
     else:
         try:
             header = _check(json.loads(source.read_text(encoding="utf-8")), path)
@@ -74,9 +84,15 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any], 
                 np.array(w["values"], dtype=header["config"]["dtype"]).reshape(w["shape"])
                 for w in header["weights"]
             ]
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:  # JSON and Unicode errors included
+            if isinstance(exc, ValueError) and str(exc).startswith(repr(os.fspath(path))):
+                raise  # already names the file (_check)
             raise ValueError(f"{os.fspath(path)!r} is not an eventhooks artifact: {exc}") from None
     return header["config"], header.get("state", {}), weights
+
+
+class _Foreign(Exception):
+    """An npz file that is not one of ours (said with the file's name by read)."""
 
 
 def _check(header: Any, path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -87,4 +103,21 @@ def _check(header: Any, path: str | os.PathLike[str]) -> dict[str, Any]:
             f"{os.fspath(path)!r} has artifact version {header.get('version')!r}; "
             f"this eventhooks reads version {VERSION}"
         )
+    config, state = header.get("config"), header.get("state", {})
+    if not (
+        isinstance(config, dict)
+        and isinstance(config.get("hidden"), list)
+        and all(_is_int(n) and n > 0 for n in config["hidden"])
+        and _is_int(config.get("n_classes"))
+        and isinstance(config.get("dtype"), str)
+        and isinstance(state, dict)
+        and _is_int(state.get("iterations", 0))
+        and (state.get("epoch") is None or _is_int(state["epoch"]))
+        and isinstance(state.get("optimizer", ""), str)
+    ):
+        raise ValueError(f"{os.fspath(path)!r} has a damaged header (config or state)")
     return header
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -354,7 +354,10 @@ class NumpyTrainer:
         The file is written at exactly ``path``, whatever its suffix.
         """
         self._check_ready(None, None, "save")
-        state = {"iterations": self.iterations, "epoch": self._epoch, "lr": self.lr}
+        state = {
+            "iterations": self.iterations, "epoch": self._epoch, "lr": self.lr,
+            "optimizer": self.optimizer_name, "momentum": self.momentum,
+        }  # fmt: skip
         target = io.write(path, "npz", "checkpoint", self.config, self._weights, state)
         fields: dict[str, Any] = {"epoch": self._epoch}
         if self.bus.listening(events.on_model_save):
@@ -553,15 +556,24 @@ class _Run:
 def load(path: str | os.PathLike[str], *, bus: EventBus | None = None) -> NumpyTrainer:
     """A trainer rebuilt from a ``save`` checkpoint or an ``export`` artifact (npz or json).
 
-    A checkpoint also restores the progress counters and learning rate; the optimizer's
-    moments are not stored, so a resumed Adam starts them afresh.
+    A checkpoint also restores the progress counters, the optimizer's kind, learning rate
+    and momentum; the optimizer's moments are not stored, so a resumed Adam starts them
+    afresh. A damaged or foreign file is a ``ValueError`` naming it; nothing in a file is
+    ever executed.
     """
     config, state, weights = io.read(path)
-    trainer = NumpyTrainer(
-        bus=bus, hidden=tuple(config["hidden"]), n_classes=config["n_classes"],
-        dtype=config["dtype"], lr=state.get("lr", 0.001),
-    )  # fmt: skip
-    trainer.set_weights(weights)
+    try:
+        trainer = NumpyTrainer(
+            bus=bus, hidden=tuple(config["hidden"]), n_classes=config["n_classes"],
+            dtype=config["dtype"], lr=state.get("lr", 0.001),
+            optimizer=state.get("optimizer", "adam"), momentum=state.get("momentum", 0.0),
+        )  # fmt: skip
+        trainer.set_weights(weights)
+        stated = (config["n_classes"], config.get("input_dim", trainer.input_dim))
+        if (trainer.n_classes, trainer.input_dim) != stated:
+            raise ValueError(f"the header's sizes {stated} do not match the weights")
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{os.fspath(path)!r} cannot be loaded: {exc}") from None
     trainer.iterations = int(state.get("iterations", 0))
     trainer._epoch = state.get("epoch")
     return trainer

@@ -664,6 +664,75 @@ def test_loading_foreign_files_is_a_clear_error(tmp_path: Path) -> None:
         trainer.export(tmp_path / "model.onnx")
 
 
+@pytest.mark.parametrize("optimizer, momentum", [("sgd", 0.0), ("sgd", 0.9), ("adam", 0.0)])
+def test_a_checkpoint_resumes_with_its_own_optimizer(
+    tmp_path: Path, optimizer: str, momentum: float
+) -> None:
+    x, y = blobs(40)
+    kw: dict[str, Any] = {"hidden": (6,), "lr": 0.05, "optimizer": optimizer, "momentum": momentum}
+    trainer = NumpyTrainer(**kw)
+    trainer.fit(x, y, epochs=2, batch_size=10, shuffle=False)
+    trainer.save(tmp_path / "c.npz")
+    loaded = load(tmp_path / "c.npz")
+    assert (loaded.optimizer_name, loaded.momentum, loaded.lr) == (optimizer, momentum, 0.05)
+    if momentum == 0.0 and optimizer == "sgd":  # no optimizer state: resuming is exact
+        loaded.fit(x, y, epochs=4, batch_size=10, shuffle=False, initial_epoch=2)
+        straight = NumpyTrainer(**kw)
+        straight.fit(x, y, epochs=4, batch_size=10, shuffle=False)
+        for a, b in zip(loaded.get_weights(), straight.get_weights(), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def _damaged(tmp_path: Path, how: str) -> Path:
+    """A checkpoint or export of a small trainer, damaged in one way."""
+    trainer = NumpyTrainer(hidden=(4,))
+    trainer.build(3, 2)
+    if how.startswith("json"):
+        path = trainer.export(tmp_path / "m.json")
+        doc = json.loads(path.read_text())
+        if how == "json weight of a wrong shape":
+            doc["weights"][0]["shape"] = [2, 8]
+        elif how == "json without hidden":
+            del doc["config"]["hidden"]
+        elif how == "json classes disagree with the weights":
+            doc["config"]["n_classes"] = 5
+        path.write_text(json.dumps(doc))
+        return path
+    path = trainer.save(tmp_path / "m.npz")
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {name: np.array(data[name]) for name in data.files}
+    header = json.loads(str(arrays["eventhooks"]))
+    if how == "truncated npz":
+        path.write_bytes(path.read_bytes()[:60])
+        return path
+    if how == "npz with an extra array":
+        arrays["w9"] = np.zeros(2)
+    elif how == "npz without a weight":
+        del arrays["w1"]
+    elif how == "npz state is a list":
+        header["state"] = [1, 2]
+    elif how == "npz iterations is a string":
+        header["state"]["iterations"] = "abc"
+    elif how == "npz epoch is a string":
+        header["state"]["epoch"] = "abc"
+    arrays["eventhooks"] = np.array(json.dumps(header))
+    with path.open("wb") as fh:
+        np.savez(fh, **arrays)  # type: ignore[arg-type]
+    return path
+
+
+@pytest.mark.parametrize("how", [
+    "truncated npz", "npz with an extra array", "npz without a weight", "npz state is a list",
+    "npz iterations is a string", "npz epoch is a string", "json weight of a wrong shape",
+    "json without hidden", "json classes disagree with the weights",
+])  # fmt: skip
+def test_a_damaged_artifact_is_a_value_error_naming_the_file(tmp_path: Path, how: str) -> None:
+    path = _damaged(tmp_path, how)
+    with pytest.raises(ValueError) as info:
+        load(path)
+    assert str(info.value).startswith(repr(str(path)))
+
+
 # -- inputs, defaults, hot path -----------------------------------------------------------------
 
 
