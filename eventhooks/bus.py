@@ -47,6 +47,7 @@ _RUN_EDGE_EVENTS: tuple[Event[Any], ...] = (
 #: What an event nobody listens to delivers to (CPython's empty-tuple singleton).
 _NOBODY: tuple[()] = ()
 
+
 class _Unset:
     """``emit``'s default for its named fields: the field was not given."""
 
