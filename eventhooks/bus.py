@@ -468,8 +468,9 @@ class EventBus:
         try:
             payload = calls.validate(fields)
         except ValidationError as exc:
-            errors = [dict(err) for err in exc.errors(include_url=False)]
-            raise PayloadError(calls.event.name, errors) from None
+            raise PayloadError.from_validation(event, calls.event.name, exc) from None
+        except Exception as exc:  # a value that raised while validated (its __float__...)
+            raise PayloadError.from_validation(event, calls.event.name, exc) from exc
         if calls.edge:
             self._run_edge(calls.event)
         try:

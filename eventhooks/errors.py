@@ -47,6 +47,16 @@ class PayloadError(EventhooksError, TypeError):
             lines.append(f"  field {field!r}: {err.get('msg')} (got {shown})")
         super().__init__(f"invalid payload for event {event!r}:\n" + "\n".join(lines))
 
+    @classmethod
+    def from_validation(cls, spelled: object, canonical: str, exc: Exception) -> PayloadError:
+        """The error for an emit of ``spelled`` (canonical name ``canonical``) whose fields
+        failed validation: a pydantic ``ValidationError``, or any exception that a value
+        raised while being validated (a ``__float__`` or ``__fspath__`` that raises)."""
+        errors = [dict(err) for err in exc.errors(include_url=False)] if hasattr(
+            exc, "errors"
+        ) else [{"loc": (), "msg": f"{type(exc).__name__}: {exc}", "input": None}]
+        return cls(str(spelled), errors)
+
     @property
     def fields(self) -> list[str]:
         """The names of the fields at fault."""

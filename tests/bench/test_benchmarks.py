@@ -7,7 +7,7 @@ import re
 import sys
 from pathlib import Path
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def test_core_benchmark_reports_every_case_against_its_target() -> None:
