@@ -4,7 +4,7 @@ Write a subscriber once; run it under Keras, PyTorch, Ultralytics or the NumPy r
 """
 
 from . import events, payloads, registry
-from ._subscription import Attachment, ErrorPolicy, Subscription
+from ._subscription import Attachment, ErrorPolicy, OptionArgs, Options, Subscription, not_a_hook
 from .bus import EventBus
 from .callback import Callback
 from .errors import (
@@ -43,6 +43,8 @@ __all__ = [
     "EventhooksError",
     "ExportPayload",
     "Logs",
+    "OptionArgs",
+    "Options",
     "ParamsUpdatePayload",
     "Payload",
     "PayloadError",
@@ -56,6 +58,7 @@ __all__ = [
     "UnknownEventError",
     "__version__",
     "events",
+    "not_a_hook",
     "payloads",
     "registry",
 ]

@@ -1,22 +1,28 @@
-"""One subscription: a subscriber, its filters, its error policy, and how it is held."""
+"""One subscription: a subscriber, its :class:`Options`, and how it is held.
+
+The options are defined here once: ``subscribe``, ``on`` and ``attach`` take them as keywords
+(typed by :class:`OptionArgs`) or bundled as an :class:`Options`, and pickling a bus carries
+each subscription's :class:`Options` whole.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import itertools
+import math
+import threading
 import weakref
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, Literal, Protocol, TypedDict, TypeVar
 
 from .events import Event
 
-if TYPE_CHECKING:
-    from .bus import EventBus
-
 ErrorPolicy = Literal["raise", "warn", "disable"]
-"""What a failing subscriber does: ``raise`` stops the emit with a :class:`SubscriberError`;
-``warn`` logs and delivery goes on; ``disable`` logs and disconnects the subscriber after
-``max_failures`` failures."""
+"""What a failing subscriber does: ``raise`` delivers the event to everyone else, then raises
+a :class:`SubscriberError`; ``warn`` logs and delivery goes on; ``disable`` logs and
+disconnects the subscriber after ``max_failures`` failures."""
 
 Handler = Callable[[Any], object]
 
@@ -24,8 +30,94 @@ Handler = Callable[[Any], object]
 connection_seq = itertools.count()
 
 
-def _not_int(value: object) -> bool:
-    return isinstance(value, bool) or not isinstance(value, int)
+def _positive(option: str, value: object) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{option}= must be a positive int, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Options:
+    """How a subscriber is called: order, filters, error policy, how it is held.
+
+    ``priority``: higher first, then connection order. ``every=N`` delivers every N-th
+    occurrence and ``once=N`` only the N-th (counted by epoch on epoch events, by batch on
+    batch events, by this subscription's deliveries elsewhere). ``when`` is a predicate on the
+    payload; ``rank`` delivers only on that distributed rank. ``weak=True`` holds the
+    subscriber by weak reference. ``errors``/``max_failures`` override the bus's policy.
+    """
+
+    priority: int | float = 0
+    every: int | None = None
+    once: int | None = None
+    when: Callable[[Any], bool] | None = None
+    rank: int | None = None
+    weak: bool = False
+    errors: ErrorPolicy | None = None
+    max_failures: int | None = None
+
+    def __post_init__(self) -> None:
+        priority = self.priority
+        # A plain number, copied without calling the value's own methods: the bus sorts by
+        # it under its lock, where no user code may run.
+        if isinstance(priority, bool) or not isinstance(priority, (int, float)):
+            raise TypeError(f"priority= must be a number, got {priority!r}")
+        plain = int.__add__(priority, 0) if isinstance(priority, int) else float.__add__(
+            priority, 0.0
+        )
+        if isinstance(plain, float) and not math.isfinite(plain):
+            raise ValueError(f"priority= must be finite, got {plain!r}")
+        object.__setattr__(self, "priority", plain)
+        _positive("every", self.every)
+        _positive("once", self.once)
+        _positive("max_failures", self.max_failures)
+        rank = self.rank
+        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 0):
+            raise ValueError(f"rank= must be an int >= 0, got {rank!r}")
+        if self.when is not None and not callable(self.when):
+            raise TypeError(f"when= must be a predicate on the payload, got {self.when!r}")
+        if self.errors not in (None, "raise", "warn", "disable"):
+            raise ValueError(
+                f"errors= must be 'raise', 'warn' or 'disable', got {self.errors!r}"
+            )
+        if not isinstance(self.weak, bool):
+            raise TypeError(f"weak= must be True or False, got {self.weak!r}")
+
+    @property
+    def filtered(self) -> bool:
+        """Whether a filter (``every``, ``once``, ``when``, ``rank``) decides delivery."""
+        return not (self.every is None and self.once is None and self.when is None
+                    and self.rank is None)  # fmt: skip
+
+
+PayloadT = TypeVar("PayloadT")
+
+
+class OptionArgs(TypedDict, Generic[PayloadT], total=False):
+    """:class:`Options` as keywords of ``subscribe``/``on``/``attach`` (kept equal by a test).
+
+    Generic in the payload type, so that ``when=`` is checked against the event's payload.
+    """
+
+    priority: int | float
+    every: int | None
+    once: int | None
+    when: Callable[[PayloadT], bool] | None
+    rank: int | None
+    weak: bool
+    errors: ErrorPolicy | None
+    max_failures: int | None
+
+
+def make_options(options: Options | None, changes: OptionArgs[Any]) -> Options:
+    """``options`` (or the defaults) with the keyword ``changes`` applied, validated."""
+    if options is not None and not isinstance(options, Options):
+        raise TypeError(f"options= must be an eventhooks Options, got {options!r}")
+    if not changes:
+        return options or _DEFAULTS
+    return dataclasses.replace(options or _DEFAULTS, **changes)
+
+
+_DEFAULTS = Options()
 
 
 def describe(fn: object) -> str:
@@ -38,6 +130,13 @@ def describe(fn: object) -> str:
     return f"{module}.{qualname}" if module and module != "builtins" else qualname
 
 
+class _Owner(Protocol):
+    """What a subscription needs of its bus."""
+
+    def disconnect(self, target: object, event: Any = None) -> int: ...
+    def _forget(self, sub: Subscription) -> None: ...
+
+
 class Subscription:
     """A connected subscriber. Keep it to undo the subscription: ``sub.disconnect()``.
 
@@ -45,73 +144,60 @@ class Subscription:
     """
 
     __slots__ = (
-        "__weakref__", "_bus", "_fired", "_fn", "_ref", "count", "errors", "event",
-        "every", "failures", "label", "max_failures", "once", "owner", "priority", "rank",
-        "seq", "when",
+        "__weakref__", "_bus", "_fired", "_fn", "_lock", "_ref", "count", "event",
+        "failures", "label", "live", "marks", "options", "owner", "seq",
     )  # fmt: skip
 
     def __init__(
         self,
-        bus: EventBus,
+        bus: _Owner,
         event: Event[Any],
         fn: Handler,
+        options: Options,
         *,
-        priority: int = 0,
-        every: int | None = None,
-        once: int | None = None,
-        when: Callable[[Any], bool] | None = None,
-        rank: int | None = None,
-        weak: bool = False,
-        errors: ErrorPolicy | None = None,
-        max_failures: int | None = None,
         owner: object = None,
         label: str | None = None,
+        marks: bool = False,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"subscriber for {event.name!r} must be callable, got {fn!r}")
-        for option, value in (("every", every), ("once", once), ("max_failures", max_failures)):
-            if value is not None and (_not_int(value) or value < 1):
-                raise ValueError(f"{option}= must be a positive int, got {value!r}")
-        if rank is not None and (_not_int(rank) or rank < 0):
-            raise ValueError(f"rank= must be an int >= 0, got {rank!r}")
-        if when is not None and not callable(when):
-            raise TypeError(f"when= must be a predicate on the payload, got {when!r}")
-        if isinstance(priority, bool) or not isinstance(priority, (int, float)):
-            raise TypeError(f"priority= must be a number, got {priority!r}")
-        if errors not in (None, "raise", "warn", "disable"):
-            raise ValueError(f"errors= must be 'raise', 'warn' or 'disable', got {errors!r}")
         self._bus = bus
         self.event = event
-        self.priority = priority
-        self.every = every
-        self.once = once
-        self.when = when
-        self.rank = rank
-        self.errors = errors
-        self.max_failures = max_failures
+        self.options = options
         self.owner = owner
         self.label = label or describe(fn)
+        self.marks = marks  # a Callback's method: its request_stop() reaches this bus
         self.seq = next(connection_seq)
         self.count = 0
         self.failures = 0
+        self.live = True  # False once disconnected: an emit in progress skips it
         self._fired = False
+        self._lock = threading.RLock() if options.filtered else None
         self._fn: Handler | None
         self._ref: Callable[[], Handler | None] | None
-        if weak:
+        if options.weak:
             self._fn = None
             self._ref = _weak(fn, self._target_died)
         else:
             self._fn, self._ref = fn, None
 
-    @property
-    def filtered(self) -> bool:
-        """Whether a filter (``every``, ``once``, ``when``, ``rank``) decides delivery."""
-        return not (self.every is None and self.once is None and self.when is None
-                    and self.rank is None)  # fmt: skip
+    # The options, read where a reader of a subscription would look for them.
+    priority = property(lambda self: self.options.priority)
+    every = property(lambda self: self.options.every)
+    once = property(lambda self: self.options.once)
+    when = property(lambda self: self.options.when)
+    rank = property(lambda self: self.options.rank)
+    errors = property(lambda self: self.options.errors)
+    max_failures = property(lambda self: self.options.max_failures)
 
     @property
     def weak(self) -> bool:
         return self._ref is not None
+
+    @property
+    def direct(self) -> bool:
+        """Whether the bus may call the subscriber itself, skipping this wrapper."""
+        return self._ref is None and not self.marks and self._lock is None
 
     @property
     def target(self) -> Handler | None:
@@ -121,30 +207,32 @@ class Subscription:
     def __call__(self, payload: Any) -> object:
         """Deliver ``payload`` through the filters."""
         fn = self._fn if self._ref is None else self._ref()
-        if fn is None or not self._passes(payload):
+        if fn is None or (self._lock is not None and not self._passes(payload)):
             return None
+        if self.marks:
+            with delivering(self.owner, self._bus):
+                return fn(payload)
         return fn(payload)
 
     def _passes(self, payload: Any) -> bool:
-        self.count += 1
-        if self.rank is not None and getattr(payload, "rank", 0) != self.rank:
-            return False
-        if self.every is not None or self.once is not None:
-            index = getattr(payload, self.event.counter, None) if self.event.counter else None
-            nth = self.count if index is None else index + 1
-            if self.every is not None and nth % self.every:
+        options = self.options
+        with self._lock:  # type: ignore[union-attr]  # filtered subscriptions have one
+            self.count += 1
+            if options.rank is not None and getattr(payload, "rank", 0) != options.rank:
                 return False
-            if self.once is not None and (self._fired or nth != self.once):
+            if options.every is not None or options.once is not None:
+                counter = self.event.counter
+                index = getattr(payload, counter, None) if counter else None
+                nth = self.count if index is None else index + 1
+                if options.every is not None and nth % options.every:
+                    return False
+                if options.once is not None and (self._fired or nth != options.once):
+                    return False
+            if options.when is not None and not options.when(payload):
                 return False
-        if self.when is not None and not self.when(payload):
-            return False
-        if self.once is not None:
-            self._fired = True
-        return True
-
-    def receive(self, sender: object, payload: Any = None, **_: object) -> object:
-        """The blinker-style entry point, for a raw ``signal.send(sender, payload=...)``."""
-        return self(payload)
+            if options.once is not None:
+                self._fired = True
+            return True
 
     def disconnect(self) -> None:
         """Undo this subscription (no error if it is already undone)."""
@@ -152,10 +240,10 @@ class Subscription:
 
     @property
     def connected(self) -> bool:
-        return self._bus.is_connected(self)
+        return self.live
 
     def _target_died(self, _ref: object) -> None:
-        self._bus.disconnect(self)
+        self._bus._forget(self)
 
     def __repr__(self) -> str:
         return f"<Subscription {self.label} to {self.event.name} priority={self.priority}>"
@@ -170,7 +258,7 @@ def _weak(fn: Handler, callback: Callable[[Any], None]) -> Callable[[], Handler 
 class Attachment:
     """The subscriptions made by ``bus.attach(obj)``; ``disconnect()`` undoes them all."""
 
-    def __init__(self, bus: EventBus, obj: object, subscriptions: tuple[Subscription, ...]):
+    def __init__(self, bus: _Owner, obj: object, subscriptions: tuple[Subscription, ...]):
         self._bus = bus
         self.obj = obj
         self.subscriptions = subscriptions
@@ -182,3 +270,77 @@ class Attachment:
     def __repr__(self) -> str:
         names = ", ".join(s.event.name for s in self.subscriptions)
         return f"<Attachment {type(self.obj).__qualname__}: {names}>"
+
+
+# -- which bus is delivering to a callback, per thread ------------------------------------------
+
+_local = threading.local()
+
+
+class delivering:
+    """While a bus calls a callback's method on this thread, that bus is the callback's."""
+
+    __slots__ = ("bus", "owner")
+
+    def __init__(self, owner: object, bus: object) -> None:
+        self.owner, self.bus = owner, bus
+
+    def __enter__(self) -> None:
+        try:
+            _local.stack.append(self)
+        except AttributeError:
+            _local.stack = [self]
+
+    def __exit__(self, *exc: object) -> None:
+        _local.stack.pop()
+
+
+def delivering_bus(owner: object) -> Any:
+    """The bus delivering an event to ``owner`` on this thread (innermost), or None."""
+    stack: list[delivering] = getattr(_local, "stack", [])
+    return next((d.bus for d in reversed(stack) if d.owner is owner), None)
+
+
+# -- marking methods of Callback: default no-ops, and helpers that are not hooks ---------------
+
+_DEFAULT = "__eventhooks_default_hook__"
+_NOT_A_HOOK = "__eventhooks_not_a_hook__"
+
+F = Any
+
+
+def default_hook(fn: F) -> F:
+    """Marks ``Callback``'s own no-op hooks: a subclass that does not override one is not
+    subscribed to that event."""
+    setattr(fn, _DEFAULT, True)
+    return fn
+
+
+def not_a_hook(fn: F) -> F:
+    """Mark a method named ``on_...`` that is not an event hook, so ``attach`` accepts it.
+
+    ``attach`` refuses a :class:`~eventhooks.Callback` whose ``on_*`` method names no event
+    (a misspelt hook would otherwise never run)::
+
+        class Plotter(Callback):
+            @not_a_hook
+            def on_disk(self) -> bool: ...
+    """
+    setattr(fn, _NOT_A_HOOK, True)
+    return fn
+
+
+def is_default_hook(method: object) -> bool:
+    return getattr(getattr(method, "__func__", method), _DEFAULT, False) is True
+
+
+def is_not_a_hook(method: object) -> bool:
+    return getattr(getattr(method, "__func__", method), _NOT_A_HOOK, False) is True
+
+
+def hook_names(obj: object) -> Iterator[str]:
+    """Names on ``obj`` (class or instance) that look like hooks: ``on_...`` and callable."""
+    names = set(dir(type(obj))) | set(getattr(obj, "__dict__", {}))
+    for name in sorted(names):
+        if name.startswith("on_") and callable(inspect.getattr_static(obj, name, None)):
+            yield name

@@ -1,23 +1,29 @@
 """The bus: subscribe, emit, order, filters, stop requests and the error policy.
 
-Every event is a :class:`blinker.Signal` of this bus (``bus.signal(name)``), and blinker is
-the connection layer: receivers connected with plain blinker hear the bus too, called as
-``receiver(bus, payload=payload)``. Dispatch does not go through ``Signal.send`` (about 50x
-a bare call): each event keeps a list of callables, rebuilt only when its signal connects or
-disconnects a receiver (blinker's weak-reference cleanup included), so an emit with nobody
-listening is one dict lookup, and one with listeners is one pydantic validation and a loop.
+**One record.** Who is subscribed to an event lives in one place: the event's :class:`_Route`,
+an immutable snapshot holding the subscriptions in delivery order and the callables an emit
+calls. Writers (``subscribe``, ``disconnect``, ``muted``...) build a new route under the bus's
+lock and swap it in; ``emit`` takes no lock, it reads the current route and calls down it.
+So a subscription made before an emit starts hears it, one undone before is not called, and
+one undone while an emit is running is skipped by the rest of that emit.
+
+**blinker.** Every event has a :class:`blinker.Signal` (``bus.signal(name)``): receivers
+connected to it with plain blinker hear each event after the bus's own subscribers, called
+blinker-style as ``receiver(bus, payload=payload)``. The bus uses blinker's public API only.
+
+**Nothing lost.** A failing subscriber does not keep the event from the ones after it; the
+error policy (``raise``, ``warn``, ``disable``) is applied once everyone has been called.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import weakref
-from collections.abc import Callable, Hashable, Iterator
-from typing import Any, TypeVar, overload
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar, Unpack, overload
 
 import blinker
-from blinker._utilities import make_id
 from pydantic import BaseModel, ValidationError
 
 from . import events as ev
@@ -25,12 +31,16 @@ from . import registry as _registry
 from ._subscription import (
     Attachment,
     ErrorPolicy,
+    OptionArgs,
+    Options,
     Subscription,
-    connection_seq,
     describe,
+    hook_names,
+    is_default_hook,
+    is_not_a_hook,
+    make_options,
 )
-from .callback import Callback
-from .errors import PayloadError, SubscriberError
+from .errors import PayloadError, SubscriberError, UnknownEventError
 from .events import Event
 
 log = logging.getLogger("eventhooks")
@@ -58,81 +68,83 @@ class _Unset:
 _UNSET: Any = _Unset()
 
 
-class _Calls(list):  # type: ignore[type-arg]
-    """An event's delivery list, with what ``emit`` needs beside it (no second lookup).
+class _Route:
+    """An event's subscriptions and what an emit calls, immutable once published.
 
-    A list, not a tuple: a subscriber disconnected during an emit is replaced in the list
-    being iterated by a no-op, so it is not called, as blinker's ``send`` would not call it.
-    An empty ``_Calls`` (a run-edge event nobody listens to) is not the ``()`` singleton.
+    ``entries[i]`` is behind ``calls[i]``: the subscriber itself when nothing stands between
+    (no filter, held strongly), else its :class:`Subscription`. ``stale`` turns true when a
+    newer route replaces this one, so an emit still walking it checks who is still live.
     """
 
-    __slots__ = ("__weakref__", "edge", "entries", "event", "validate")
+    __slots__ = ("calls", "edge", "entries", "event", "stale", "validate")
 
-    def __init__(self, event: Event[Any], calls: list[Any], entries: tuple[Any, ...]) -> None:
-        super().__init__(calls)
+    def __init__(self, event: Event[Any], entries: tuple[Any, ...], silent: bool) -> None:
         self.event = event
         self.validate = event._validate
         self.entries = entries
         self.edge = event in _RUN_EDGE_EVENTS
+        self.stale = False
+        calls: list[Any] = []
+        for entry in entries:
+            fn = entry.target if isinstance(entry, Subscription) and entry.direct else None
+            # Each callable appears once, so a failure is traced to its subscription.
+            calls.append(fn if fn is not None and not any(c is fn for c in calls) else entry)
+        self.calls: tuple[Any, ...] = () if silent else tuple(calls)
 
 
-def _skip(payload: Any) -> None:
-    """Stands in for a subscriber disconnected while an emit was delivering."""
+class _PlainFailures(Exception):
+    """Receivers connected with plain blinker that failed during one delivery."""
+
+    def __init__(self, relay: _Relay, failures: list[tuple[Any, Exception]]) -> None:
+        super().__init__(failures)
+        self.relay, self.failures = relay, failures
+
+
+class _Relay:
+    """Stands in a route for the receivers connected with plain blinker to an event's signal.
+
+    It asks blinker for the receivers at each emit (``receivers_for``): blinker keeps that
+    record, the bus keeps none of its own.
+    """
+
+    __slots__ = ("bus", "failures", "signal")
+    live = True  # as a Subscription that stays connected
+
+    def __init__(self, bus: EventBus, signal: blinker.Signal) -> None:
+        self.bus, self.signal = bus, signal
+        self.failures: dict[tuple[int, int], int] = {}  # for errors="disable"
+
+    def __call__(self, payload: Any) -> None:
+        failed: list[tuple[Any, Exception]] = []
+        for receiver in self.signal.receivers_for(self.bus):
+            try:
+                receiver(self.bus, payload=payload)
+            except Exception as exc:
+                failed.append((receiver, exc))
+        if failed:
+            raise _PlainFailures(self, failed)
 
 
 class _EventSignal(blinker.Signal):
-    """A blinker signal that tells its bus whenever its receivers change."""
+    """An event's blinker signal: tells its bus when a receiver connects or disconnects."""
 
-    def __init__(self, event: Event[Any], changed: Callable[[Event[Any]], None]) -> None:
+    def __init__(self, bus: EventBus, event: Event[Any]) -> None:
         super().__init__(doc=event.doc)
-        self.event = event
-        self.connected_at: dict[Hashable, int] = {}
-        self.plain: dict[Hashable, _BlinkerReceiver] = {}  # failures survive rebuilds
-        self._changed = changed
-
-    def hears(self, receiver_id: Hashable, sender_id: Hashable) -> bool:
-        """Whether a receiver is connected for any sender or for this one."""
-        senders = self._by_receiver.get(receiver_id, ())
-        return blinker.base.ANY_ID in senders or sender_id in senders
+        self._bus, self._event = bus, event
+        self.relay = _Relay(bus, self)  # one per signal: it keeps the receivers' failure counts
 
     def connect(self, receiver: Any, sender: Any = blinker.ANY, weak: bool = True) -> Any:
-        self.connected_at.setdefault(make_id(receiver), next(connection_seq))
         result = super().connect(receiver, sender, weak)
-        self._changed(self.event)
+        self._bus._publish_changed(self._event)
         return result
 
-    def _disconnect(self, receiver_id: Hashable, sender_id: Hashable) -> None:
-        super()._disconnect(receiver_id, sender_id)
-        if receiver_id not in self.receivers:
-            self.connected_at.pop(receiver_id, None)
-            self.plain.pop(receiver_id, None)
-        self._changed(self.event)
-
-
-class _BlinkerReceiver:
-    """A receiver connected with plain blinker, called blinker-style."""
-
-    __slots__ = ("bus", "errors", "failures", "held", "label", "max_failures", "priority", "seq")
-
-    def __init__(self, bus: EventBus, held: Any, seq: int) -> None:
-        self.bus, self.held, self.seq = bus, held, seq
-        self.priority = 0
-        self.errors: ErrorPolicy | None = None
-        self.max_failures: int | None = None
-        self.failures = 0
-        self.label = describe(self.target)
-
-    @property
-    def target(self) -> Any:
-        return self.held() if isinstance(self.held, weakref.ref) else self.held
-
-    def __call__(self, payload: Any) -> object:
-        fn = self.target
-        return None if fn is None else fn(self.bus, payload=payload)
+    def disconnect(self, receiver: Any, sender: Any = blinker.ANY) -> None:
+        super().disconnect(receiver, sender)
+        self._bus._publish_changed(self._event)
 
 
 class EventBus:
-    """Delivers typed lifecycle events to subscribers.
+    """Delivers typed lifecycle events to subscribers; safe to share between threads.
 
     ``errors`` is the bus-wide error policy (``"raise"``, ``"warn"`` or ``"disable"``, the
     last disconnecting a subscriber after ``max_failures`` failures); each subscription can
@@ -148,45 +160,51 @@ class EventBus:
     ) -> None:
         if errors not in ("raise", "warn", "disable"):
             raise ValueError(f"errors= must be 'raise', 'warn' or 'disable', got {errors!r}")
+        make_options(None, {"max_failures": max_failures})  # the same check as a subscription's
         self.errors: ErrorPolicy = errors
         self.max_failures = max_failures
         self.registry = registry or _registry.default
+        self._lock = threading.Lock()
+        self._routes: dict[Event[Any], _Route] = {}  # the one record of who is subscribed
+        self._fast: dict[object, Any] = {}  # name or Event -> its route, or () if silent
         self._signals: dict[Event[Any], _EventSignal] = {}
-        self._calls: dict[object, Any] = {}  # name or Event -> _Calls, or () if nobody listens
-        # Every delivery list of an event that an emit may still be iterating (nested emits
-        # and rebuilds during an emit leave several): gone subscriptions are skipped in all.
-        self._lists: dict[Event[Any], list[weakref.ref[_Calls]]] = {}
-        self._entries: dict[Event[Any], tuple[Any, ...]] = {}
-        self._event_of: dict[object, Event[Any]] = {}
         self._muted: dict[Event[Any] | None, int] = {}
+        self._dying: list[Subscription] = []  # weak subscribers gone while the lock was held
         self._stop_reason: str | None = None
         self._stop = False
         self._pretrain_opened = False
-        for event in self.registry.events():
-            self._learn(event)
+        with self._lock:
+            for event in self.registry.events():
+                self._publish(event)
 
     # -- events -----------------------------------------------------------------------------
 
     def _learn(self, key: object) -> Event[Any]:
-        """Find an event by name or object, creating its signal on first use."""
-        try:
-            event = self._event_of.get(key)
-        except TypeError:  # unhashable: no name of any event
-            event = None
-        if event is not None:
-            return event
-        event = self.registry.resolve(key)  # type: ignore[arg-type]
-        if event not in self._signals:
-            self._signals[event] = _EventSignal(event, self._rebuild)
-            for name in (event, *event.names):
-                self._event_of[name] = event
-            self._rebuild(event)
-        self._event_of[key] = event
+        """The event for a name or an Event, publishing its route on first use.
+
+        A ``str`` subclass is read as the plain string it holds (its own ``__eq__`` or
+        ``__hash__`` never runs); anything else that names no event is an
+        :class:`UnknownEventError`.
+        """
+        if isinstance(key, str) and type(key) is not str:
+            key = str.__getitem__(key, slice(None))  # the plain str inside
+        if not isinstance(key, (str, Event)):
+            raise UnknownEventError(key, self.registry.names())
+        event = self.registry.resolve(key)
+        if event not in self._routes:
+            with self._lock:
+                if event not in self._routes:
+                    self._publish(event)
         return event
 
     def signal(self, event: str | Event[Any]) -> blinker.Signal:
         """The blinker signal of an event: ``connect`` to it with plain blinker if you like."""
-        return self._signals[self._learn(event)]
+        target = self._learn(event)
+        with self._lock:
+            signal = self._signals.get(target)
+            if signal is None:
+                signal = self._signals[target] = _EventSignal(self, target)
+            return signal
 
     def listening(self, event: str | Event[Any]) -> bool:
         """Whether an emit of ``event`` would do anything: adapters skip the work if not.
@@ -196,9 +214,9 @@ class EventBus:
         ``teardown``): emitting them forgets the previous run's stop request.
         """
         try:
-            return self._calls[event] is not _NOBODY
-        except (KeyError, TypeError):
-            return self._calls[self._learn(event)] is not _NOBODY
+            return self._fast[event] is not _NOBODY
+        except Exception:  # unknown yet, unhashable, or a str subclass that misbehaves
+            return self._fast[self._learn(event)] is not _NOBODY
 
     # -- subscribing ------------------------------------------------------------------------
 
@@ -206,64 +224,55 @@ class EventBus:
         self,
         event: str | Event[Any],
         fn: Callable[[Any], object],
+        /,
+        options: Options | None = None,
         *,
-        priority: int = 0,
-        every: int | None = None,
-        once: int | None = None,
-        when: Callable[[Any], bool] | None = None,
-        rank: int | None = None,
-        weak: bool = False,
-        errors: ErrorPolicy | None = None,
-        max_failures: int | None = None,
-        owner: object = None,
         label: str | None = None,
+        **changes: Unpack[OptionArgs[Any]],
     ) -> Subscription:
         """Connect ``fn(payload)`` to ``event`` and return the subscription (its undo handle).
 
-        ``every=N`` delivers every N-th occurrence and ``once=N`` only the N-th, counted by
-        epoch on epoch events, by batch on batch events, and by this subscription's own count
-        of deliveries elsewhere; ``once`` fires at most once. ``when`` is a predicate on the
-        payload; ``rank`` delivers only on that distributed rank. ``weak=True`` holds ``fn``
-        by weak reference: once it is gone it is no longer called.
+        Options (:class:`Options`: ``priority``, ``every``, ``once``, ``when``, ``rank``,
+        ``weak``, ``errors``, ``max_failures``) are given as keywords or bundled in
+        ``options``; keywords override the bundle. ``label`` names the subscriber in errors.
         """
-        target = self._learn(event)
-        sub = Subscription(
-            self, target, fn, priority=priority, every=every, once=once, when=when, rank=rank,
-            weak=weak, errors=errors, max_failures=max_failures, owner=owner, label=label,
-        )  # fmt: skip
-        self._signals[target].connect(sub.receive, weak=False)
+        return self._connect(self._learn(event), fn, make_options(options, changes), label=label)
+
+    def _connect(
+        self, event: Event[Any], fn: Callable[[Any], object], options: Options, *,
+        owner: object = None, label: str | None = None, marks: bool = False,
+    ) -> Subscription:  # fmt: skip
+        sub = Subscription(self, event, fn, options, owner=owner, label=label, marks=marks)
+        with self._lock:
+            route = self._routes[event]
+            subs = [e for e in route.entries if isinstance(e, Subscription)]
+            entries = sorted((*subs, sub), key=_delivery_order)
+            self._publish(event, tuple(entries))
         return sub
 
     @overload
     def on(
-        self, event: Event[P], *, priority: int = ..., every: int | None = ...,
-        once: int | None = ..., when: Callable[[P], bool] | None = ..., rank: int | None = ...,
-        weak: bool = ..., errors: ErrorPolicy | None = ..., max_failures: int | None = ...,
+        self, event: Event[P], /, options: Options | None = ...,
+        **changes: Unpack[OptionArgs[P]],
     ) -> Callable[[Callable[[P], R]], Callable[[P], R]]: ...
     @overload
     def on(
-        self, event: str, *, priority: int = ..., every: int | None = ...,
-        once: int | None = ..., when: Callable[[Any], bool] | None = ..., rank: int | None = ...,
-        weak: bool = ..., errors: ErrorPolicy | None = ..., max_failures: int | None = ...,
+        self, event: str, /, options: Options | None = ..., **changes: Unpack[OptionArgs[Any]]
     ) -> Callable[[Callable[[Any], R]], Callable[[Any], R]]: ...
     def on(
-        self, event: str | Event[Any], *, priority: int = 0, every: int | None = None,
-        once: int | None = None, when: Callable[[Any], bool] | None = None,
-        rank: int | None = None, weak: bool = False, errors: ErrorPolicy | None = None,
-        max_failures: int | None = None,
-    ) -> Callable[[Callable[[Any], R]], Callable[[Any], R]]:
+        self, event: str | Event[Any], /, options: Options | None = None,
+        **changes: Unpack[OptionArgs[Any]],
+    ) -> Callable[[Callable[[Any], R]], Callable[[Any], R]]:  # fmt: skip
         """Decorator form of :meth:`subscribe`; returns the function unchanged.
 
         Undo with ``bus.disconnect(fn)``. Pass an ``events.*`` constant instead of a string
         and type checkers know the payload type.
         """
-        self._learn(event)  # a misspelt name fails here, at decoration time
+        target = self._learn(event)  # a misspelt name fails here, at decoration time
+        bundle = make_options(options, changes)  # and so do bad options
 
         def decorate(fn: Callable[[Any], R]) -> Callable[[Any], R]:
-            self.subscribe(
-                event, fn, priority=priority, every=every, once=once, when=when, rank=rank,
-                weak=weak, errors=errors, max_failures=max_failures,
-            )  # fmt: skip
+            self._connect(target, fn, bundle)
             return fn
 
         return decorate
@@ -273,47 +282,51 @@ class EventBus:
         return self.subscribe(event, fn)
 
     def attach(
-        self,
-        obj: object,
-        *,
-        priority: int = 0,
-        errors: ErrorPolicy | None = None,
-        max_failures: int | None = None,
+        self, obj: object, /, options: Options | None = None, **changes: Unpack[OptionArgs[Any]]
     ) -> Attachment:
         """Subscribe an object's ``on_*`` methods, Keras-style, under any of the 35 names.
 
-        For an :class:`eventhooks.Callback` only overridden methods are subscribed, and an
-        overridden ``on_event(event, payload)`` hears every event the registry knows now; for
-        any other object, every callable attribute named like an event. A method under a
-        Keras name and one under its Ultralytics twin both run, the Ultralytics one first.
+        For an :class:`eventhooks.Callback` only overridden methods are subscribed, an
+        overridden ``on_event(event, payload)`` hears every event the registry knows now,
+        and an ``on_*`` method that names no event is an :class:`UnknownEventError` (mark a
+        helper with :func:`eventhooks.not_a_hook`). For any other object, every callable
+        attribute named like an event. A method under a Keras name and one under its
+        Ultralytics twin both run, the Ultralytics one first.
         """
-        subs: list[Subscription] = []
+        bundle = make_options(options, changes)
+        is_callback = getattr(obj, "__eventhooks_callback__", False) is True
+        if is_callback:
+            self._refuse_misspelt_hooks(obj)
+        found: list[tuple[Event[Any], Callable[[Any], object], str]] = []
         for event in self.registry.events():
             for name in event.names:
-                if not name.isidentifier():
-                    continue
-                method = getattr(obj, name, None)
-                if not callable(method) or _inherited(method, name):
-                    continue
-                subs.append(
-                    self.subscribe(
-                        event, method, priority=priority, errors=errors,
-                        max_failures=max_failures, owner=obj,
-                        label=f"{type(obj).__qualname__}.{name}",
-                    )
+                method = getattr(obj, name, None) if name.isidentifier() else None
+                if callable(method) and not is_default_hook(method):
+                    found.append((event, method, name))
+        on_event = getattr(obj, "on_event", None) if is_callback else None
+        if callable(on_event) and not is_default_hook(on_event):
+            found.extend((event, EventHandler(on_event, event), "on_event")
+                         for event in self.registry.events())  # fmt: skip
+        label = type(obj).__qualname__
+        subs = tuple(
+            self._connect(event, fn, bundle, owner=obj, marks=is_callback, label=f"{label}.{name}")
+            for event, fn, name in found
+        )
+        if is_callback:
+            obj.bus = self  # type: ignore[attr-defined]  # outside a delivery: the last attached
+        return Attachment(self, obj, subs)
+
+    def _refuse_misspelt_hooks(self, obj: object) -> None:
+        for name in hook_names(obj):
+            if name == "on_event" or name in self.registry:
+                continue
+            if not is_not_a_hook(getattr(obj, name)):
+                error = UnknownEventError(name, self.registry.names())
+                error.add_note(
+                    f"{type(obj).__qualname__}.{name} names no event: rename it, or mark it "
+                    "@eventhooks.not_a_hook if it is a helper, not a hook"
                 )
-        if isinstance(obj, Callback):
-            if not _inherited(obj.on_event, "on_event"):
-                label = f"{type(obj).__qualname__}.on_event"
-                for event in self.registry.events():
-                    subs.append(
-                        self.subscribe(
-                            event, EventHandler(obj.on_event, event), priority=priority,
-                            errors=errors, max_failures=max_failures, owner=obj, label=label,
-                        )
-                    )  # fmt: skip
-            obj.bus = self
-        return Attachment(self, obj, tuple(subs))
+                raise error
 
     def disconnect(self, target: object, event: str | Event[Any] | None = None) -> int:
         """Undo subscriptions: a Subscription, an Attachment, a function or an attached object.
@@ -323,113 +336,114 @@ class EventBus:
         if isinstance(target, Attachment):
             return sum(self.disconnect(sub) for sub in target.subscriptions)
         if isinstance(target, Subscription):
-            signal = self._signals.get(target.event)
-            if signal is None or make_id(target.receive) not in signal.receivers:
-                return 0
-            signal.disconnect(target.receive)
-            return 1
+            with self._lock:
+                return self._remove(target)
         only = None if event is None else self._learn(event)
         removed = 0
-        for evt, entries in list(self._entries.items()):
+        for evt, route in list(self._routes.items()):  # matching runs user __eq__: no lock
             if only is not None and evt is not only:
                 continue
-            for entry in entries:
-                if isinstance(entry, Subscription):
-                    fn: object = entry.target
-                    if isinstance(fn, EventHandler):  # on_event, subscribed once per event
-                        fn = fn.method
-                    if entry.owner is target or _same(fn, target):
-                        removed += self.disconnect(entry)
-                elif _same(entry.target, target):
-                    self._signals[evt].disconnect(entry.target)
-                    removed += 1
+            for entry in route.entries:
+                if isinstance(entry, Subscription) and _owned_by(entry, target):
+                    removed += self.disconnect(entry)
+            signal = self._signals.get(evt)
+            if signal is not None:
+                for receiver in list(signal.receivers_for(self)):
+                    if _same(receiver, target):
+                        signal.disconnect(receiver)
+                        removed += 1
         return removed
 
+    def _remove(self, sub: Subscription) -> int:
+        """Under the lock: take ``sub`` out of its route. Returns 1 if it was in."""
+        if not sub.live:
+            return 0
+        sub.live = False
+        route = self._routes[sub.event]
+        self._publish(sub.event, tuple(e for e in route.entries if e is not sub))
+        return 1
+
+    def _forget(self, sub: Subscription) -> None:
+        """A weakly held subscriber is gone: disconnect it, now or at the next change."""
+        if self._lock.acquire(blocking=False):
+            try:
+                self._remove(sub)
+            finally:
+                self._lock.release()
+        else:  # the lock is held, perhaps by this very thread (a collection inside a change)
+            sub.live = False
+            self._dying.append(sub)
+
     def is_connected(self, sub: Subscription) -> bool:
-        signal = self._signals.get(sub.event)
-        return signal is not None and make_id(sub.receive) in signal.receivers
+        return sub.live
 
     def subscriptions(self, event: str | Event[Any] | None = None) -> list[Subscription]:
         """The live subscriptions, in delivery order per event."""
-        chosen = self._entries if event is None else {self._learn(event): None}
+        routes = list(self._routes.values())
+        if event is not None:
+            routes = [self._routes[self._learn(event)]]
         return [
             entry
-            for evt in chosen
-            for entry in self._entries.get(evt, ())
-            if isinstance(entry, Subscription)
+            for route in routes
+            for entry in route.entries
+            if isinstance(entry, Subscription) and entry.live and entry.target is not None
         ]
 
     @contextlib.contextmanager
     def muted(self, *events: str | Event[Any]) -> Iterator[None]:
-        """Silence the bus (or only the given events) for the ``with`` block."""
+        """Silence the bus (or only the given events) for the ``with`` block.
+
+        A mute is the bus's, not the thread's: other threads' emits are silenced too.
+        """
         keys: list[Event[Any] | None] = [self._learn(e) for e in events] or [None]
-        touched = list(self._signals) if None in keys else keys
-        for key in keys:
-            self._muted[key] = self._muted.get(key, 0) + 1
-        for event in touched:
-            self._rebuild(event)  # type: ignore[arg-type]
+        self._mute(keys, +1)
         try:
             yield
         finally:
+            self._mute(keys, -1)
+
+    def _mute(self, keys: list[Event[Any] | None], step: int) -> None:
+        with self._lock:
             for key in keys:
-                self._muted[key] -= 1
-                if not self._muted[key]:
+                count = self._muted.get(key, 0) + step
+                if count:
+                    self._muted[key] = count
+                else:
                     del self._muted[key]
-            for event in touched:
-                self._rebuild(event)  # type: ignore[arg-type]
+            for event in list(self._routes) if None in keys else keys:
+                self._publish(event)  # type: ignore[arg-type]
+
+    # -- publishing routes (always under the lock) ------------------------------------------
+
+    def _publish_changed(self, event: Event[Any]) -> None:
+        """A plain blinker receiver connected or disconnected: publish the route again."""
+        with self._lock:
+            self._publish(event)
+
+    def _publish(self, event: Event[Any], entries: tuple[Any, ...] | None = None) -> None:
+        """Swap in a new route for ``event``: ``entries`` if given, else the current ones.
+
+        Runs no user code: entries are sorted by plain numbers, and a signal's receivers are
+        only counted.
+        """
+        old = self._routes.get(event)
+        if entries is None:
+            entries = old.entries if old is not None else ()
+        subs = tuple(e for e in entries if not isinstance(e, _Relay))
+        signal = self._signals.get(event)
+        if signal is not None and signal.receivers:
+            subs = (*subs, signal.relay)
+        silent = None in self._muted or event in self._muted
+        route = self._routes[event] = _Route(event, subs, silent)
+        fast = route if route.calls or route.edge else _NOBODY
+        for key in (event, *event.names):
+            self._fast[key] = fast
+        if old is not None:
+            old.stale = True
+        while self._dying:
+            self._remove(self._dying.pop())
 
     # -- dispatch ---------------------------------------------------------------------------
-
-    def _rebuild(self, event: Event[Any]) -> None:
-        """Recompute an event's delivery list: priority first, then connection order."""
-        signal = self._signals[event]
-        me = make_id(self)
-        entries: list[Any] = []
-        for rid, held in list(signal.receivers.items()):
-            strong = held() if isinstance(held, weakref.ref) else held
-            if strong is None:
-                continue
-            owner = getattr(strong, "__self__", None)
-            if isinstance(owner, Subscription) and getattr(strong, "__func__", None) is (
-                Subscription.receive
-            ):
-                entries.append(owner)
-            elif signal.hears(rid, me):
-                plain = signal.plain.get(rid)
-                if plain is None:
-                    seq = signal.connected_at.get(rid, 0)
-                    plain = signal.plain[rid] = _BlinkerReceiver(self, held, seq)
-                entries.append(plain)
-        entries.sort(key=lambda e: (-e.priority, e.seq))
-        calls: list[Callable[[Any], object]] = []
-        for entry in entries:
-            # An unfiltered, strongly held function is called directly: no wrapper on the hot
-            # path. Each callable appears once so a failure can be traced to its subscription.
-            fn = entry.target if isinstance(entry, Subscription) else None
-            direct = fn is not None and not entry.weak and not entry.filtered
-            calls.append(fn if direct and not any(c is fn for c in calls) else entry)  # type: ignore[arg-type]
-        self._entries[event] = snapshot = tuple(entries)
-        silent = None in self._muted or event in self._muted
-        delivered: list[Any] | tuple[()] = _Calls(event, [] if silent else calls, snapshot)
-        if not delivered and not delivered.edge:  # type: ignore[union-attr]
-            delivered = _NOBODY
-        # An emit may be iterating an older list right now: a subscription that is gone is
-        # not called later in that emit. Muting changes only later emits. Slot i: entry i.
-        kept = {id(entry) for entry in snapshot}
-        alive: list[weakref.ref[_Calls]] = []
-        for ref in self._lists.get(event, ()):
-            older = ref()
-            if older is None:  # no emit holds it any more
-                continue
-            alive.append(ref)
-            for index, entry in enumerate(older.entries[: len(older)]):
-                if id(entry) not in kept:
-                    older[index] = _skip
-        if isinstance(delivered, _Calls):
-            alive.append(weakref.ref(delivered))
-        self._lists[event] = alive
-        for key in (event, *event.names):
-            self._calls[key] = delivered
 
     def emit(
         self,
@@ -445,19 +459,22 @@ class EventBus:
 
         When nobody listens, nothing is built or validated and ``None`` is returned. Wrong
         fields raise :class:`~eventhooks.errors.PayloadError` naming the event and the field.
+        Every subscriber hears the event even when one before it fails; then the error
+        policy applies (under ``raise``, the first failure is raised as
+        :class:`~eventhooks.errors.SubscriberError`).
 
         ``batch``, ``epoch`` and ``logs`` (what every batch event carries) are named
         parameters only for speed: Python builds no keyword dict for them, which is most of
         what an emit nobody listens to would cost.
         """
         try:
-            calls = self._calls[event]
-        except (KeyError, TypeError):
-            calls = self._calls[self._learn(event)]
-        if calls is _NOBODY:
+            route = self._fast[event]
+        except Exception:  # unknown yet, unhashable, or a str subclass that misbehaves
+            route = self._fast[self._learn(event)]
+        if route is _NOBODY:
             return None
-        if not calls:  # a run-edge event nobody listens to still opens or closes a run
-            self._run_edge(calls.event)
+        if not route.calls:  # a run-edge event nobody listens to still opens or closes a run
+            self._run_edge(route.event)
             return None
         if batch is not _UNSET:
             fields["batch"] = batch
@@ -466,65 +483,89 @@ class EventBus:
         if logs is not _UNSET:
             fields["logs"] = logs
         try:
-            payload = calls.validate(fields)
+            payload = route.validate(fields)
         except ValidationError as exc:
-            raise PayloadError.from_validation(event, calls.event.name, exc) from None
+            raise PayloadError.from_validation(event, route.event.name, exc) from None
         except Exception as exc:  # a value that raised while validated (its __float__...)
-            raise PayloadError.from_validation(event, calls.event.name, exc) from exc
-        if calls.edge:
-            self._run_edge(calls.event)
+            raise PayloadError.from_validation(event, route.event.name, exc) from exc
+        if route.edge:
+            self._run_edge(route.event)
         try:
-            for call in calls:
+            for call in route.calls:
                 call(payload)
+                if route.stale:  # a change during this emit: check who is still live
+                    break
+            else:
+                return payload
         except Exception as exc:
-            self._recover(calls, call, payload, exc)
+            self._deliver_rest(route, call, payload, exc)
+            return payload
+        self._deliver_rest(route, call, payload, None)
         return payload
 
-    def _recover(self, calls: _Calls, failed: Callable[[Any], object], payload: Any,
-                 exc: Exception) -> None:  # fmt: skip
-        """Apply the failed subscriber's error policy, then deliver to the ones after it."""
-        event = calls.event
-        entry = _entry_for(calls.entries, failed)
-        index = next((i for i, call in enumerate(calls) if call is failed), None)
-        if index is None:  # it disconnected itself before failing: its slot is a no-op now
-            index = next(i for i, e in enumerate(calls.entries) if e is entry)
-        label = entry.label if entry is not None else describe(failed)
-        policy = (entry.errors if entry is not None else None) or self.errors
-        if policy == "raise":
-            # An error from a nested emit already names its subscriber and event.
-            error = exc if isinstance(exc, SubscriberError) else SubscriberError(
-                event.name, label, exc
-            )
-            if event is ev.teardown:
-                # teardown is the last word of a run: everyone hears it, then the first
-                # failure is raised (later ones are logged).
-                try:
-                    self._deliver_rest(calls, index, payload)
-                except SubscriberError as later:
-                    log.warning("%s", later, exc_info=later.original)
-            if error is exc:
-                raise error
-            raise error from exc
-        log.warning("subscriber %s failed on event %r", label, event.name, exc_info=exc)
-        if policy == "disable" and entry is not None:
-            entry.failures += 1
-            limit = entry.max_failures or self.max_failures
-            if entry.failures >= limit:
-                log.warning("subscriber %s disabled after %d failures", label, entry.failures)
-                if isinstance(entry, Subscription):
-                    self.disconnect(entry)
-                elif entry.target is not None:
-                    self._signals[event].disconnect(entry.target)
-        self._deliver_rest(calls, index, payload)
+    def _deliver_rest(
+        self, route: _Route, done: object, payload: Any, failure: Exception | None
+    ) -> None:
+        """Deliver to the live subscribers after ``done``, then apply the error policies."""
+        calls = route.calls
+        index = next(i for i, call in enumerate(calls) if call is done)
+        failures: list[tuple[Any, Exception]] = []
+        if failure is not None:
+            failures.append((route.entries[index], failure))
+        for later in range(index + 1, len(calls)):
+            entry = route.entries[later]
+            if not entry.live:
+                continue
+            try:
+                calls[later](payload)
+            except Exception as exc:
+                failures.append((entry, exc))
+        if failures:
+            self._apply_policies(route.event, failures)
 
-    def _deliver_rest(self, calls: _Calls, index: int, payload: Any) -> None:
-        """Deliver to the subscribers after ``calls[index]``."""
-        try:
-            for later in range(index + 1, len(calls)):  # by index: the list may change
-                call = calls[later]
-                call(payload)
-        except Exception as again:
-            self._recover(calls, call, payload, again)
+    def _apply_policies(self, event: Event[Any], failures: list[tuple[Any, Exception]]) -> None:
+        """Log, count and disable as each failed subscriber's policy says; then raise the
+        first failure whose policy is ``raise`` (later ones are logged)."""
+        first: SubscriberError | None = None
+        for entry, exc, relay in _expand(failures):
+            label = entry.label if isinstance(entry, Subscription) else describe(entry)
+            policy = (entry.options.errors if isinstance(entry, Subscription) else None) or (
+                self.errors
+            )
+            if policy == "raise":
+                # An error from a nested emit already names its subscriber and event.
+                error = exc if isinstance(exc, SubscriberError) else SubscriberError(
+                    event.name, label, exc
+                )
+                if error is not exc:
+                    error.__cause__ = exc
+                if first is None:
+                    first = error
+                else:
+                    log.warning("%s (after an earlier failure)", error, exc_info=exc)
+                continue
+            log.warning("subscriber %s failed on event %r", label, event.name, exc_info=exc)
+            if policy == "disable":
+                self._count_failure(event, entry, label, relay)
+        if first is not None:
+            raise first
+
+    def _count_failure(
+        self, event: Event[Any], entry: Any, label: str, relay: _Relay | None
+    ) -> None:
+        if relay is None:
+            with self._lock:
+                entry.failures = failures = entry.failures + 1
+            if failures >= (entry.options.max_failures or self.max_failures):
+                log.warning("subscriber %s disabled after %d failures", label, failures)
+                self.disconnect(entry)
+            return
+        key = (id(getattr(entry, "__self__", None)), id(getattr(entry, "__func__", entry)))
+        with self._lock:
+            relay.failures[key] = failures = relay.failures.get(key, 0) + 1
+        if failures >= self.max_failures:
+            log.warning("subscriber %s disabled after %d failures", label, failures)
+            self._signals[event].disconnect(entry)
 
     def emit_teardown(self, error: BaseException | None = None, /, **fields: Any) -> Any:
         """Emit ``teardown`` for a run that ends, failed (``error``) or not.
@@ -580,14 +621,10 @@ class EventBus:
         if self.registry is not _registry.default:
             raise TypeError("only buses on the default registry can be pickled")
         subscriptions = [
-            (sub.event.name, sub.target, {
-                "priority": sub.priority, "every": sub.every, "once": sub.once,
-                "when": sub.when, "rank": sub.rank, "errors": sub.errors,
-                "max_failures": sub.max_failures, "owner": sub.owner, "label": sub.label,
-            })
+            (sub.event.name, sub.target, sub.options, sub.owner, sub.label, sub.marks)
             for sub in self.subscriptions()
             if not sub.weak and sub.target is not None
-        ]  # fmt: skip
+        ]
         return {
             "errors": self.errors,
             "max_failures": self.max_failures,
@@ -598,11 +635,13 @@ class EventBus:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(errors=state["errors"], max_failures=state["max_failures"])  # type: ignore[misc]
         self._stop, self._stop_reason = state["stop"]
-        for name, fn, options in state["subscriptions"]:
-            self.subscribe(name, fn, **options)
+        for name, fn, options, owner, label, marks in state["subscriptions"]:
+            self._connect(self._learn(name), fn, options, owner=owner, label=label, marks=marks)
+            if marks:
+                owner.bus = self
 
     def __repr__(self) -> str:
-        live = sum(len(e) for e in self._entries.values())
+        live = sum(len(r.entries) for r in self._routes.values())
         return f"<EventBus {live} receivers, errors={self.errors!r}>"
 
 
@@ -629,21 +668,27 @@ def _event_handler(method: Callable[[Event[Any], Any], object], name: str) -> Ev
     return EventHandler(method, _registry.default.resolve(name))
 
 
-def _inherited(method: object, name: str) -> bool:
-    """Whether ``method`` is :class:`Callback`'s own no-op: not overridden, not set on the
-    object (Keras' ``LambdaCallback`` sets hooks as instance attributes)."""
-    base = Callback.__dict__.get(name)
-    return base is not None and getattr(method, "__func__", None) is base
+def _delivery_order(entry: Any) -> tuple[float, int]:
+    return (-entry.priority, entry.seq)
 
 
-def _entry_for(entries: tuple[Any, ...], call: object) -> Any:
-    """The subscription (or blinker receiver) behind a delivered callable, as of the emit."""
-    if isinstance(call, (Subscription, _BlinkerReceiver)):
-        return call
-    for entry in entries:
-        if isinstance(entry, Subscription) and entry.target is call:
-            return entry
-    return None
+def _expand(
+    failures: list[tuple[Any, Exception]],
+) -> Iterator[tuple[Any, Exception, _Relay | None]]:
+    """Each failure once, plain blinker receivers' failures one by one (with their relay)."""
+    for entry, exc in failures:
+        if isinstance(exc, _PlainFailures):
+            yield from ((receiver, error, exc.relay) for receiver, error in exc.failures)
+        else:
+            yield entry, exc, None
+
+
+def _owned_by(sub: Subscription, target: object) -> bool:
+    """Whether ``bus.disconnect(target)`` means ``sub``: its function or its owner."""
+    fn: object = sub.target
+    if isinstance(fn, EventHandler):  # on_event, subscribed once per event
+        fn = fn.method
+    return sub.owner is target or _same(fn, target)
 
 
 def _same(a: object, b: object) -> bool:

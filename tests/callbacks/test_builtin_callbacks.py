@@ -14,7 +14,7 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from hypothesis import given, settings
@@ -116,7 +116,7 @@ def reference_stop(values: list[float], patience: int, min_delta: float, mode: s
     mode=st.sampled_from(["min", "max"]),
 )
 def test_early_stopping_matches_a_model_of_patience(
-    values: list[float], patience: int, min_delta: float, mode: str
+    values: list[float], patience: int, min_delta: float, mode: Literal["min", "max"]
 ) -> None:
     bus = EventBus()
     early = EarlyStopping(monitor="score", patience=patience, min_delta=min_delta, mode=mode)
@@ -271,7 +271,7 @@ def test_event_log_writes_and_flushes_one_versioned_line_per_event(tmp_path: Pat
     bus = EventBus()
     log = EventLog(path)
     bus.attach(log)
-    emitted = [
+    emitted: list[tuple[str, dict[str, Any]]] = [
         ("on_pretrain_routine_start", {}),
         ("on_train_begin", {"params": {"epochs": 1}, "source": object()}),
         ("on_epoch_end", {"epoch": 0, "logs": {"loss": math.nan, "x": math.inf}}),
@@ -313,7 +313,7 @@ def test_event_log_truncates_once_then_appends_across_teardown(tmp_path: Path) -
 
 def test_event_log_writes_other_libraries_events_and_reads_them_back(tmp_path: Path) -> None:
     reg = Registry()
-    sample = reg.register("mylib.on_sample", SamplePayload, counter="step")
+    sample = reg.register("mylib.on_sample", SamplePayload, counter="step")  # type: ignore[arg-type]
     path = tmp_path / "events.jsonl"
     bus = EventBus(registry=reg)
     with EventLog(path) as log:
@@ -428,7 +428,7 @@ def test_checkpoint_without_save_is_a_clear_error_unless_save_fn(tmp_path: Path)
     bus.emit("on_train_start")
     with pytest.raises(SubscriberError) as info:
         bus.emit("on_fit_epoch_end", epoch=0, logs={"val_loss": 1.0}, source=WeightsHolder())
-    assert "test_callbacks.WeightsHolder has none; pass save_fn=" in str(info.value.original)
+    assert "test_builtin_callbacks.WeightsHolder has none; pass save_fn=" in str(info.value.original)
 
     bus2 = EventBus()
     rec = Recorder(bus2, ["on_model_save"])

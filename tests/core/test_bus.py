@@ -80,8 +80,13 @@ def test_delivery_order_is_priority_then_connection(subs: list[tuple[str, int]])
     for tag, (style, priority) in enumerate(subs):
         connect(bus, style, priority, log, tag)
     bus.emit("on_fit_epoch_end", epoch=0)
-    expected = sorted(range(len(subs)), key=lambda tag: -subs[tag][1])  # stable sort
-    assert log == expected
+    # Priority, then connection order; plain blinker receivers after the bus's subscribers,
+    # in blinker's own order (a set: any order).
+    ours = [tag for tag, (style, _) in enumerate(subs) if style != "blinker"]
+    expected = sorted(ours, key=lambda tag: -subs[tag][1])  # stable sort
+    assert log[: len(ours)] == expected
+    plain = [tag for tag, (style, _) in enumerate(subs) if style == "blinker"]
+    assert sorted(log[len(ours) :]) == plain
 
 
 def test_keras_and_ultralytics_twin_methods_both_run() -> None:
@@ -329,6 +334,14 @@ op = st.one_of(
 )
 
 
+def in_delivery_order(heard: list[tuple[int, str]], plain: set[int]) -> list[tuple[int, str]]:
+    """What was heard in the model's order: the bus's subscribers in connection order as
+    delivered, then plain blinker receivers (delivered last, in blinker's set order)."""
+    ours = [h for h in heard if h[0] not in plain]
+    assert heard[: len(ours)] == ours, "a plain blinker receiver ran before a subscriber"
+    return sorted(heard)
+
+
 @settings(max_examples=300)
 @given(st.lists(op, max_size=40))
 def test_random_sequences_match_reference_model(ops: list[tuple[str, Any, str]]) -> None:
@@ -338,6 +351,7 @@ def test_random_sequences_match_reference_model(ops: list[tuple[str, Any, str]])
     keep: list[Any] = []  # keeps weak subscribers alive
     connected: dict[int, str] = {}  # the model: connection number -> event
     mutes: list[Any] = []
+    plain: set[int] = set()  # connection numbers of plain blinker receivers
     state = [""]  # the event being emitted
     with ExitStack() as stack:
         for kind, arg, how in ops:
@@ -353,6 +367,7 @@ def test_random_sequences_match_reference_model(ops: list[tuple[str, Any, str]])
                         heard.append((tag, state[0]))
 
                     keep.append(receiver)
+                    plain.add(tag)
                     bus.signal(arg).connect(receiver)  # blinker's default: weak
                     handles.append(receiver)
                 else:
@@ -375,13 +390,14 @@ def test_random_sequences_match_reference_model(ops: list[tuple[str, Any, str]])
                 bus.emit(arg, **FIELDS[arg])
                 silenced = any(not names or arg in names for _, names in mutes)
                 expected = [] if silenced else [(t, arg) for t, e in connected.items() if e == arg]
-                assert heard == expected
+                assert in_delivery_order(heard, plain) == expected
     # every mute lifted: everyone still connected hears again
     for name in EVENTS:
         state[0] = name
         heard.clear()
         bus.emit(name, **FIELDS[name])
-        assert heard == [(t, name) for t, e in connected.items() if e == name]
+        expected = [(t, name) for t, e in connected.items() if e == name]
+        assert in_delivery_order(heard, plain) == expected
 
 
 # -- holding subscribers ---------------------------------------------------------------------
@@ -571,7 +587,7 @@ def test_raise_policy_names_subscriber_and_event() -> None:
     assert (
         isinstance(info.value.__cause__, ValueError) and info.value.original is info.value.__cause__
     )
-    assert after == []
+    assert after == [3]  # nothing lost: the subscriber after the failing one heard the event
 
 
 def test_warn_policy_logs_and_goes_on(caplog: pytest.LogCaptureFixture) -> None:
@@ -820,3 +836,190 @@ def test_a_nested_emit_failure_reaches_the_caller_unwrapped() -> None:
         bus.emit("on_fit_epoch_end", epoch=0)
     assert info.value.event == "on_model_save"
     assert isinstance(info.value.original, ZeroDivisionError)
+
+
+# -- core hardening (#10): nothing lost, options once, callbacks on two buses ----------------
+
+
+def test_a_csv_logger_after_a_failing_subscriber_still_writes_its_row(tmp_path: Any) -> None:
+    from eventhooks.callbacks import CSVLogger
+
+    path = tmp_path / "log.csv"
+    bus = EventBus()
+    bus.on("on_fit_epoch_end", priority=1)(broken)
+    bus.attach(CSVLogger(path))
+    bus.emit("on_train_start")
+    with pytest.raises(SubscriberError, match="broken subscriber"):
+        bus.emit("on_fit_epoch_end", epoch=0, logs={"loss": 0.5})
+    bus.emit("teardown")
+    assert path.read_text().splitlines() == ["epoch,loss,val_loss", "0,0.5,NA"]
+
+
+def test_the_first_failure_is_raised_and_later_ones_are_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bus = EventBus()
+    heard: list[str] = []
+
+    def second(payload: Any) -> None:
+        heard.append("second")
+        raise KeyError("second failure")
+
+    bus.on("on_val_end")(broken)
+    bus.on("on_val_end")(second)
+    bus.on("on_val_end", errors="warn")(lambda p: 1 / 0)
+    bus.on("on_val_end")(lambda p: heard.append("last"))
+    with caplog.at_level(logging.WARNING, logger="eventhooks"):
+        with pytest.raises(SubscriberError) as info:
+            bus.emit("on_val_end")
+    assert isinstance(info.value.original, ValueError)  # the first one
+    assert heard == ["second", "last"]
+    logged = caplog.text
+    assert "second failure" in logged and "ZeroDivisionError" in logged
+
+
+def test_a_failing_plain_blinker_receiver_does_not_stop_the_others() -> None:
+    bus = EventBus()
+    heard: list[str] = []
+
+    def bad(sender: Any, payload: Any = None) -> None:
+        raise RuntimeError("plain")
+
+    def good(sender: Any, payload: Any = None) -> None:
+        heard.append("good")
+
+    bus.signal("on_val_end").connect(bad, weak=False)
+    bus.signal("on_val_end").connect(good, weak=False)
+    with pytest.raises(SubscriberError, match="bad"):
+        bus.emit("on_val_end")
+    assert heard == ["good"]
+
+
+def test_options_are_one_object_for_every_style() -> None:
+    import dataclasses
+
+    from eventhooks import OptionArgs, Options
+
+    assert set(OptionArgs.__annotations__) == {f.name for f in dataclasses.fields(Options)}
+    bus = EventBus()
+    heard: list[int] = []
+    bundle = Options(every=2, priority=5)
+    sub = bus.subscribe("on_fit_epoch_end", lambda p: heard.append(p.epoch), bundle, once=4)
+    assert sub.options == Options(every=2, once=4, priority=5)
+    bus.on("on_fit_epoch_end", bundle)(lambda p: heard.append(-p.epoch))
+    for epoch in range(6):
+        bus.emit("on_fit_epoch_end", epoch=epoch)
+    assert heard == [-1, 3, -3, -5]  # equal priority: connection order
+    with pytest.raises(ValueError, match="every"):
+        Options(every=0)
+    with pytest.raises(TypeError, match="options"):
+        bus.subscribe("on_val_end", lambda p: None, {"every": 2})  # type: ignore[arg-type]
+
+
+class EveryOption(Callback):
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def on_train_batch_end(self, payload: BatchPayload) -> None:
+        self.seen.append(payload.batch)
+
+
+def test_attach_takes_the_same_options_and_pickling_keeps_them_all() -> None:
+    import pickle
+
+    from eventhooks import Options
+
+    bus = EventBus()
+    bus.attach(EveryOption(), every=2, rank=0, errors="warn", max_failures=7, priority=-1)
+    (sub,) = bus.subscriptions("on_train_batch_end")
+    wanted = Options(every=2, rank=0, errors="warn", max_failures=7, priority=-1)
+    assert sub.options == wanted
+    clone = pickle.loads(pickle.dumps(bus))
+    (copied,) = clone.subscriptions("on_train_batch_end")
+    assert copied.options == wanted and copied.label == sub.label
+    for batch in range(4):
+        clone.emit("on_train_batch_end", batch=batch)
+    assert copied.owner.seen == [1, 3]
+
+
+class TwoBuses(Callback):
+    def on_train_batch_end(self, payload: BatchPayload) -> None:
+        if payload.batch == 1:
+            self.request_stop(f"batch 1 of {payload.epoch}")
+
+
+def test_a_callback_on_two_buses_stops_the_bus_that_delivered_the_event() -> None:
+    first, second = EventBus(), EventBus()
+    callback = TwoBuses()
+    first.attach(callback)
+    second.attach(callback)  # attached last
+    first.emit("on_train_batch_end", batch=1, epoch=0)
+    assert first.stop_requested and not second.stop_requested
+    assert first.stop_reason == "batch 1 of 0"
+    second.emit("on_train_batch_end", batch=1, epoch=5)
+    assert second.stop_reason == "batch 1 of 5"
+
+
+def test_a_callback_handling_a_nested_emit_of_another_bus_stops_the_right_one() -> None:
+    outer, inner = EventBus(), EventBus()
+
+    class Relay(Callback):
+        def on_val_end(self, payload: RunPayload) -> None:
+            inner.emit("on_train_batch_end", batch=1, epoch=2)
+            self.request_stop("outer, after the nested emit")
+
+    stopper = TwoBuses()
+    outer.attach(Relay())
+    inner.attach(stopper)
+    outer.attach(stopper)
+    outer.emit("on_val_end")
+    assert inner.stop_reason == "batch 1 of 2"
+    assert outer.stop_reason == "outer, after the nested emit"
+
+
+class Misspelt(Callback):
+    def on_epoch_ned(self, payload: EpochPayload) -> None: ...
+
+
+def test_a_callback_method_naming_no_event_is_refused_with_suggestions() -> None:
+    bus = EventBus()
+    with pytest.raises(UnknownEventError, match="on_epoch_ned") as info:
+        bus.attach(Misspelt())
+    assert "on_epoch_end" in info.value.suggestions
+    assert any("not_a_hook" in note for note in getattr(info.value, "__notes__", []))
+    assert bus.subscriptions() == []  # nothing half-attached
+
+
+def test_a_helper_named_on_something_is_kept_when_marked() -> None:
+    from eventhooks import not_a_hook
+
+    class Helper(Callback):
+        def __init__(self) -> None:
+            self.seen: list[int] = []
+
+        @not_a_hook
+        def on_disk(self) -> bool:
+            return True
+
+        def on_epoch_end(self, payload: EpochPayload) -> None:
+            self.seen.append(payload.epoch)
+
+    class Plain:  # not a Callback: its other on_* attributes are its own business
+        def on_something(self) -> None: ...
+
+    bus = EventBus()
+    helper = Helper()
+    bus.attach(helper)
+    bus.attach(Plain())
+    bus.emit("on_epoch_end", epoch=2)
+    assert helper.seen == [2] and helper.on_disk()
+
+
+def test_a_disconnect_during_an_emit_skips_the_rest_only_for_that_subscriber() -> None:
+    bus = EventBus()
+    heard: list[str] = []
+    later = bus.subscribe("on_val_end", lambda p: heard.append("later"), priority=-1)
+    last = bus.subscribe("on_val_end", lambda p: heard.append("last"), priority=-2)
+    bus.on("on_val_end", priority=1)(lambda p: later.disconnect())
+    bus.emit("on_val_end")
+    assert heard == ["last"] and not later.connected and last.connected
