@@ -7,6 +7,7 @@ unpickles (``allow_pickle=False``): a file cannot execute code.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import zipfile
@@ -31,6 +32,25 @@ def format_of(path: str | os.PathLike[str], given: str | None) -> str:
         where = f"format={given!r}" if given is not None else f"the suffix of {os.fspath(path)!r}"
         raise ValueError(f"export format must be 'npz' or 'json' ({where} is not)")
     return fmt
+
+
+def destination(path: Any, what: str) -> Path:
+    """``path`` as a file that can be written, or the error writing it would raise, sooner.
+
+    For checks before a session opens: a path of the wrong type (``TypeError``), in a
+    directory that does not exist (``FileNotFoundError``) or naming a directory
+    (``IsADirectoryError``). ``what`` says whose path it is (``"export: path"``).
+    """
+    try:
+        target = Path(path)
+    except TypeError:
+        raise TypeError(f"{what} must be a str or os.PathLike, got {path!r}") from None
+    if target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, f"{what}: is a directory", os.fspath(target))
+    if not target.parent.is_dir():
+        message = f"{what}: the directory does not exist"
+        raise FileNotFoundError(errno.ENOENT, message, os.fspath(target))
+    return target
 
 
 def write(

@@ -30,6 +30,13 @@ Decisions worth knowing:
   announced by ``teardown(error=...)`` and then re-raised unchanged (a teardown subscriber
   failing then only adds a note to it: ``bus.emit_teardown``). A subscriber error
   reaches the caller as the bus raises it (:class:`eventhooks.SubscriberError`).
+* **Bad arguments** are such failures too: ``fit`` opens the run
+  (``on_pretrain_routine_start``, whose ``params`` are the arguments as given, ``steps``
+  still None), checks its arguments and data in the pretrain routine, and a refusal ends
+  the run with ``teardown(error=...)`` before any weight is built. ``evaluate``,
+  ``predict`` and ``export`` are sessions without a teardown: they check their arguments
+  (for ``export``, that the path can be a file) before their first event, so a refused
+  call emits nothing.
 * **Hot path**: per-batch events are emitted only when ``bus.listening(...)``, so with nobody
   listening no logs dict is built and nothing is validated.
 """
@@ -39,6 +46,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -209,7 +217,60 @@ class NumpyTrainer:
         ``params["verbose"]``: the trainer prints nothing itself, a bridged Keras
         ``ProgbarLogger`` prints a bar (1) or a line per epoch (2). 0 by default, because
         here, unlike in Keras, nobody adds a progress bar unasked.
+
+        A bad argument fails inside the run, as any failure does: ``on_pretrain_routine_start``,
+        then ``teardown`` carrying the error, which then reaches the caller unchanged.
         """
+        # Until the pretrain routine has checked them, params are the arguments as given and
+        # the number of steps is unknown (None, as Keras has it for data of unknown length).
+        params: dict[str, Any] = {
+            "verbose": verbose, "epochs": epochs, "steps": None, "batch_size": batch_size,
+        }  # fmt: skip
+        bus = self.bus
+        self.stop_training = False
+        # This run's, not the previous fit's: a run that ends (or fails) before its first
+        # epoch reports no epoch and no logs.
+        self.history, self._epoch, self._epoch_logs = {}, None, {}
+        try:
+            bus.emit(events.on_pretrain_routine_start, source=self, params=params)
+            args = self._check_fit_args(
+                x, y, epochs=epochs, batch_size=batch_size, validation_data=validation_data,
+                validation_batch_size=validation_batch_size, initial_epoch=initial_epoch,
+                checkpoint=checkpoint, verbose=verbose,
+            )  # fmt: skip
+            params = args.params
+            self._prepare(args.x, args.y, args.val, args.initial_epoch)
+            bus.emit(events.on_pretrain_routine_end, source=self, params=params)
+            bus.emit(events.on_train_start, source=self, params=params)
+            run = _Run(self, params)
+            for epoch in range(args.initial_epoch, args.epochs):
+                if self._stopping():
+                    break
+                run.epoch(epoch, args, shuffle)
+            bus.emit(
+                events.on_train_end, source=self, params=params, epoch=self._epoch,
+                logs=dict(self._epoch_logs),
+            )  # fmt: skip
+        except BaseException as exc:
+            self._teardown_after(exc, params)
+            raise
+        bus.emit(events.teardown, source=self, params=params, epoch=self._epoch, **self._logs())
+        return self.history
+
+    def _check_fit_args(
+        self,
+        x: Any,
+        y: Any,
+        *,
+        epochs: Any,
+        batch_size: Any,
+        validation_data: Any,
+        validation_batch_size: Any,
+        initial_epoch: Any,
+        checkpoint: Any,
+        verbose: Any,
+    ) -> _FitArgs:
+        """``fit``'s arguments checked and converted, or the error that refuses them."""
         if verbose not in (0, 1, 2, "auto") or isinstance(verbose, bool):
             raise ValueError(f"fit: verbose must be 0, 1, 2 or 'auto', got {verbose!r}")
         xs, ys = self._check_data(x, y, "x", "y", labels=True)
@@ -222,7 +283,8 @@ class NumpyTrainer:
         if validation_data is not None:
             if not isinstance(validation_data, tuple | list) or len(validation_data) != 2:
                 raise ValueError("fit: validation_data must be a pair (x_val, y_val)")
-            val = self._check_data(*validation_data, "x_val", "y_val", labels=True)
+            x_val, y_val = validation_data
+            val = self._check_data(x_val, y_val, "x_val", "y_val", labels=True)
             if not len(val[0]):
                 raise ValueError("fit: validation_data is empty")
             if val[0].shape[1] != xs.shape[1]:
@@ -230,46 +292,27 @@ class NumpyTrainer:
                     f"fit: x_val has {val[0].shape[1]} features but x has {xs.shape[1]}"
                 )
         val_batch = _check_count(validation_batch_size or batch_size, "validation_batch_size", 1)
+        # Checked now, not at the first save, after an epoch of training.
+        target = None if checkpoint is None else io.destination(checkpoint, "fit: checkpoint")
         steps = math.ceil(len(xs) / batch_size)
         params = {"verbose": verbose, "epochs": epochs, "steps": steps, "batch_size": batch_size}
-        bus, run = self.bus, _Run(self, params)
-        self.stop_training = False
-        # This run's, not the previous fit's: a run that ends (or fails) before its first
-        # epoch reports no epoch and no logs.
-        self.history, self._epoch, self._epoch_logs = {}, None, {}
-        try:
-            bus.emit(events.on_pretrain_routine_start, source=self, params=params)
-            self._prepare(xs, ys, val, initial_epoch)
-            bus.emit(events.on_pretrain_routine_end, source=self, params=params)
-            bus.emit(events.on_train_start, source=self, params=params)
-            for epoch in range(initial_epoch, epochs):
-                if self._stopping():
-                    break
-                run.epoch(epoch, epochs, xs, ys, batch_size, shuffle, val, val_batch, checkpoint)
-            bus.emit(
-                events.on_train_end, source=self, params=params, epoch=self._epoch,
-                logs=dict(self._epoch_logs),
-            )  # fmt: skip
-        except BaseException as exc:
-            self._teardown_after(exc, params)
-            raise
-        bus.emit(events.teardown, source=self, params=params, epoch=self._epoch, **self._logs())
-        return self.history
+        return _FitArgs(xs, ys, val, epochs, initial_epoch, batch_size, val_batch, target, params)
 
     def _prepare(
         self, x: Array, y: Array, val: tuple[Array, Array] | None, initial_epoch: int
     ) -> None:
-        """The pretrain routine: build the weights (first fit) and the optimizer."""
+        """The pretrain routine: build the weights (first fit) and the optimizer.
+
+        The data is checked against the model first: a refused fit builds nothing.
+        """
         labels = int(y.max()) + 1 if val is None else max(int(y.max()), int(val[1].max())) + 1
-        if not self.built:
-            self.build(x.shape[1], self.n_classes or max(labels, 2))
-        assert self.input_dim is not None and self.n_classes is not None
-        if x.shape[1] != self.input_dim:
+        n_classes = self.n_classes or max(labels, 2)
+        if self.built and x.shape[1] != self.input_dim:
             raise ValueError(f"fit: x has {x.shape[1]} features, the model takes {self.input_dim}")
-        if labels > self.n_classes:
-            raise ValueError(
-                f"fit: label {labels - 1} is out of range for n_classes={self.n_classes}"
-            )
+        if labels > n_classes:
+            raise ValueError(f"fit: label {labels - 1} is out of range for n_classes={n_classes}")
+        if not self.built:
+            self.build(x.shape[1], n_classes)
         if self._optimizer is None:
             self._optimizer = mlp.make_optimizer(self.optimizer_name, self._lr, self.momentum)
         if self.lr_schedule is not None:
@@ -372,7 +415,9 @@ class NumpyTrainer:
         back with :func:`load`.
         """
         self._check_ready(None, None, "export")
-        fmt = io.format_of(path, format)
+        # Every check before on_export_start: an EXPORT session has no teardown, so a refused
+        # export emits nothing rather than a start without an end.
+        fmt = io.format_of(io.destination(path, "export: path"), format)
         self.bus.emit(events.on_export_start, source=self, format=fmt)
         target = io.write(path, fmt, "export", self.config, self._weights)
         self.bus.emit(events.on_export_end, source=self, format=fmt, path=target)
@@ -404,6 +449,9 @@ class NumpyTrainer:
         if len(ys) and not np.issubdtype(ys.dtype, np.integer):
             if not np.issubdtype(ys.dtype, np.floating) or not np.all(ys == np.round(ys)):
                 raise ValueError(f"{yname} must be integer class labels, got dtype {ys.dtype}")
+            if not np.all(np.isfinite(ys)):  # inf == round(inf), and casts to a huge label
+                bad = ys[~np.isfinite(ys)][0]
+                raise ValueError(f"{yname} must be integer class labels, got {bad}")
         ys = ys.astype(np.int64)
         if len(ys) and ys.min() < 0:
             raise ValueError(f"{yname} has a negative label ({ys.min()})")
@@ -421,6 +469,21 @@ class NumpyTrainer:
             raise ValueError(
                 f"{what}: label {int(y.max())} is out of range for n_classes={self.n_classes}"
             )
+
+
+@dataclass(frozen=True, slots=True)
+class _FitArgs:
+    """``fit``'s arguments once checked: arrays in the trainer's dtype, counts as ints."""
+
+    x: Array
+    y: Array
+    val: tuple[Array, Array] | None
+    epochs: int
+    initial_epoch: int
+    batch_size: int
+    val_batch: int
+    checkpoint: Path | None
+    params: dict[str, Any]
 
 
 class _RunningMean:
@@ -449,20 +512,10 @@ class _Run:
         self.trainer = trainer
         self.params = params
 
-    def epoch(
-        self,
-        epoch: int,
-        epochs: int,
-        x: Array,
-        y: Array,
-        batch_size: int,
-        shuffle: bool,
-        val: tuple[Array, Array] | None,
-        val_batch: int,
-        checkpoint: str | os.PathLike[str] | None,
-    ) -> None:
+    def epoch(self, epoch: int, args: _FitArgs, shuffle: bool) -> None:
         """One epoch: EPOCH := train_epoch_start BATCH* train_epoch_end VAL? save? fit_end."""
         t, params = self.trainer, self.params
+        x, y, batch_size, epochs, val = args.x, args.y, args.batch_size, args.epochs, args.val
         bus, listening = t.bus, t.bus.listening
         optimizer = t._optimizer
         assert optimizer is not None
@@ -518,13 +571,13 @@ class _Run:
         bus.emit(events.on_train_epoch_end, source=t, params=params, epoch=epoch, logs=logs)
         logs = dict(logs)
         if val is not None:
-            val_logs = self.validate(val[0], val[1], val_batch, epoch)
+            val_logs = self.validate(val[0], val[1], args.val_batch, epoch)
             logs.update({f"val_{k}": v for k, v in val_logs.items()})
         for key, value in logs.items():
             t.history.setdefault(key, []).append(value)
         t._epoch_logs = logs
-        if checkpoint is not None:
-            t.save(checkpoint)
+        if args.checkpoint is not None:
+            t.save(args.checkpoint)
         bus.emit(events.on_fit_epoch_end, source=t, params=params, epoch=epoch, logs=dict(logs))
 
     def validate(self, x: Array, y: Array, batch_size: int, epoch: int | None) -> dict[str, float]:

@@ -158,7 +158,9 @@ def test_it_learns_a_separable_problem(optimizer: str, lr: float) -> None:
     trainer.build(6, 4)
     before = float(np.mean(trainer.predict(x_test).argmax(axis=1) == y_test))
     history = trainer.fit(x, y, epochs=8, batch_size=32, validation_data=(x_test, y_test))
-    loss, trainer_accuracy = trainer.evaluate(x_test, y_test)
+    evaluated = trainer.evaluate(x_test, y_test)
+    assert isinstance(evaluated, list)
+    loss, trainer_accuracy = evaluated
     predicted = trainer.predict(x_test).argmax(axis=1)
     assert float(np.mean(predicted == y_test)) > 0.9
     assert trainer_accuracy > 0.9
@@ -503,8 +505,12 @@ def test_bad_schedule_value_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match=r"lr_schedule\(1\) must be a positive finite number"):
         trainer.fit(x, y, epochs=2, batch_size=8)
     assert rec.payloads("teardown")[0].epoch == 0
+
+    def fast(epoch: int) -> Any:
+        return "fast"  # not a rate: refused at the first epoch
+
     with pytest.raises(ValueError, match=r"lr_schedule\(0\)"):
-        NumpyTrainer(lr_schedule=lambda e: "fast").fit(x, y)
+        NumpyTrainer(lr_schedule=fast).fit(x, y)
 
 
 # -- prediction ---------------------------------------------------------------------------------
@@ -735,39 +741,163 @@ def test_a_damaged_artifact_is_a_value_error_naming_the_file(tmp_path: Path, how
 
 # -- inputs, defaults, hot path -----------------------------------------------------------------
 
+X5, Y5 = np.zeros((5, 2)), np.zeros(5, dtype=int)
+VAL_X3 = (np.zeros((2, 3)), np.zeros(2, dtype=int))
+
+
+def fit_refused(
+    trainer: NumpyTrainer,
+    rec: Recorder,
+    error: type[Exception],
+    message: str,
+    x: Any,
+    y: Any,
+    **kwargs: Any,
+) -> Any:
+    """Fit with a bad argument: the run opens, the check fails, one teardown carries the error."""
+    with pytest.raises(error, match=message) as info:
+        trainer.fit(x, y, **kwargs)
+    assert type(info.value) is error  # unchanged: not wrapped, not a subclass
+    assert rec.names == ["on_pretrain_routine_start", "teardown"]
+    assert_canonical_order(rec.names, emitted=ALL)
+    (teardown,) = rec.payloads("teardown")
+    assert teardown.exception is info.value
+    assert teardown.error == f"{error.__name__}: {info.value}"
+    assert teardown.epoch is None and teardown.logs == {}
+    opened = rec.payloads("on_pretrain_routine_start")[0]
+    assert opened.params["steps"] is None  # the run opened before its data was checked
+    return info.value
+
 
 @pytest.mark.parametrize(
-    "x, y, kwargs, message",
+    "x, y, kwargs, error, message",
     [
-        (np.zeros(5), np.zeros(5), {}, "x must be 2-D"),
-        (np.zeros((5, 2)), np.zeros(4), {}, "x has 5 samples but y has 4"),
-        (np.zeros((5, 2)), np.full(5, 0.5), {}, "y must be integer class labels"),
-        (np.zeros((5, 2)), np.eye(5), {}, "one-hot"),
-        (np.zeros((5, 2)), -np.ones(5, dtype=int), {}, "negative label"),
-        (np.zeros((5, 2)), np.zeros(5, dtype=int), {"batch_size": 0}, "batch_size"),
-        (np.zeros((5, 2)), np.zeros(5, dtype=int), {"epochs": -1}, "epochs"),
-        (np.zeros((0, 2)), np.zeros(0, dtype=int), {}, "x is empty"),
-        (np.zeros((5, 2)), np.zeros(5, dtype=int), {"validation_data": (1,)}, "pair"),
-        (np.zeros((5, 2)), np.zeros(5, dtype=int),
-         {"validation_data": (np.zeros((2, 3)), np.zeros(2, dtype=int))}, "x_val has 3"),
+        (np.zeros(5), np.zeros(5), {}, ValueError, "x must be 2-D"),
+        (np.full((5, 2), "a"), Y5, {}, ValueError, "x must be real numbers"),
+        (X5, np.zeros(4), {}, ValueError, "x has 5 samples but y has 4"),
+        (X5, np.full(5, 0.5), {}, ValueError, "y must be integer class labels"),
+        (X5, np.array([0.0, 1.0, np.inf, 0.0, 1.0]), {}, ValueError,
+         "y must be integer class labels"),
+        (X5, np.eye(5), {}, ValueError, "one-hot"),
+        (X5, -np.ones(5, dtype=int), {}, ValueError, "negative label"),
+        (np.zeros((0, 2)), np.zeros(0, dtype=int), {}, ValueError, "x is empty"),
+        (X5, Y5, {"batch_size": 0}, ValueError, "batch_size must be an integer >= 1, got 0"),
+        (X5, Y5, {"batch_size": 2.5}, ValueError, "batch_size must be an integer"),
+        (X5, Y5, {"batch_size": True}, ValueError, "batch_size must be an integer"),
+        (X5, Y5, {"epochs": -1}, ValueError, "epochs must be an integer >= 0, got -1"),
+        (X5, Y5, {"epochs": "3"}, ValueError, "epochs must be an integer >= 0, got '3'"),
+        (X5, Y5, {"epochs": 1.5}, ValueError, "epochs must be an integer"),
+        (X5, Y5, {"initial_epoch": -1}, ValueError, "initial_epoch must be an integer >= 0"),
+        (X5, Y5, {"validation_batch_size": -2}, ValueError, "validation_batch_size"),
+        (X5, Y5, {"verbose": 3}, ValueError, "verbose must be 0, 1, 2 or 'auto'"),
+        (X5, Y5, {"validation_data": (1,)}, ValueError, "pair"),
+        (X5, Y5, {"validation_data": {"x": X5, "y": Y5}}, ValueError, "pair"),
+        (X5, Y5, {"validation_data": VAL_X3}, ValueError, "x_val has 3 features but x has 2"),
+        (X5, Y5, {"validation_data": (np.zeros(2), Y5[:2])}, ValueError, "x_val must be 2-D"),
+        (X5, Y5, {"validation_data": (X5, Y5[:3])}, ValueError,
+         "x_val has 5 samples but y_val has 3"),
+        (X5, Y5, {"validation_data": (X5[:0], Y5[:0])}, ValueError, "validation_data is empty"),
+        (X5, Y5, {"checkpoint": 123}, TypeError,
+         "fit: checkpoint must be a str or os.PathLike, got 123"),
+        (X5, Y5, {"checkpoint": Path("no-such-dir") / "c.npz"}, FileNotFoundError,
+         "fit: checkpoint: the directory does not exist: 'no-such-dir/c.npz'"),
     ],
 )  # fmt: skip
-def test_bad_input_is_a_clear_error_before_any_event(
-    x: Any, y: Any, kwargs: dict[str, Any], message: str
+def test_a_bad_fit_argument_fails_inside_the_run_with_one_teardown(
+    x: Any, y: Any, kwargs: dict[str, Any], error: type[Exception], message: str
 ) -> None:
     bus = EventBus()
     rec = Recorder(bus)
-    with pytest.raises(ValueError, match=message):
-        NumpyTrainer(bus=bus).fit(x, y, **kwargs)
-    assert rec.names == []
+    trainer = NumpyTrainer(bus=bus, hidden=(3,))
+    fit_refused(trainer, rec, error, message, x, y, **{"epochs": 2, **kwargs})
+    assert not trainer.built
+    rec.clear()
+    trainer.fit(X5, Y5)  # the trainer is not left half-way: the next fit runs whole
+    assert rec.names[0] == "on_pretrain_routine_start" and rec.names[-1] == "teardown"
+    assert rec.payloads("teardown")[0].error is None
+    assert rec.payloads("on_pretrain_routine_end")[0].params == {
+        "verbose": 0, "epochs": 1, "steps": 1, "batch_size": 32,
+    }  # fmt: skip
 
 
-def test_labels_beyond_n_classes_fail_inside_the_run_with_teardown() -> None:
+def test_a_bad_checkpoint_fails_before_any_epoch_is_trained(tmp_path: Path) -> None:
     bus = EventBus()
     rec = Recorder(bus)
-    with pytest.raises(ValueError, match="label 3 is out of range for n_classes=2"):
-        NumpyTrainer(bus=bus, n_classes=2).fit(np.zeros((4, 2)), np.arange(4))
-    assert rec.names == ["on_pretrain_routine_start", "teardown"]
+    trainer = NumpyTrainer(bus=bus, hidden=(3,))
+    fit_refused(
+        trainer,
+        rec,
+        IsADirectoryError,
+        "fit: checkpoint: is a directory",
+        X5,
+        Y5,
+        checkpoint=tmp_path,
+    )
+    assert trainer.iterations == 0
+
+
+@FAST
+@given(
+    n=st.integers(1, 12),
+    dim=st.integers(1, 6),
+    wrong=st.sampled_from(["y", "x_val features", "y_val"]),
+    off=st.integers(1, 5),
+    built=st.booleans(),
+)
+def test_mismatched_shapes_fail_inside_the_run(
+    n: int, dim: int, wrong: str, off: int, built: bool
+) -> None:
+    bus = EventBus()
+    trainer = NumpyTrainer(bus=bus, hidden=(3,), n_classes=2)
+    if built:
+        trainer.build(dim, 2)
+    before = trainer.get_weights()
+    rec = Recorder(bus)
+    x, y = np.zeros((n, dim)), np.zeros(n, dtype=int)
+    n_val = n + 1
+    x_val, y_val = np.zeros((n_val, dim)), np.zeros(n_val, dtype=int)
+    if wrong == "y":
+        y, message = np.zeros(n + off, dtype=int), f"x has {n} samples but y has {n + off}"
+    elif wrong == "x_val features":
+        x_val = np.zeros((n_val, dim + off))
+        message = f"fit: x_val has {dim + off} features but x has {dim}"
+    else:
+        y_val = np.zeros(n_val + off, dtype=int)
+        message = f"x_val has {n_val} samples but y_val has {n_val + off}"
+    exc = fit_refused(trainer, rec, ValueError, message, x, y, validation_data=(x_val, y_val))
+    assert str(exc) == message
+    assert trainer.built == built and trainer.iterations == 0
+    for old, new in zip(before, trainer.get_weights(), strict=True):
+        np.testing.assert_array_equal(old, new)
+
+
+@pytest.mark.parametrize("where", ["y", "y_val"])
+def test_labels_beyond_n_classes_fail_inside_the_run_and_build_nothing(where: str) -> None:
+    bus = EventBus()
+    rec = Recorder(bus)
+    trainer = NumpyTrainer(bus=bus, n_classes=2)
+    y = np.array([0, 1, 2, 1] if where == "y" else [0, 1, 1, 1])
+    val = (X5[:2], np.array([0, 2])) if where == "y_val" else None
+    message = "label 2 is out of range for n_classes=2"
+    fit_refused(trainer, rec, ValueError, message, X5[:4], y, validation_data=val)
+    assert not trainer.built  # a refused fit does not build the model from data it refused
+
+
+@pytest.mark.parametrize("how", ["missing directory", "a directory", "not a path"])
+def test_a_refused_export_emits_nothing(tmp_path: Path, how: str) -> None:
+    """A standalone EXPORT has no teardown: a bad path must fail before on_export_start."""
+    bus = EventBus()
+    trainer = NumpyTrainer(bus=bus, hidden=(3,))
+    trainer.build(2, 2)
+    rec = Recorder(bus)
+    path: Any = {"missing directory": tmp_path / "no" / "m.json", "a directory": tmp_path,
+                 "not a path": 123}[how]  # fmt: skip
+    error = {"missing directory": FileNotFoundError, "a directory": IsADirectoryError,
+             "not a path": TypeError}[how]  # fmt: skip
+    with pytest.raises(error, match="export: "):
+        trainer.export(path, format="json")
+    assert rec.names == []
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_predict_before_building_is_a_clear_error() -> None:
