@@ -3,6 +3,9 @@
 Every failure the user can cause (bad arguments, a missing or malformed file, an optional
 dependency not installed) ends in one ``eventhooks: error: ...`` line and a non-zero exit;
 ``--traceback`` shows the full story for bug reports.
+
+Exit statuses: 0 done, 1 error, 2 bad arguments, 3 (``replay`` only) replayed, but the log
+ends early (a killed run: its last line cut off, or its last run without ``teardown``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from .errors import EventhooksError
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+EXIT_INCOMPLETE = 3  # replay: every complete event replayed, but the log ends early
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,7 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="JSON Schema of one event's payload, or of all")
     schema.add_argument("name", nargs="?", help="any of an event's names (default: all)")
 
-    replay = sub.add_parser("replay", help="re-emit an event log into subscribers")
+    replay = sub.add_parser(
+        "replay", help="re-emit an event log into subscribers",
+        epilog=f"exit status: 0 the log is complete, {EXIT_INCOMPLETE} it was replayed but ends "
+        "early (last line cut off, or last run without teardown: a killed run), "
+        f"{EXIT_ERROR} error, {EXIT_USAGE} bad arguments",
+    )  # fmt: skip
     replay.add_argument("log", help="an event log (.jsonl) written by EventLog")
     replay.add_argument("--csv", metavar="PATH", help="write the epochs as CSVLogger does")
     replay.add_argument("--plot", metavar="PATH", help="draw the training curves to a PNG")
@@ -112,10 +121,11 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from ._cli_replay import replay_command
+    from ._cli_replay import replay_log
 
-    print(replay_command(args.log, csv=args.csv, plot=args.plot))
-    return 0
+    replayed = replay_log(args.log, csv=args.csv, plot=args.plot)
+    print(replayed.text)  # its last line says how the log ends early, if it does
+    return 0 if replayed.incomplete is None else EXIT_INCOMPLETE
 
 
 def _plot(args: argparse.Namespace) -> int:

@@ -5,6 +5,12 @@ The payload is the pydantic payload's own JSON (``source``, ``params`` and other
 objects are not serialized; NaN and infinities are written as ``NaN``/``Infinity``, which
 Python's ``json`` reads back). Reading parses JSON only and validates every payload against
 its event's type: nothing in a file is ever executed.
+
+A killed process leaves a log that ends early: its last line cut off mid-write, or its last
+training run without the ``teardown`` that always ends a run. :func:`read_log` reads such a
+log all the same (the cut line left out) and describes what is missing as :class:`Incomplete`;
+replay then warns with :class:`IncompleteLogWarning`. Any other bad line is an
+:class:`EventLogError` naming it.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from . import events as _events
 from . import registry as _registry
 from .errors import EventhooksError
 from .events import Event
@@ -35,6 +42,48 @@ class EventLogError(EventhooksError):
         self.path = path
         self.line = line
         self.reason = reason
+
+
+@dataclass(frozen=True)
+class Incomplete:
+    """How a log ends early; every record before that is complete and valid.
+
+    ``cut_line``: the number of the last line, when it was cut off mid-write (no newline, the
+    start of a JSON object but not valid JSON: what a killed writer leaves); it is left out,
+    the only line that may be. ``open_run``: the line where the log's last training run
+    starts (``on_pretrain_routine_start`` or ``on_train_start``), when no ``teardown``
+    follows it. At least one of the two is set.
+    """
+
+    path: str
+    cut_line: int | None = None
+    open_run: int | None = None
+
+    @property
+    def reason(self) -> str:
+        """One line without the path: ``"log ends early: line 17 is cut off; ..."``."""
+        parts = []
+        if self.cut_line is not None:
+            parts.append(f"line {self.cut_line} is cut off")
+        if self.open_run is not None:
+            parts.append(f"the run that starts at line {self.open_run} has no teardown")
+        return f"log ends early: {'; '.join(parts)} (a killed run?)"
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+class IncompleteLogWarning(UserWarning):
+    """Replay or load of a log that ends early (:class:`Incomplete`, as ``incomplete``).
+
+    Everything complete is still read, and replayed. The warning is issued before the first
+    event is emitted, so ``warnings.simplefilter("error", IncompleteLogWarning)`` makes replay
+    refuse such a log without emitting anything.
+    """
+
+    def __init__(self, incomplete: Incomplete) -> None:
+        super().__init__(str(incomplete))
+        self.incomplete = incomplete
 
 
 def encode(event: Event[Any], payload: BaseModel, time: float) -> str:
@@ -120,16 +169,100 @@ def parse(
     return Record(line, event, fields, time)
 
 
+@dataclass(frozen=True)
+class LogContents:
+    """A whole log read by :func:`read_log`: its valid records, and how it ends early if it does."""
+
+    records: list[Record]
+    incomplete: Incomplete | None = None
+
+
 def read(
     path: str | os.PathLike[str], registry: _registry.Registry | None = None
 ) -> Iterator[Record]:
-    """The records of a log file in order; blank lines are skipped, anything else must parse."""
+    """The records of a log file in order; blank lines are skipped, anything else must parse.
+
+    Strict and lazy: a last line cut off mid-write is an :class:`EventLogError` here too.
+    :func:`read_log` reads a log that ends early and says so.
+    """
     where = os.fspath(path)
     with open(where, "rb") as f:
         for number, raw in enumerate(f, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise EventLogError(where, number, "not UTF-8 text") from None
+            text = _decode(raw, where, number)
             if text.strip():
                 yield parse(text, number, where, registry)
+
+
+def read_log(
+    path: str | os.PathLike[str], registry: _registry.Registry | None = None
+) -> LogContents:
+    """Read and validate a whole log; one that ends early is read up to where it ends.
+
+    A last line without its newline that is not valid JSON (a killed writer's half line) is
+    left out and reported as ``incomplete.cut_line``; a last training run with no
+    ``teardown`` after it is ``incomplete.open_run``. Any other bad line, the last one
+    included, raises :class:`EventLogError` naming it. Warns about nothing: see
+    :func:`eventhooks.replay.replay` for that.
+    """
+    where = os.fspath(path)
+    records: list[Record] = []
+    cut_line: int | None = None
+    with open(where, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            # Only the file's last line can lack its newline.
+            if not raw.endswith(b"\n") and _cut_off(raw):
+                cut_line = number
+                break
+            text = _decode(raw, where, number)
+            if text.strip():
+                records.append(parse(text, number, where, registry))
+    open_run = _open_run(records)
+    if cut_line is None and open_run is None:
+        return LogContents(records)
+    return LogContents(records, Incomplete(where, cut_line, open_run))
+
+
+def _decode(raw: bytes, path: str, line: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise EventLogError(path, line, "not UTF-8 text") from None
+
+
+def _cut_off(raw: bytes) -> bool:
+    """Whether a line without its newline is the start of a log line, cut off mid-write.
+
+    It must begin as a JSON object does and not be valid JSON; a multi-byte character cut in
+    two at its end counts. Anything else (a pickle, a stray value) is judged as a line.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.reason != "unexpected end of data" or exc.end != len(raw):
+            return False
+        text = raw[: exc.start].decode("utf-8")  # the first bad byte starts the cut character
+    if not text.lstrip().startswith("{"):
+        return False
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return True
+    except (RecursionError, ValueError):
+        return False
+    return False
+
+
+def _open_run(records: list[Record]) -> int | None:
+    """The line where the last training run starts, if no ``teardown`` follows it."""
+    start: int | None = None
+    training = False  # the open run has had its on_train_start
+    for record in records:
+        if record.event is _events.teardown:
+            start, training = None, False
+        elif record.event is _events.on_pretrain_routine_start:
+            start, training = record.line, False
+        elif record.event is _events.on_train_start:
+            if start is None or training:  # a run without on_pretrain_routine_start
+                start = record.line
+            training = True
+    return start

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import struct
 import subprocess
@@ -11,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from eventhooks import EventBus, events, registry
 from eventhooks._cli_demo import dataset
@@ -158,8 +162,9 @@ def test_demo_writes_csv_event_log_checkpoint_and_png(demo_run: tuple[Path, str]
         ]
     # The checkpoint is the best epoch's model: its val loss is the run's minimum.
     _, _, x_val, y_val = dataset(3)
-    val_loss = load(folder / "best.npz").evaluate(x_val, y_val, return_dict=True)["loss"]
-    assert val_loss == pytest.approx(min(history.history["val_loss"]), rel=1e-6)
+    metrics = load(folder / "best.npz").evaluate(x_val, y_val, return_dict=True)
+    assert isinstance(metrics, dict)  # evaluate's type covers both return forms
+    assert metrics["loss"] == pytest.approx(min(history.history["val_loss"]), rel=1e-6)
 
 
 def test_demo_reports_where_everything_is(
@@ -298,3 +303,106 @@ def test_a_deeply_nested_log_line_is_a_one_line_error(capsys: Any, tmp_path: Pat
     code, _, err = run(capsys, "replay", str(log))
     assert code == 1
     assert one_line_error(err, "eventhooks replay").endswith("line 1: JSON nested too deeply")
+
+
+# -- replay of a log that ends early (a killed run) ------------------------------------------
+
+
+def killed_run(path: Path, epochs: int, *, per_mille_kept: int | None = None) -> list[bytes]:
+    """A run's log as a killed process leaves it: no teardown, the last line maybe cut.
+
+    Returns the lines as written (newlines kept). With ``per_mille_kept``, that share of the
+    last line stays, at least one byte of it and never all of it: a cut inside the line.
+    """
+    from eventhooks.callbacks import EventLog
+
+    bus = EventBus()
+    with EventLog(path) as writer:
+        bus.attach(writer)
+        bus.emit("on_pretrain_routine_start")
+        bus.emit("on_train_start")
+        for epoch in range(epochs):
+            bus.emit("on_fit_epoch_end", epoch=epoch, logs={"loss": 1.0 / (epoch + 1)})
+    lines = path.read_bytes().splitlines(keepends=True)
+    if per_mille_kept is not None:
+        last = lines[-1].removesuffix(b"\n")
+        kept = 1 + (len(last) - 2) * per_mille_kept // 1000
+        path.write_bytes(b"".join(lines[:-1]) + last[:kept])
+    return lines
+
+
+def test_replay_of_a_killed_run_replays_what_is_complete_and_exits_3(
+    capsys: Any, tmp_path: Path
+) -> None:
+    log, csv_out = tmp_path / "killed.jsonl", tmp_path / "replayed.csv"
+    killed_run(log, 3, per_mille_kept=400)  # line 5, epoch 2, cut off
+    code, out, err = run(capsys, "replay", str(log), "--csv", str(csv_out))
+    assert code == 3 and err == ""
+    lines = out.splitlines()
+    assert lines[0] == f"replayed 4 events, 2 epochs from {log}"
+    assert lines[-1] == (
+        "log ends early: line 5 is cut off; the run that starts at line 1 has no teardown "
+        "(a killed run?)"
+    )
+    assert sum("log ends early" in line for line in lines) == 1
+    assert csv_out.read_text().splitlines() == ["epoch,loss,val_loss", "0,1.0,NA", "1,0.5,NA"]
+
+
+def test_replay_of_a_run_without_teardown_exits_3(capsys: Any, tmp_path: Path) -> None:
+    log = tmp_path / "killed.jsonl"
+    killed_run(log, 2)  # killed between two events: every line whole
+    code, out, err = run(capsys, "replay", str(log))
+    assert code == 3 and err == ""
+    assert out.splitlines()[0] == f"replayed 4 events, 2 epochs from {log}"
+    assert out.splitlines()[-1] == (
+        "log ends early: the run that starts at line 1 has no teardown (a killed run?)"
+    )
+
+
+@settings(max_examples=25, deadline=None)
+@given(epochs=st.integers(1, 4), per_mille_kept=st.integers(0, 1000))
+def test_any_cut_inside_the_last_line_exits_3_with_the_complete_events(
+    tmp_path_factory: Any, epochs: int, per_mille_kept: int
+) -> None:
+    log = tmp_path_factory.mktemp("cut") / "e.jsonl"
+    lines = killed_run(log, epochs, per_mille_kept=per_mille_kept)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = main(["replay", str(log)])
+    text = out.getvalue().splitlines()
+    assert code == 3
+    assert text[0] == f"replayed {len(lines) - 1} events, {epochs - 1} epochs from {log}"
+    assert text[-1].startswith(f"log ends early: line {len(lines)} is cut off; ")
+
+
+def test_replay_help_documents_its_exit_statuses(capsys: Any) -> None:
+    code, out, _ = run(capsys, "replay", "--help")
+    assert code == 0
+    assert "exit status: 0 the log is complete, 3 it was replayed but ends early" in " ".join(
+        out.split()
+    )
+
+
+def test_plot_of_a_killed_runs_log_draws_the_complete_epochs_and_says_so(
+    capsys: Any, tmp_path: Path
+) -> None:
+    log, png = tmp_path / "killed.jsonl", tmp_path / "curves.png"
+    killed_run(log, 3, per_mille_kept=500)
+    code, out, err = run(capsys, "plot", str(log), "-o", str(png))
+    assert code == 0 and err == ""  # plot keeps its statuses: 0 when it drew the curves
+    assert out.splitlines() == [
+        f"training curves: {png}",
+        "log ends early: line 5 is cut off; the run that starts at line 1 has no teardown "
+        "(a killed run?)",
+    ]
+    assert png_size(png)[0] > 100
+
+
+def test_console_script_exits_3_on_a_killed_runs_log(tmp_path: Path) -> None:
+    log = tmp_path / "killed.jsonl"
+    killed_run(log, 2, per_mille_kept=300)
+    done = subprocess.run([str(SCRIPT), "replay", str(log)], capture_output=True, text=True)
+    assert done.returncode == 3
+    assert done.stderr == ""  # one line on stdout, no Python warning
+    assert done.stdout.splitlines()[0] == f"replayed 3 events, 1 epochs from {log}"
+    assert done.stdout.splitlines()[-1].startswith("log ends early: line 4 is cut off; ")
