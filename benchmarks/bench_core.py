@@ -10,15 +10,11 @@ import statistics
 from typing import Any
 
 import blinker
+from _timing import interleaved_ns, table
 from pydantic import BaseModel, ConfigDict, Field
 
 from eventhooks import BatchPayload, EventBus
 from eventhooks.payloads import Index
-
-try:
-    from ._timing import interleaved_ns, table
-except ImportError:  # run as a script
-    from _timing import interleaved_ns, table  # type: ignore[no-redef]
 
 LOGS = {"loss": 0.25, "accuracy": 0.9, "val_loss": 0.3, "val_accuracy": 0.88}
 

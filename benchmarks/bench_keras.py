@@ -28,7 +28,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-import keras  # noqa: E402
+import keras  # type: ignore[import-untyped]  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -130,7 +130,7 @@ def fit_timings() -> list[tuple[Any, ...]]:
 
 
 def dispatch_timings() -> tuple[list[tuple[Any, ...]], dict[str, float]]:
-    from keras.callbacks import CallbackList
+    from keras.callbacks import CallbackList  # type: ignore[import-untyped]
 
     model = make_model()
     keras_list = CallbackList([Quiet()], model=model)

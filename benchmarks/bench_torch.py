@@ -28,15 +28,11 @@ from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
+from _timing import table  # noqa: E402
 
 from eventhooks import EventBus, events  # noqa: E402
 from eventhooks.adapters.torch import fit, instrument  # noqa: E402
 from eventhooks.callbacks import EarlyStopping, History  # noqa: E402
-
-try:
-    from ._timing import table
-except ImportError:  # run as a script
-    from _timing import table  # type: ignore[no-redef]
 
 DIM, HIDDEN, CLASSES, BATCH, BATCHES, ROUNDS = 64, 224, 10, 64, 200, 21
 

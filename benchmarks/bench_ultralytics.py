@@ -17,14 +17,10 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE.parent / "tests" / "adapters" / "ultralytics"))
 
+from _timing import table  # noqa: E402
 from _yolo_data import detection_dataset, offline_env  # noqa: E402
-
-try:
-    from ._timing import table
-except ImportError:  # run as a script
-    from _timing import table  # type: ignore[no-redef]
 
 REPEAT = 5
 

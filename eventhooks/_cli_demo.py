@@ -6,7 +6,6 @@ deep-learning framework. Takes a few seconds on one core.
 
 from __future__ import annotations
 
-import importlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,8 +65,8 @@ def run_demo(
 ) -> DemoResult:
     """Train, log and plot one run into a run folder."""
     try:
-        # By name: mypy sees adapters/ as its own package, not as eventhooks.adapters.
-        NumpyTrainer = importlib.import_module("eventhooks.adapters.numpy").NumpyTrainer
+        # Here, not at the top: importing eventhooks must not import numpy.
+        from .adapters.numpy import NumpyTrainer
     except ImportError as exc:
         raise MissingExtraError(
             f"the demo needs numpy: pip install 'eventhooks[demo]' ({exc})"

@@ -10,6 +10,7 @@ import atexit
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -21,6 +22,12 @@ settings.register_profile(
     "eventhooks", deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile("eventhooks")
+
+# Test folders have no __init__.py: pytest puts a test's own folder on sys.path, so a test imports
+# its siblings by plain name. The Ultralytics helpers (_yolo_data, _yolo_support) also serve
+# tests/testing/test_conformance.py, which must find them when run alone. (mypy finds them
+# through mypy_path in pyproject.toml.)
+sys.path.insert(0, str(Path(__file__).resolve().parent / "adapters" / "ultralytics"))
 
 _HOME = Path(tempfile.mkdtemp(prefix="eventhooks-tests-"))
 atexit.register(shutil.rmtree, _HOME, ignore_errors=True)

@@ -428,7 +428,8 @@ def test_checkpoint_without_save_is_a_clear_error_unless_save_fn(tmp_path: Path)
     bus.emit("on_train_start")
     with pytest.raises(SubscriberError) as info:
         bus.emit("on_fit_epoch_end", epoch=0, logs={"val_loss": 1.0}, source=WeightsHolder())
-    assert "test_builtin_callbacks.WeightsHolder has none; pass save_fn=" in str(info.value.original)
+    message = "test_builtin_callbacks.WeightsHolder has none; pass save_fn="
+    assert message in str(info.value.original)
 
     bus2 = EventBus()
     rec = Recorder(bus2, ["on_model_save"])

@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
-import keras
+import keras  # type: ignore[import-untyped]
 import numpy as np
 
 from eventhooks import EventBus

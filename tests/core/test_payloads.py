@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from eventhooks import EventBus, PayloadError, events, registry
+from eventhooks import Event, EventBus, PayloadError, events, registry
 
 names = st.text(max_size=12)
 floats = st.floats(allow_nan=True, allow_infinity=True)
@@ -68,7 +68,7 @@ def test_payload_json_round_trip(case: tuple[str, dict[str, Any]]) -> None:
     json.loads(text)  # Python's json reads NaN/Infinity
 
 
-def listened(bus: EventBus, name: str) -> list[Any]:
+def listened(bus: EventBus, name: str | Event[Any]) -> list[Any]:
     got: list[Any] = []
     bus.subscribe(name, got.append)
     return got

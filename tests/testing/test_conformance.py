@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import keras
+import keras  # type: ignore[import-untyped]
 import numpy as np
 import pytest
 import torch

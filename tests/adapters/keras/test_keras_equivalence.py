@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import keras
+import keras  # type: ignore[import-untyped]
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

@@ -8,7 +8,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-import keras
+import keras  # type: ignore[import-untyped]
 import numpy as np
 import pytest
 from hypothesis import given, settings

@@ -6,7 +6,7 @@ import math
 import threading
 from typing import Any
 
-import keras
+import keras  # type: ignore[import-untyped]
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -117,7 +117,8 @@ def test_payloads_carry_model_and_params_and_arrive_on_the_calling_thread() -> N
     for event in events.BUILTIN:
         bus.subscribe(
             event,
-            lambda p, name=event.name: seen.append(
+            # mypy cannot type a lambda with a default argument (bound per iteration).
+            lambda p, name=event.name: seen.append(  # type: ignore[misc]
                 (name, p.source, p.params, threading.get_ident())
             ),
         )
@@ -161,7 +162,7 @@ def test_ultralytics_and_keras_names_hear_the_same_moments() -> None:
         "on_train_start", "on_train_begin", "on_train_epoch_start", "on_epoch_begin",
     )  # fmt: skip
     for name in names:
-        bus.add_callback(name, lambda p, name=name: heard.setdefault(name, []).append(p))
+        bus.add_callback(name, lambda p, name=name: heard.setdefault(name, []).append(p))  # type: ignore[misc]
 
     class Ultra(Callback):
         def __init__(self) -> None:
@@ -535,7 +536,9 @@ def _run_nested(kind: str, model: Any, x: np.ndarray, y: np.ndarray, cb: KerasCa
 class _Nested:
     """Runs ``kind`` through ``cb`` and remembers which slice of ``rec`` it produced."""
 
-    def __init__(self, kind: str, model: Any, rec: Recorder, data: Any) -> None:
+    def __init__(
+        self, kind: str, model: Any, rec: Recorder, data: tuple[np.ndarray, np.ndarray]
+    ) -> None:
         self.kind, self.model, self.rec, self.data = kind, model, rec, data
         self.cb: KerasCallback | None = None
         self.spans: list[tuple[int, int]] = []

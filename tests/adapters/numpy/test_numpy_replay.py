@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from eventhooks import EventBus, events
+from eventhooks import EventBus
 from eventhooks.adapters.numpy import NumpyTrainer
 from eventhooks.callbacks import CSVLogger, EventLog, History
 from eventhooks.replay import replay

@@ -61,7 +61,9 @@ def _data(n: int, seed: int) -> TensorDataset:
 
 
 def _loader(ds: TensorDataset, rank: int) -> DataLoader[Any]:
-    sampler = DistributedSampler(ds, num_replicas=WORLD, rank=rank, shuffle=False)
+    sampler: DistributedSampler[int] = DistributedSampler(
+        ds, num_replicas=WORLD, rank=rank, shuffle=False
+    )
     return DataLoader(ds, batch_size=8, sampler=sampler)
 
 

@@ -391,7 +391,8 @@ def test_fit_announces_its_totals_from_the_pretrain_routine_on() -> None:
     bus = EventBus()
     seen: list[tuple[str, dict[str, Any]]] = []
     for name in ("on_pretrain_routine_start", "on_train_start"):
-        bus.subscribe(name, lambda p, name=name: seen.append((name, dict(p.params))))
+        # mypy cannot type a lambda with a default argument (the name, bound per iteration).
+        bus.subscribe(name, lambda p, name=name: seen.append((name, dict(p.params))))  # type: ignore[misc]
     train, _ = loaders(n=40, batch=8)
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -19,7 +19,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import torch
@@ -123,7 +123,7 @@ class DetRun:
     train_metrics: Any = None
     val_metrics: Any = None
     images: list[Path] = field(default_factory=list)
-    predictions: list[Any] = field(default_factory=list)
+    predictions: Any = field(default_factory=list)  # a list, from predict(stream=False)
     exported: str = ""
     trainer: Any = None
 
@@ -138,7 +138,7 @@ def det(tmp_path_factory: pytest.TempPathFactory, network: NetworkGuard) -> DetR
     link = attach(model, bus)
     native = NativeTrace()
     native.attach(model, NAMES)
-    keras = bus.attach(KerasNames()).obj
+    keras = cast(KerasNames, bus.attach(KerasNames()).obj)
     history = History()
     bus.attach(history)
     run = DetRun(root, data, model, bus, link, rec, native, keras, history,
@@ -487,8 +487,9 @@ def test_subscriber_error_aborts_training_and_teardown_reaches_everyone(
 ) -> None:
     bus = EventBus(errors="raise")
     rec = Recorder(bus)
-    boom = bus.attach(Boom()).obj
-    before, after = [], []
+    boom = cast(Boom, bus.attach(Boom()).obj)
+    before: list[Any] = []
+    after: list[Any] = []
     bus.subscribe("teardown", before.append, priority=10)
     bus.subscribe("teardown", after.append, priority=-10)
     with pytest.raises(SubscriberError) as caught:
@@ -508,7 +509,8 @@ def test_a_subscriber_failing_at_train_end_reaches_teardown(tmp_path: Path, cls_
     """The run ended, but on_train_end failed: the run failed, and teardown says so."""
     bus = EventBus(errors="raise")
     rec = Recorder(bus)
-    before, after = [], []
+    before: list[Any] = []
+    after: list[Any] = []
     bus.subscribe("teardown", before.append, priority=10)
     bus.subscribe("teardown", after.append, priority=-10)
 
@@ -693,7 +695,8 @@ def test_attach_to_a_validator_predictor_and_exporter(det: DetRun, tmp_path: Pat
         attach(obj, bus)
     validator(model=str(weights))
     results = list(predictor(source=[str(p) for p in det.images]))
-    artifact = exporter(model=YOLO(str(weights)).model)
+    # Ultralytics infers Model.model as str | None (from its constructor); it is the nn.Module.
+    artifact = exporter(model=YOLO(str(weights)).model)  # type: ignore[arg-type]
     assert_canonical_order(rec.names, emitted=EMITTED)
     assert rec.names[0] == "on_val_start" and rec.names[-1] == "on_export_end"
     assert rec.payloads("on_val_end")[0].epoch is None
