@@ -9,7 +9,7 @@ The order of :data:`BUILTIN` is the canonical order of one run (PRODUCT.md §1).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
@@ -27,7 +27,9 @@ from .payloads import (
 
 P = TypeVar("P", bound=BaseModel)
 
-Counter = Literal["epoch", "batch"]
+Counter = str
+"""The payload field that ``every=``/``once=`` count by: ``"epoch"``, ``"batch"``, or a custom
+event's own (``"step"``)."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -313,7 +313,7 @@ def test_event_log_truncates_once_then_appends_across_teardown(tmp_path: Path) -
 
 def test_event_log_writes_other_libraries_events_and_reads_them_back(tmp_path: Path) -> None:
     reg = Registry()
-    sample = reg.register("mylib.on_sample", SamplePayload, counter="step")  # type: ignore[arg-type]
+    sample = reg.register("mylib.on_sample", SamplePayload, counter="step")
     path = tmp_path / "events.jsonl"
     bus = EventBus(registry=reg)
     with EventLog(path) as log:
