@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
+
+from .errors import _text, _type_name
 
 #: Metrics by name. numpy and torch scalars become floats; NaN and inf are kept (a NaN loss
 #: is information) and written to JSON as ``NaN``/``Infinity``.
@@ -22,11 +24,29 @@ Index = Annotated[int, Field(ge=0)]
 
 
 def _fspath(value: Any) -> Any:
-    return os.fspath(value) if isinstance(value, os.PathLike) else value
+    """An ``os.PathLike``'s path, as ``os.fspath`` gives it. A path object that fails (its
+    ``__fspath__`` raises, or returns neither str nor bytes) is a ``ValueError``, which pydantic
+    reports for the field. Bytes, given or returned, are decoded as UTF-8 by the ``str``
+    validation that follows; bytes that are not UTF-8 are refused there."""
+    kind = type(value)
+    if kind is str:  # the common case, first
+        return value
+    try:
+        pathlike = getattr(kind, "__fspath__", None) is not None  # as os.PathLike checks
+    except Exception:  # a metaclass' __getattr__
+        pathlike = False
+    if not pathlike:
+        return value  # not a path: the str validation says what is wrong with it
+    try:
+        return os.fspath(value)
+    except Exception as exc:
+        raise ValueError(
+            f"{_type_name(value)} gives no path: {_type_name(exc)}: {_text(exc)}"
+        ) from None
 
 
 PathStr = Annotated[str, BeforeValidator(_fspath)]
-"""A filesystem path, given as ``str`` or ``os.PathLike`` and stored as ``str``."""
+"""A filesystem path, given as ``str``, ``bytes`` (UTF-8) or ``os.PathLike``, stored as ``str``."""
 
 
 class Payload(BaseModel):
@@ -114,10 +134,21 @@ class TeardownPayload(Payload):
     epoch: Index | None = None
     logs: Logs = Field(default_factory=dict)
 
+    @field_validator("exception", mode="before")
+    @classmethod
+    def _an_exception(cls, value: Any) -> Any:
+        # Checked by type: pydantic's isinstance() would ask the object for its __class__,
+        # which may raise.
+        if value is not None and not issubclass(type(value), BaseException):
+            raise ValueError(f"expected an exception instance, got {_type_name(value)}")
+        return value
+
     @model_validator(mode="after")
     def _describe_exception(self) -> TeardownPayload:
         if self.exception is not None and self.error is None:
-            self.error = f"{type(self.exception).__name__}: {self.exception}"
+            # An exception whose str() raises still tears the run down.
+            said = _text(self.exception, limit=None, fallback="<unprintable message>")
+            self.error = f"{_type_name(self.exception)}: {said}"
         return self
 
 
