@@ -486,8 +486,10 @@ class EventBus:
             payload = route.validate(fields)
         except ValidationError as exc:
             raise PayloadError.from_validation(event, route.event.name, exc) from None
-        except Exception as exc:  # a value that raised while validated (its __float__...)
-            raise PayloadError.from_validation(event, route.event.name, exc) from exc
+        except Exception as exc:  # a custom payload's validator that raised
+            raise PayloadError.from_validation(
+                event, route.event.name, exc, payload=route.event.payload, fields=fields
+            ) from exc
         if route.edge:
             self._run_edge(route.event)
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ..events import CANONICAL
-from ._grammar import check
+from .._grammar import check
 
 
 class CanonicalOrderError(AssertionError):
