@@ -150,8 +150,10 @@ def _predict() -> _Part:
     )  # fmt: skip
 
 
-_SESSION = star(alt(failable(_fit_body, "teardown"), _val(), _predict(),
-                    seq(tok("on_export_start"), tok("on_export_end")), tok("on_model_save")))  # fmt: skip
+_EXPORT = seq(tok("on_export_start"), tok("on_export_end"))
+_SESSION = star(
+    alt(failable(_fit_body, "teardown"), _val(), _predict(), _EXPORT, tok("on_model_save"))
+)
 START, FINAL = _SESSION.start, _SESSION.end
 EDGES: tuple[tuple[tuple[str | None, int], ...], ...] = tuple(map(tuple, _edges))
 EVENTS: frozenset[str] = frozenset(

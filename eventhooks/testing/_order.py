@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..events import CANONICAL
 from .._grammar import check
+from ..events import CANONICAL
 
 
 class CanonicalOrderError(AssertionError):
