@@ -9,6 +9,7 @@ from .bus import EventBus
 from .callback import Callback
 from .errors import (
     EventhooksError,
+    OrderError,
     PayloadError,
     RegistryError,
     SubscriberError,
@@ -45,6 +46,7 @@ __all__ = [
     "Logs",
     "OptionArgs",
     "Options",
+    "OrderError",
     "ParamsUpdatePayload",
     "Payload",
     "PayloadError",

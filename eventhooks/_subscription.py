@@ -214,6 +214,27 @@ class Subscription:
                 return fn(payload)
         return fn(payload)
 
+    def would_deliver(self, batch: int | None, epoch: int | None) -> bool:
+        """Whether an emit with these counters would pass ``every``/``once`` (``when`` and
+        ``rank`` need the payload: they count as passing)."""
+        if self._ref is not None and self._ref() is None:
+            return False
+        options = self.options
+        if options.every is None and options.once is None:
+            return True
+        counter = self.event.counter
+        if counter is None:  # counted by deliveries
+            nth = self.count + 1
+        elif counter == "batch" and batch is not None:
+            nth = batch + 1
+        elif counter == "epoch" and epoch is not None:
+            nth = epoch + 1
+        else:  # counted by a field not given here: only the payload can tell
+            return True
+        if options.every is not None and nth % options.every:
+            return False
+        return options.once is None or (not self._fired and nth == options.once)
+
     def _passes(self, payload: Any) -> bool:
         options = self.options
         with self._lock:  # type: ignore[union-attr]  # filtered subscriptions have one

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ValidationError
 
 from . import events as ev
 from . import registry as _registry
+from ._grammar import FULL, SESSION_STARTS
 from ._subscription import (
     Attachment,
     ErrorPolicy,
@@ -40,7 +41,7 @@ from ._subscription import (
     is_not_a_hook,
     make_options,
 )
-from .errors import PayloadError, SubscriberError, UnknownEventError
+from .errors import OrderError, PayloadError, SubscriberError, UnknownEventError
 from .events import Event
 
 log = logging.getLogger("eventhooks")
@@ -110,6 +111,9 @@ class _Relay:
     __slots__ = ("bus", "failures", "signal")
     live = True  # as a Subscription that stays connected
 
+    def would_deliver(self, batch: int | None, epoch: int | None) -> bool:
+        return True
+
     def __init__(self, bus: EventBus, signal: blinker.Signal) -> None:
         self.bus, self.signal = bus, signal
         self.failures: dict[tuple[int, int], int] = {}  # for errors="disable"
@@ -157,6 +161,7 @@ class EventBus:
         errors: ErrorPolicy = "raise",
         max_failures: int = 3,
         registry: _registry.Registry | None = None,
+        check_order: bool = False,
     ) -> None:
         if errors not in ("raise", "warn", "disable"):
             raise ValueError(f"errors= must be 'raise', 'warn' or 'disable', got {errors!r}")
@@ -176,6 +181,11 @@ class EventBus:
         with self._lock:
             for event in self.registry.events():
                 self._publish(event)
+        self.check_order = check_order
+        if check_order:  # the plain methods stay as they are: nothing on the hot path
+            checker = _OrderCheck(self)
+            setattr(self, "emit", checker.emit)  # noqa: B010
+            setattr(self, "listening", checker.listening)  # noqa: B010
 
     # -- events -----------------------------------------------------------------------------
 
@@ -206,17 +216,27 @@ class EventBus:
                 signal = self._signals[target] = _EventSignal(self, target)
             return signal
 
-    def listening(self, event: str | Event[Any]) -> bool:
+    def listening(
+        self, event: str | Event[Any], *, batch: int | None = None, epoch: int | None = None
+    ) -> bool:
         """Whether an emit of ``event`` would do anything: adapters skip the work if not.
 
         True when a subscriber would hear it, and always for the events where a run begins
         or ends (``on_pretrain_routine_start``, ``on_train_start``, ``on_train_end``,
-        ``teardown``): emitting them forgets the previous run's stop request.
+        ``teardown``): emitting them forgets the previous run's stop request. Given the
+        emit's ``batch`` or ``epoch``, it also asks the ``every=``/``once=`` filters, so an
+        adapter converts nothing on a batch that only an ``every=50`` subscriber would skip
+        (``when=`` and ``rank=`` are judged on the payload: they count as listening).
         """
         try:
-            return self._fast[event] is not _NOBODY
+            route = self._fast[event]
         except Exception:  # unknown yet, unhashable, or a str subclass that misbehaves
-            return self._fast[self._learn(event)] is not _NOBODY
+            route = self._fast[self._learn(event)]
+        if route is _NOBODY:
+            return False
+        if (batch is None and epoch is None) or not route.calls:
+            return True
+        return any(entry.would_deliver(batch, epoch) for entry in route.entries)
 
     # -- subscribing ------------------------------------------------------------------------
 
@@ -593,6 +613,11 @@ class EventBus:
         self._stop = True
         self._stop_reason = reason
 
+    def _forget_stop_request(self) -> None:
+        """A new run opens: an earlier run's stop request ends here (the lifecycle calls it)."""
+        self._stop = False
+        self._stop_reason = None
+
     @property
     def stop_requested(self) -> bool:
         """True once a subscriber asked to stop; forgotten when the next run starts."""
@@ -700,3 +725,46 @@ def _same(a: object, b: object) -> bool:
         return bool(a == b) and hasattr(a, "__self__")  # bound methods compare by (self, func)
     except Exception:
         return False
+
+
+class _OrderCheck:
+    """``EventBus(check_order=True)``: every emit is checked against the canonical order.
+
+    A session started by a subscriber (an ``evaluate`` inside a fit: its emits are nested
+    inside another emit, on the same thread) is followed apart until it ends, so it does not
+    disturb the fit. ``listening`` is always true, so that adapters emit everything they
+    would and the whole trace is checked. Meant for one run at a time on the bus.
+    """
+
+    def __init__(self, bus: EventBus) -> None:
+        self.bus = bus
+        self.emit_plainly = EventBus.emit.__get__(bus)
+        self.sessions: list[list[Any]] = [[FULL.start, "the start of the bus", 0]]
+        self.depth = threading.local()
+
+    def listening(self, event: str | Event[Any], **counters: Any) -> bool:
+        self.bus._learn(event)  # an unknown name is still an error
+        return True
+
+    def emit(self, event: str | Event[Any], /, **fields: Any) -> Any:
+        name = self.bus._learn(event).name
+        depth = getattr(self.depth, "value", 0)
+        sessions = self.sessions
+        while sessions[-1][2] > depth:  # the subscriber that started a session returned
+            position, last, _ = sessions[-1]
+            if not FULL.accepts_end(position):
+                raise OrderError(name, last, FULL.expected(position),
+                                 "a session started by a subscriber did not end")  # fmt: skip
+            sessions.pop()
+        if sessions[-1][2] < depth and name in SESSION_STARTS:
+            sessions.append([FULL.start, "the start of a nested session", depth])
+        session = sessions[-1]
+        following = FULL.step(session[0], name)
+        if not following:
+            raise OrderError(name, session[1], FULL.expected(session[0]))
+        session[0], session[1] = following, name
+        self.depth.value = depth + 1
+        try:
+            return self.emit_plainly(event, **fields)
+        finally:
+            self.depth.value = depth

@@ -385,3 +385,23 @@ class SubscriberError(EventhooksError):
             f"subscriber {_text(subscriber, 300)} failed on event {_quote(_text(event))}: "
             f"{_type_name(original)}: {said}"
         )
+
+
+class OrderError(EventhooksError, RuntimeError):
+    """A moment emitted where the canonical order does not allow it (PRODUCT.md §1).
+
+    Raised by the lifecycle, and by ``EventBus(check_order=True)`` at the first emit that breaks
+    the order. ``event`` is the moment, ``previous`` the one before it, ``expected`` what was
+    allowed there.
+    """
+
+    def __init__(
+        self, event: str, previous: str, expected: Iterable[str], note: str | None = None
+    ) -> None:
+        self.event, self.previous = event, previous
+        self.expected = sorted(expected)
+        allowed = ", ".join(self.expected) or "nothing more"
+        why = f" ({note})" if note else ""
+        super().__init__(
+            f"{event} after {previous} breaks the canonical order{why}; allowed there: {allowed}"
+        )

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
-from .errors import _text, _type_name
+from .errors import PayloadError, _text, _type_name
 
 #: Metrics by name. numpy and torch scalars become floats; NaN and inf are kept (a NaN loss
 #: is information) and written to JSON as ``NaN``/``Infinity``.
@@ -157,3 +157,43 @@ class ExportPayload(Payload):
 
     format: str | None = None
     path: PathStr | None = None
+
+
+class RunContext:
+    """The facts of a run that every payload carries: ``source``, ``params``, ``rank``,
+    ``world_size``. Checked once when a run opens (and when they change), not at every emit.
+    """
+
+    __slots__ = ("fields", "params", "rank", "source", "world_size")
+
+    def __init__(self, checked: Payload) -> None:
+        self.source, self.params = checked.source, checked.params
+        self.rank, self.world_size = checked.rank, checked.world_size
+        #: What an emit passes on: only what differs from the defaults.
+        self.fields: dict[str, Any] = {}
+        if self.source is not None:
+            self.fields["source"] = self.source
+        if self.params is not None:
+            self.fields["params"] = self.params
+        if self.rank != 0 or self.world_size != 1:
+            self.fields.update(rank=self.rank, world_size=self.world_size)
+
+    @classmethod
+    def check(
+        cls, source: Any = None, params: Any = None, rank: Any = 0, world_size: Any = 1
+    ) -> RunContext:
+        """Validate the run's facts; a bad one is a :class:`PayloadError` naming its field."""
+        given = {"source": source, "params": params, "rank": rank, "world_size": world_size}
+        try:
+            return cls(Payload.model_validate(given))
+        except Exception as exc:
+            raise PayloadError.from_validation("run context", "run context", exc) from None
+
+    def changed(self, **changes: Any) -> RunContext:
+        """This context with ``changes`` (same names as :meth:`check`), validated."""
+        current = {"source": self.source, "params": self.params, "rank": self.rank,
+                   "world_size": self.world_size}  # fmt: skip
+        unknown = set(changes) - set(current)
+        if unknown:
+            raise TypeError(f"a run's context has no {sorted(unknown)}")
+        return RunContext.check(**{**current, **changes})

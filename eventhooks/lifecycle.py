@@ -1,0 +1,380 @@
+"""The lifecycle: a run's canonical order, counters, stop requests and teardown, in one place.
+
+An adapter (or a loop of your own) says what happened; the lifecycle emits the moments in the
+canonical order (PRODUCT.md §1, :mod:`eventhooks._grammar`), fills in the ones a framework has
+no hook for, keeps the counters and ends the run with exactly one ``teardown``::
+
+    with Run(bus, source=trainer, params={"epochs": 3}) as run:
+        run.ready()                            # model, data and optimizer are built
+        for epoch in run.epochs(3):            # stops early when a subscriber asks
+            for batch in loader:
+                run.batch_start()
+                ...; run.optimizer_step()
+                run.batch_end({"loss": loss})
+            with run.validation() as val:
+                for batch in val_loader:
+                    val.batch_start(); val.batch_end({"val_loss": ...})
+                val.end({"val_loss": ...})
+            run.epoch_end({"loss": ..., "val_loss": ...})
+    # on_train_end when the block ended normally, then teardown (with the error, if it failed)
+
+==========================  ========================================  =========================
+method                      emits                                     fills in first, if due
+==========================  ========================================  =========================
+``Run(...)`` entered        on_pretrain_routine_start                 (forgets a stop request)
+``ready()``                 on_pretrain_routine_end
+``train_start()``           on_train_start                            ready
+``epoch_start(epoch)``      on_train_epoch_start (again: a restart)   ready, train_start
+``batch_start()``           on_train_batch_start (batch += 1)
+``zero_grad()``             on_before_zero_grad
+``optimizer_step()``        optimizer_step (step += 1)
+``params_update(hp)``       on_params_update
+``batch_end(logs)``         on_train_batch_end
+``train_epoch_end(logs)``   on_train_epoch_end
+``validation()``            on_val_start ... on_val_end               train_epoch_end
+``model_save(path)``        on_model_save                             train_epoch_end
+``epoch_end(logs)``         on_fit_epoch_end                          train_epoch_end
+``train_end(logs)``         on_train_end (also on leaving the block)  ready, train_start
+``close(error)``            teardown, exactly once (on leaving)
+==========================  ========================================  =========================
+
+Counters: ``epoch`` is absolute (a resumed run starts at its epoch), ``batch`` restarts each
+epoch, ``step`` counts optimizer steps over the run. ``Validation``, ``Prediction`` and
+``Export`` are sessions of their own when started on their own (``evaluate``, ``predict``) or
+by a subscriber inside a fit: they do not disturb the fit's order. A moment the grammar does
+not allow where it comes raises :class:`~eventhooks.errors.OrderError` naming it, the moment
+before it and what was allowed there.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from types import TracebackType
+from typing import Any
+
+from . import events as ev
+from ._grammar import FULL
+from .bus import EventBus
+from .errors import OrderError
+from .events import Event
+from .payloads import RunContext
+
+__all__ = ["Export", "Prediction", "Run", "Validation"]
+
+Logs = Mapping[str, Any]
+
+#: What a moment needs emitted before it when the framework has no hook for it.
+_FILLS: dict[str, tuple[str, ...]] = {
+    "on_train_start": ("on_pretrain_routine_end",),
+    "on_train_epoch_start": ("on_pretrain_routine_end", "on_train_start"),
+    "on_train_end": ("on_pretrain_routine_end", "on_train_start"),
+    "on_val_start": ("on_train_epoch_end",),
+    "on_model_save": ("on_train_epoch_end",),
+    "on_fit_epoch_end": ("on_train_epoch_end",),
+}
+
+
+class _Session:
+    """What every session shares: its bus, its context, its place in the grammar."""
+
+    def __init__(
+        self,
+        bus: EventBus,
+        *,
+        source: Any = None,
+        params: Mapping[str, Any] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        parent: _Session | None = None,
+    ) -> None:
+        self.bus = bus
+        self._parent = parent
+        self.context: RunContext
+        if parent is not None:
+            self.context = parent.context
+        else:
+            self.context = RunContext.check(source, params, rank, world_size)
+        self._position = FULL.start
+        self._last = "the start of the session"
+
+    def update(self, **changes: Any) -> None:
+        """Change the run's context (``source``, ``params``, ``rank``, ``world_size``)."""
+        owner = self._parent or self
+        owner.context = owner.context.changed(**changes)
+        if self._parent is not None:
+            self.context = owner.context
+
+    def _step(self, name: str) -> None:
+        owner = self._parent or self
+        nxt = FULL.step(owner._position, name)
+        if not nxt:
+            raise OrderError(name, owner._last, FULL.expected(owner._position))
+        owner._position, owner._last = nxt, name
+
+    def _allowed(self, name: str) -> bool:
+        return bool(FULL.step((self._parent or self)._position, name))
+
+    def _emit(self, event: Event[Any], **fields: Any) -> Any:
+        """Follow the grammar, then emit (nothing is built when nobody listens)."""
+        self._step(event.name)
+        if not self.bus.listening(event):
+            return None
+        return self.bus.emit(event, **fields, **self.context.fields)
+
+
+class Run(_Session):
+    """One training run (a fit): the FIT sequence, its counters and its teardown.
+
+    ``initial_epoch`` is where a resumed run starts. Leaving the ``with`` block emits
+    ``on_train_end`` (unless already emitted or the block failed) and ``teardown``.
+    """
+
+    def __init__(
+        self,
+        bus: EventBus,
+        *,
+        source: Any = None,
+        params: Mapping[str, Any] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        initial_epoch: int = 0,
+    ) -> None:
+        super().__init__(bus, source=source, params=params, rank=rank, world_size=world_size)
+        self.initial_epoch = initial_epoch
+        self.epoch: int | None = None  # the current (or last) epoch
+        self.batch = -1  # the current batch of the epoch
+        self.step = 0  # optimizer steps taken in the run
+        self.logs: dict[str, Any] = {}  # the last epoch's logs
+        self._batch_logs: dict[str, Any] = {}
+        self._closed = False
+        self._epoch_open = False
+        self._in_batch = False
+        self._trained = False  # on_train_end emitted
+
+    # -- opening and closing -------------------------------------------------------------------
+
+    def __enter__(self) -> Run:
+        self.bus._forget_stop_request()
+        try:
+            self._emit(ev.on_pretrain_routine_start)
+        except BaseException as error:
+            self.close(error)
+            raise
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:  # fmt: skip
+        if error is None:
+            try:
+                if not self._trained:
+                    self.train_end()
+            except BaseException as failure:
+                self.close(failure)
+                raise
+        self.close(error)
+
+    def close(self, error: BaseException | None = None) -> None:
+        """Emit ``teardown`` once, carrying ``error`` if the run failed (a later call does
+        nothing). A subscriber failing at a failed run's teardown is noted on ``error``."""
+        if self._closed:
+            return
+        self._closed = True
+        (self._parent or self)._position = FULL.step(self._position, "teardown") or FULL.start
+        self._last = "teardown"
+        fields = {"epoch": self.epoch, "logs": self.logs, **self.context.fields}
+        self.bus.emit_teardown(error, **fields)
+
+    # -- stop requests ---------------------------------------------------------------------
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether a subscriber asked this run to stop (``bus.request_stop()``)."""
+        return self.bus.stop_requested
+
+    def request_stop(self, reason: str | None = None) -> None:
+        self.bus.request_stop(reason)
+
+    # -- the moments -------------------------------------------------------------------------
+
+    def _fill_then(self, event: Event[Any], **fields: Any) -> Any:
+        for name in _FILLS.get(event.name, ()):
+            if not self._allowed(event.name) and self._allowed(name):
+                self._filler(name)
+        return self._emit(event, **fields)
+
+    def _filler(self, name: str) -> None:
+        if name == "on_pretrain_routine_end":
+            self.ready()
+        elif name == "on_train_start":
+            self.train_start()
+        else:
+            self.train_epoch_end(self._batch_logs)
+
+    def ready(self, **context: Any) -> None:
+        """The model, data and optimizer are built (``context``: ``params`` known now...)."""
+        if context:
+            self.update(**context)
+        self._emit(ev.on_pretrain_routine_end)
+
+    def train_start(self) -> None:
+        self._fill_then(ev.on_train_start, epoch=self.initial_epoch)
+
+    def epochs(self, epochs: int) -> Iterator[int]:
+        """``initial_epoch`` up to ``epochs``, each opened with ``epoch_start``; an epoch the
+        body leaves open is closed with its last logs. Ends early on a stop request."""
+        for epoch in range(self.initial_epoch, epochs):
+            if self.stop_requested:
+                return
+            self.epoch_start(epoch)
+            yield epoch
+            if self._epoch_open:
+                self.epoch_end(self._batch_logs)
+            if self.stop_requested:
+                return
+
+    def epoch_start(self, epoch: int | None = None) -> None:
+        """An epoch begins (the same epoch again, before it ended: a restart)."""
+        if epoch is None:
+            epoch = self.initial_epoch if self.epoch is None else self.epoch + 1
+        if self._epoch_open and epoch != self.epoch:
+            note = f"epoch {epoch} began before epoch {self.epoch} ended"
+            raise OrderError("on_train_epoch_start", self._last, ["on_train_epoch_end"], note)
+        self.epoch, self.batch, self._epoch_open = epoch, -1, True
+        self._batch_logs = {}
+        self._fill_then(ev.on_train_epoch_start, epoch=epoch)
+
+    def batch_start(self, batch: int | None = None) -> None:
+        self.batch = self.batch + 1 if batch is None else batch
+        self._in_batch = True
+        self._emit(ev.on_train_batch_start, batch=self.batch, epoch=self.epoch)
+
+    def zero_grad(self) -> None:
+        self._emit(ev.on_before_zero_grad, epoch=self.epoch, batch=self.batch, step=self.step)
+
+    def optimizer_step(self) -> None:
+        self._emit(ev.optimizer_step, epoch=self.epoch, batch=self.batch, step=self.step)
+        self.step += 1
+
+    def params_update(self, hyperparams: Mapping[str, float]) -> None:
+        """Hyper-parameters changed: inside a batch, after a step, or between epochs."""
+        batch = self.batch if self._in_batch else None
+        self._emit(ev.on_params_update, epoch=self.epoch, batch=batch,
+                   step=max(self.step - 1, 0), hyperparams=dict(hyperparams))  # fmt: skip
+
+    def batch_end(self, logs: Logs | None = None) -> None:
+        self._batch_logs = dict(logs or {})
+        self._in_batch = False
+        self._emit(ev.on_train_batch_end, batch=self.batch, epoch=self.epoch, logs=logs or {})
+
+    def train_epoch_end(self, logs: Logs | None = None) -> None:
+        """The training part of the epoch ended, before its validation."""
+        self._emit(ev.on_train_epoch_end, epoch=self.epoch, logs=logs or {})
+
+    def validation(self) -> Validation:
+        """The epoch's validation (or one after the last epoch), as a ``with`` block."""
+        if not self._allowed("on_val_start") and self._allowed("on_train_epoch_end"):
+            self._filler("on_train_epoch_end")
+        return Validation(self.bus, parent=self, epoch=self.epoch)
+
+    def model_save(self, path: str | os.PathLike[str], logs: Logs | None = None) -> None:
+        self._fill_then(ev.on_model_save, path=path, epoch=self.epoch, logs=logs or self.logs)
+
+    def epoch_end(self, logs: Logs | None = None) -> None:
+        """The whole epoch ended, validation included (``on_fit_epoch_end``)."""
+        self.logs = dict(logs or {})
+        self._epoch_open = False
+        self._fill_then(ev.on_fit_epoch_end, epoch=self.epoch, logs=self.logs)
+
+    def train_end(self, logs: Logs | None = None) -> None:
+        if logs is not None:
+            self.logs = dict(logs)
+        self._fill_then(ev.on_train_end, epoch=self.epoch, logs=self.logs)
+        self._trained = True
+
+
+class Validation(_Session):
+    """VAL: ``on_val_start``, batches, ``on_val_end``; on its own (``evaluate``) or a fit's."""
+
+    def __init__(
+        self, bus: EventBus, *, parent: _Session | None = None, epoch: int | None = None,
+        **context: Any,
+    ) -> None:  # fmt: skip
+        super().__init__(bus, parent=parent, **context)
+        self.epoch, self.batch = epoch, -1
+        self.logs: dict[str, Any] = {}
+        self._ended = False
+
+    def __enter__(self) -> Validation:
+        self._emit(ev.on_val_start, epoch=self.epoch)
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:  # fmt: skip
+        if error is None and not self._ended:
+            self.end(self.logs)
+
+    def batch_start(self, batch: int | None = None) -> None:
+        self.batch = self.batch + 1 if batch is None else batch
+        self._emit(ev.on_val_batch_start, batch=self.batch, epoch=self.epoch)
+
+    def batch_end(self, logs: Logs | None = None) -> None:
+        self._emit(ev.on_val_batch_end, batch=self.batch, epoch=self.epoch, logs=logs or {})
+
+    def end(self, logs: Logs | None = None) -> None:
+        """Validation ended, with its metrics (``val_`` keys inside a fit)."""
+        self.logs, self._ended = dict(logs or {}), True
+        self._emit(ev.on_val_end, epoch=self.epoch, logs=self.logs)
+
+
+class Prediction(_Session):
+    """PREDICT: ``on_predict_start``, batches with their outputs, ``on_predict_end``."""
+
+    def __init__(self, bus: EventBus, **context: Any) -> None:
+        super().__init__(bus, **context)
+        self.batch = -1
+
+    def __enter__(self) -> Prediction:
+        self._emit(ev.on_predict_start)
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:  # fmt: skip
+        if error is None:
+            self._emit(ev.on_predict_end)
+
+    def batch_start(self, batch: int | None = None) -> None:
+        self.batch = self.batch + 1 if batch is None else batch
+        self._emit(ev.on_predict_batch_start, batch=self.batch)
+
+    def postprocess_end(self, outputs: Any = None) -> None:
+        self._emit(ev.on_predict_postprocess_end, batch=self.batch, outputs=outputs)
+
+    def batch_end(self, outputs: Any = None) -> None:
+        self._emit(ev.on_predict_batch_end, batch=self.batch, outputs=outputs)
+
+
+class Export(_Session):
+    """EXPORT: ``on_export_start`` (format) and ``on_export_end`` (the artifact's path)."""
+
+    def __init__(self, bus: EventBus, *, format: str | None = None, **context: Any) -> None:
+        super().__init__(bus, **context)
+        self.format = format
+        self.path: str | os.PathLike[str] | None = None
+
+    def __enter__(self) -> Export:
+        self._emit(ev.on_export_start, format=self.format)
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:  # fmt: skip
+        if error is None:
+            self._emit(ev.on_export_end, format=self.format, path=self.path)

@@ -1,0 +1,283 @@
+"""The lifecycle: one run's order, counters, fills, stops and teardown; order checking on demand."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eventhooks import EventBus, OrderError, PayloadError, SubscriberError
+from eventhooks.lifecycle import Export, Prediction, Run, Validation
+from eventhooks.testing import Recorder, assert_canonical_order
+
+
+def recorded(check_order: bool = False) -> tuple[EventBus, Recorder]:
+    bus = EventBus(check_order=check_order)
+    return bus, Recorder(bus)
+
+
+def test_a_loop_on_the_lifecycle_emits_the_canonical_order_with_its_counters() -> None:
+    bus, rec = recorded(check_order=True)
+    with Run(bus, params={"epochs": 4}, initial_epoch=2) as run:
+        run.ready()
+        for _ in run.epochs(4):
+            for _ in range(3):
+                run.batch_start()
+                run.zero_grad()
+                run.optimizer_step()
+                run.batch_end({"loss": 1.0})
+            with run.validation() as val:
+                val.batch_start()
+                val.batch_end({"val_loss": 2.0})
+                val.end({"val_loss": 2.0})
+            run.epoch_end({"loss": 1.0, "val_loss": 2.0})
+    assert_canonical_order(rec.names)
+    assert [p.epoch for p in rec.payloads("on_train_epoch_start")] == [2, 3]
+    assert [p.batch for p in rec.payloads("on_train_batch_end")] == [0, 1, 2] * 2
+    assert [p.step for p in rec.payloads("optimizer_step")] == list(range(6))
+    assert rec.names[-2:] == ["on_train_end", "teardown"]
+    assert rec.payloads("teardown")[0].error is None
+    assert rec.payloads("on_pretrain_routine_start")[0].params == {"epochs": 4}
+
+
+def test_loops_the_old_grammar_refused_are_accepted_where_they_happen() -> None:
+    """Gradient accumulation, two optimizers, a scheduler between epochs, a last validation."""
+    bus, rec = recorded(check_order=True)
+    with Run(bus) as run:
+        for epoch in run.epochs(2):
+            run.batch_start()  # accumulates only
+            run.batch_end()
+            run.batch_start()  # two optimizers
+            for _ in range(2):
+                run.zero_grad()
+                run.optimizer_step()
+            run.batch_end()
+            run.epoch_end({"loss": 0.5})
+            run.params_update({"lr": 0.1 / (epoch + 1)})  # scheduler.step() after the epoch
+        with run.validation() as val:
+            val.end({"val_loss": 0.4})
+    assert_canonical_order(rec.names)
+    updates = rec.payloads("on_params_update")
+    assert [(p.epoch, p.batch) for p in updates] == [(0, None), (1, None)]
+    assert rec.names[-4:] == ["on_val_start", "on_val_end", "on_train_end", "teardown"]
+
+
+def test_what_a_framework_has_no_hook_for_is_filled_in() -> None:
+    bus, rec = recorded(check_order=True)
+    with Run(bus) as run:
+        run.epoch_start()  # no ready(), no train_start()
+        run.batch_start()
+        run.batch_end({"loss": 3.0})
+        with run.validation() as val:  # Lightning: no hook between training and validation
+            val.end({"val_loss": 1.0})
+        run.epoch_end({"loss": 3.0, "val_loss": 1.0})
+    assert rec.names[:4] == [
+        "on_pretrain_routine_start", "on_pretrain_routine_end", "on_train_start",
+        "on_train_epoch_start",
+    ]  # fmt: skip
+    assert rec.names[6:8] == ["on_train_epoch_end", "on_val_start"]
+    assert rec.payloads("on_train_epoch_end")[0].logs == {"loss": 3.0}
+
+
+def test_an_epoch_restart_is_accepted_and_a_skipped_end_is_not() -> None:
+    bus, rec = recorded(check_order=True)
+    with Run(bus) as run:
+        run.epoch_start(0)
+        run.batch_start()
+        run.batch_end()
+        run.epoch_start(0)  # Ultralytics restarts an epoch after a NaN loss
+        run.batch_start()
+        run.batch_end()
+        run.epoch_end()
+    assert_canonical_order(rec.names)
+    with pytest.raises(OrderError, match="epoch 1 began before epoch 0 ended"):
+        with Run(bus) as run:
+            run.epoch_start(0)
+            run.epoch_start(1)
+    assert rec.names[-1] == "teardown" and rec.payloads("teardown")[-1].error is not None
+
+
+def test_a_moment_out_of_place_is_an_order_error_naming_what_was_allowed() -> None:
+    bus, _ = recorded()
+    with pytest.raises(OrderError) as info:
+        with Run(bus) as run:
+            run.epoch_start()
+            run.optimizer_step()  # outside any batch
+    error = info.value
+    assert error.event == "optimizer_step" and error.previous == "on_train_epoch_start"
+    assert "on_train_batch_start" in error.expected
+    assert "on_train_batch_start" in str(error) and "optimizer_step" in str(error)
+
+
+def test_a_failure_anywhere_ends_with_one_teardown_carrying_it() -> None:
+    bus, rec = recorded()
+    with pytest.raises(ZeroDivisionError) as info:
+        with Run(bus) as run:
+            run.epoch_start()
+            run.batch_start()
+            _ = 1 / 0
+    teardown = rec.payloads("teardown")
+    assert len(teardown) == 1 and teardown[0].exception is info.value
+    assert_canonical_order(rec.names)
+
+
+@pytest.mark.parametrize("at", ["on_pretrain_routine_start", "on_train_end", "teardown"])
+def test_a_failing_subscriber_at_a_run_edge_still_gives_one_teardown(at: str) -> None:
+    bus, rec = recorded()
+    bus.on(at, priority=1)(lambda p: 1 / 0)
+    with pytest.raises(SubscriberError, match=at):
+        with Run(bus) as run:
+            run.epoch_start()
+            run.epoch_end()
+    assert rec.names.count("teardown") == 1 and rec.names[-1] == "teardown"
+    if at != "teardown":
+        assert "ZeroDivisionError" in (rec.payloads("teardown")[0].error or "")
+
+
+def test_stop_requests_belong_to_the_run() -> None:
+    bus, rec = recorded()
+    @bus.on("on_train_batch_end")
+    def stop_at_the_second_batch(payload: Any) -> None:
+        if payload.batch == 1:
+            bus.request_stop("enough")
+
+    with Run(bus) as run:
+        for _ in run.epochs(5):
+            for _ in range(4):
+                run.batch_start()
+                run.batch_end()
+                if run.stop_requested:
+                    break
+    assert [p.epoch for p in rec.payloads("on_fit_epoch_end")] == [0]
+    assert bus.stop_reason == "enough"
+    with Run(bus) as run:  # a new run forgets the last one's request
+        assert not run.stop_requested
+        list(run.epochs(1))
+    assert rec.names[-3:] == ["on_fit_epoch_end", "on_train_end", "teardown"]
+
+
+def test_a_session_started_by_a_subscriber_does_not_disturb_the_fit() -> None:
+    bus, rec = recorded(check_order=True)
+
+    def sample_predictions(payload: Any) -> None:
+        with Validation(bus, epoch=payload.epoch) as val:
+            val.end({"val_loss": 0.1})
+        with Prediction(bus) as predict:
+            predict.batch_start()
+            predict.batch_end(outputs=[1, 2])
+
+    bus.on("on_fit_epoch_end")(sample_predictions)
+    with Run(bus) as run:
+        for _ in run.epochs(2):
+            run.epoch_end({"loss": 1.0})
+    fit = [n for n in rec.names if "val" not in n and "predict" not in n]
+    assert_canonical_order(fit)
+    assert rec.names.count("on_predict_end") == 2
+
+
+def test_check_order_names_the_event_the_one_before_and_what_was_allowed() -> None:
+    bus = EventBus(check_order=True)
+    bus.emit("on_pretrain_routine_start")
+    with pytest.raises(OrderError) as info:
+        bus.emit("on_train_start")
+    assert info.value.event == "on_train_start"
+    assert info.value.previous == "on_pretrain_routine_start"
+    assert "on_pretrain_routine_end" in info.value.expected
+    assert "on_train_start after on_pretrain_routine_start" in str(info.value)
+    assert EventBus().emit("on_train_start") is None  # off by default: no check
+
+
+def test_check_order_sees_every_event_even_those_nobody_hears() -> None:
+    bus = EventBus(check_order=True)
+    assert bus.listening("on_train_batch_start")  # so adapters emit everything
+    bus.emit("on_val_start")
+    with pytest.raises(OrderError, match="on_val_batch_end after on_val_start"):
+        bus.emit("on_val_batch_end", batch=0)
+
+
+def test_listening_asks_the_every_and_once_filters() -> None:
+    bus = EventBus()
+    bus.on("on_train_batch_end", every=50)(lambda p: None)
+    assert not bus.listening("on_train_batch_end", batch=3)
+    assert bus.listening("on_train_batch_end", batch=49)
+    assert bus.listening("on_train_batch_end")  # no counters: someone is subscribed
+    bus.on("on_fit_epoch_end", once=3)(lambda p: None)
+    assert [bus.listening("on_fit_epoch_end", epoch=e) for e in range(4)] == [
+        False, False, True, False,
+    ]  # fmt: skip
+    bus.on("on_train_batch_end", when=lambda p: p.batch > 1)(lambda p: None)
+    assert bus.listening("on_train_batch_end", batch=3)  # when= needs the payload
+
+
+@settings(max_examples=100)
+@given(st.lists(st.integers(1, 200), min_size=1, max_size=4), st.integers(0, 400))
+def test_listening_with_counters_never_says_no_to_a_delivery(every: list[int], batch: int) -> None:
+    bus = EventBus()
+    heard: list[int] = []
+    for n in every:
+        bus.on("on_train_batch_end", every=n)(lambda p: heard.append(p.batch))
+    said = bus.listening("on_train_batch_end", batch=batch)
+    bus.emit("on_train_batch_end", batch=batch)
+    assert said == bool(heard)
+
+
+def test_the_run_context_is_checked_when_the_run_opens() -> None:
+    bus, rec = recorded()
+    with pytest.raises(PayloadError, match="rank"):
+        Run(bus, rank=-1)
+    assert rec.names == []
+    marker = object()
+    with Run(bus, source=marker, params={"epochs": 1}, rank=1, world_size=2) as run:
+        run.update(params={"epochs": 1, "steps": 3})
+        list(run.epochs(1))
+    first, last = rec.payloads("on_pretrain_routine_start")[0], rec.payloads("teardown")[0]
+    assert first.source is marker and first.rank == 1 and first.world_size == 2
+    assert last.params == {"epochs": 1, "steps": 3}
+
+
+def test_export_and_prediction_sessions() -> None:
+    bus, rec = recorded(check_order=True)
+    with Export(bus, format="onnx") as export:
+        export.path = "model.onnx"
+    with Prediction(bus) as predict:
+        predict.batch_start()
+        predict.postprocess_end(outputs=[0])
+        predict.batch_end(outputs=[0])
+    assert_canonical_order(rec.names)
+    assert rec.payloads("on_export_end")[0].path == "model.onnx"
+
+
+MOMENTS = ["ready", "train_start", "epoch_start", "batch_start", "zero_grad", "optimizer_step",
+           "params_update", "batch_end", "train_epoch_end", "validation", "model_save",
+           "epoch_end", "train_end", "fail"]  # fmt: skip
+
+
+@settings(max_examples=300)
+@given(st.lists(st.sampled_from(MOMENTS), max_size=25))
+def test_any_program_gives_a_canonical_trace_or_an_order_error(program: list[str]) -> None:
+    """Whatever an adapter calls, in whatever order: the trace is canonical, ends with one
+    teardown, and a call out of place is an OrderError (never a wrong trace)."""
+    bus, rec = recorded()
+    raised: BaseException | None = None
+    try:
+        with Run(bus) as run:
+            for moment in program:
+                if moment == "fail":
+                    raise KeyError("the loop failed")
+                if moment == "params_update":
+                    run.params_update({"lr": 0.1})
+                elif moment == "model_save":
+                    run.model_save("m.ckpt")
+                elif moment == "validation":
+                    with run.validation() as val:
+                        val.end()
+                else:
+                    getattr(run, moment)()
+    except (OrderError, KeyError) as error:
+        raised = error
+    assert rec.names.count("teardown") == 1 and rec.names[-1] == "teardown"
+    assert_canonical_order(rec.names)
+    failed = rec.payloads("teardown")[0].error
+    assert (failed is None) == (raised is None)
