@@ -154,7 +154,9 @@ class Run(_Session):
 
     # -- opening and closing -------------------------------------------------------------------
 
-    def __enter__(self) -> Run:
+    def open(self) -> Run:
+        """Open the run (``on_pretrain_routine_start``): what entering the ``with`` does, for
+        adapters whose framework calls them at the start and the end of a run."""
         self.bus._forget_stop_request()
         try:
             self._emit(ev.on_pretrain_routine_start)
@@ -163,11 +165,11 @@ class Run(_Session):
             raise
         return self
 
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:  # fmt: skip
-        if error is None:
+    def finish(self, error: BaseException | None = None) -> None:
+        """End the run: ``on_train_end`` unless it failed (or that was emitted already), then
+        ``teardown``. What leaving the ``with`` does; a failure at ``on_train_end`` is raised
+        after the teardown that carries it."""
+        if error is None and not self._closed:
             try:
                 if not self._trained:
                     self.train_end()
@@ -175,6 +177,20 @@ class Run(_Session):
                 self.close(failure)
                 raise
         self.close(error)
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``teardown`` was emitted."""
+        return self._closed
+
+    def __enter__(self) -> Run:
+        return self.open()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:  # fmt: skip
+        self.finish(error)
 
     def close(self, error: BaseException | None = None) -> None:
         """Emit ``teardown`` once, carrying ``error`` if the run failed (a later call does
@@ -307,9 +323,13 @@ class Validation(_Session):
         self.logs: dict[str, Any] = {}
         self._ended = False
 
-    def __enter__(self) -> Validation:
+    def open(self) -> Validation:
+        """``on_val_start``: what entering the ``with`` does."""
         self._emit(ev.on_val_start, epoch=self.epoch)
         return self
+
+    def __enter__(self) -> Validation:
+        return self.open()
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None,
@@ -338,16 +358,24 @@ class Prediction(_Session):
         super().__init__(bus, **context)
         self.batch = -1
 
-    def __enter__(self) -> Prediction:
+    def open(self) -> Prediction:
+        """``on_predict_start``: what entering the ``with`` does."""
         self._emit(ev.on_predict_start)
         return self
+
+    def end(self) -> None:
+        """``on_predict_end``: what leaving the ``with`` normally does."""
+        self._emit(ev.on_predict_end)
+
+    def __enter__(self) -> Prediction:
+        return self.open()
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None,
         tb: TracebackType | None,
     ) -> None:  # fmt: skip
         if error is None:
-            self._emit(ev.on_predict_end)
+            self.end()
 
     def batch_start(self, batch: int | None = None) -> None:
         self.batch = self.batch + 1 if batch is None else batch
@@ -368,13 +396,23 @@ class Export(_Session):
         self.format = format
         self.path: str | os.PathLike[str] | None = None
 
-    def __enter__(self) -> Export:
+    def open(self) -> Export:
+        """``on_export_start``: what entering the ``with`` does."""
         self._emit(ev.on_export_start, format=self.format)
         return self
+
+    def end(self, path: str | os.PathLike[str] | None = None) -> None:
+        """``on_export_end`` with the artifact's path: what leaving the ``with`` does."""
+        if path is not None:
+            self.path = path
+        self._emit(ev.on_export_end, format=self.format, path=self.path)
+
+    def __enter__(self) -> Export:
+        return self.open()
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None,
         tb: TracebackType | None,
     ) -> None:  # fmt: skip
         if error is None:
-            self._emit(ev.on_export_end, format=self.format, path=self.path)
+            self.end()
