@@ -5,7 +5,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 # This machine's pip config lists local indexes that do not exist for every package; pip says
 # so once per package. Those lines are noise: keep everything else.
-PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
+# constraints.txt holds torch and torchvision at the wheels on this machine's disk: every install
+# passes it, so no package (lightning, transformers, accelerate, ignite...) can pull another torch.
+PIP    := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 QUIET  := 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
 # Keras runs on the torch backend here (TensorFlow is not installed).
 export KERAS_BACKEND := torch
@@ -16,12 +18,13 @@ $(PY):
 	python3 -m venv $(VENV)
 
 # NumPy only: the demo needs no framework.
-$(VENV)/.demo-installed: pyproject.toml | $(PY)
+$(VENV)/.demo-installed: pyproject.toml constraints.txt | $(PY)
 	$(PIP) -e '.[demo]' $(QUIET)
 	touch $@
 
-# torch/torchvision are pinned (pyproject) to the wheels on this machine's disk.
-$(VENV)/.test-installed: pyproject.toml | $(PY)
+# torch/torchvision are pinned (pyproject, and held by constraints.txt) to the wheels on this
+# machine's disk. The test extra includes bench: Lightning, transformers, Ignite, psygnal.
+$(VENV)/.test-installed: pyproject.toml constraints.txt | $(PY)
 	$(PIP) -e '.[test]' $(QUIET)
 	touch $@
 
