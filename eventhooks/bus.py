@@ -43,6 +43,7 @@ from ._subscription import (
 )
 from .errors import OrderError, PayloadError, SubscriberError, UnknownEventError
 from .events import Event
+from .payloads import CONTEXT_FIELDS, NO_CONTEXT, RunContext
 
 log = logging.getLogger("eventhooks")
 
@@ -473,6 +474,11 @@ class EventBus:
         batch: Any = _UNSET,
         epoch: Any = _UNSET,
         logs: Any = _UNSET,
+        context: RunContext | None = None,
+        source: Any = _UNSET,
+        params: Any = _UNSET,
+        rank: Any = _UNSET,
+        world_size: Any = _UNSET,
         **fields: Any,
     ) -> Any:
         """Validate ``fields`` into the event's payload and deliver it; returns the payload.
@@ -485,7 +491,9 @@ class EventBus:
 
         ``batch``, ``epoch`` and ``logs`` (what every batch event carries) are named
         parameters only for speed: Python builds no keyword dict for them, which is most of
-        what an emit nobody listens to would cost.
+        what an emit nobody listens to would cost. The run's facts come as ``context`` (a
+        :class:`~eventhooks.payloads.RunContext`, checked once per run: the lifecycle passes
+        it) or as ``source``, ``params``, ``rank``, ``world_size``, then checked here.
         """
         try:
             route = self._fast[event]
@@ -510,6 +518,14 @@ class EventBus:
             raise PayloadError.from_validation(
                 event, route.event.name, exc, payload=route.event.payload, fields=fields
             ) from exc
+        if context is not None:
+            payload.__dict__["_context"] = context
+        if source is not _UNSET or params is not _UNSET or rank is not _UNSET or (
+            world_size is not _UNSET
+        ):
+            payload.__dict__["_context"] = self._context_of(
+                event, route.event, context, source, params, rank, world_size
+            )
         if route.edge:
             self._run_edge(route.event)
         try:
@@ -524,6 +540,19 @@ class EventBus:
             return payload
         self._deliver_rest(route, call, payload, None)
         return payload
+
+    def _context_of(
+        self, spelled: object, event: Event[Any], base: RunContext | None, *given: Any
+    ) -> RunContext:
+        """The run's facts given to one emit, checked (the lifecycle checks them once)."""
+        current = base or NO_CONTEXT
+        changes = {name: value for name, value in zip(CONTEXT_FIELDS, given, strict=True)
+                   if value is not _UNSET}  # fmt: skip
+        try:
+            return current.changed(**changes)
+        except PayloadError as exc:
+            errors = [{**err, "loc": err.get("loc", ())} for err in exc.errors]
+            raise PayloadError(spelled, errors, canonical=event.name) from None  # type: ignore[arg-type]
 
     def _deliver_rest(
         self, route: _Route, done: object, payload: Any, failure: Exception | None

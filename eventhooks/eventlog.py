@@ -25,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 
 from . import events as _events
 from . import registry as _registry
-from .errors import EventhooksError
+from .errors import EventhooksError, PayloadError
 from .events import Event
 
 #: The schema version this eventhooks writes and reads.
@@ -112,6 +112,7 @@ def _serialized_fields(model: type[BaseModel]) -> frozenset[str]:
     allowed = _ALLOWED.get(model)
     if allowed is None:
         allowed = frozenset(n for n, info in model.model_fields.items() if not info.exclude)
+        allowed |= frozenset(model.model_computed_fields)  # rank, world_size: the run's
         _ALLOWED[model] = allowed
     return allowed
 
@@ -161,11 +162,12 @@ def parse(
             path, line, f"{name}: payload field {foreign!r} is not one an event log holds"
         )
     try:
-        event.payload.model_validate(fields)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"]) or "payload"
-        raise EventLogError(path, line, f"{name}: field {where!r}: {first['msg']}") from None
+        event.payload(**fields)  # the run's facts (rank, world_size) as keywords
+    except (ValidationError, PayloadError) as exc:
+        problems = exc.errors if isinstance(exc, PayloadError) else exc.errors(include_url=False)
+        first = problems[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "payload"
+        raise EventLogError(path, line, f"{name}: field {where!r}: {first.get('msg')}") from None
     return Record(line, event, fields, time)
 
 

@@ -115,12 +115,18 @@ class _Session:
     def _allowed(self, name: str) -> bool:
         return bool(FULL.step((self._parent or self)._position, name))
 
+    def allows(self, event: str | Event[Any]) -> bool:
+        """Whether ``event`` may come now as it is, nothing filled in before it (for an
+        adapter whose moment may or may not belong to the run, a save by a subscriber, say)."""
+        name = event.name if isinstance(event, Event) else ev.CANONICAL.get(event, event)
+        return self._allowed(name)
+
     def _emit(self, event: Event[Any], **fields: Any) -> Any:
         """Follow the grammar, then emit (nothing is built when nobody listens)."""
         self._step(event.name)
         if not self.bus.listening(event):
             return None
-        return self.bus.emit(event, **fields, **self.context.fields)
+        return self.bus.emit(event, context=self.context, **fields)
 
 
 class Run(_Session):
@@ -183,6 +189,16 @@ class Run(_Session):
         """Whether ``teardown`` was emitted."""
         return self._closed
 
+    @property
+    def in_epoch(self) -> bool:
+        """Whether an epoch began (``epoch_start``) and has not ended (``epoch_end``)."""
+        return self._epoch_open
+
+    @property
+    def in_batch(self) -> bool:
+        """Whether a training batch began (``batch_start``) and has not ended."""
+        return self._in_batch
+
     def __enter__(self) -> Run:
         return self.open()
 
@@ -200,8 +216,7 @@ class Run(_Session):
         self._closed = True
         (self._parent or self)._position = FULL.step(self._position, "teardown") or FULL.start
         self._last = "teardown"
-        fields = {"epoch": self.epoch, "logs": self.logs, **self.context.fields}
-        self.bus.emit_teardown(error, **fields)
+        self.bus.emit_teardown(error, epoch=self.epoch, logs=self.logs, context=self.context)
 
     # -- stop requests ---------------------------------------------------------------------
 

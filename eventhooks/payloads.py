@@ -10,7 +10,15 @@ from __future__ import annotations
 import os
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    computed_field,
+    field_validator,
+    model_validator,
+)
 from pydantic.json_schema import SkipJsonSchema
 
 from .errors import PayloadError, _text, _type_name
@@ -49,13 +57,68 @@ PathStr = Annotated[str, BeforeValidator(_fspath)]
 """A filesystem path, given as ``str``, ``bytes`` (UTF-8) or ``os.PathLike``, stored as ``str``."""
 
 
+class _Context(BaseModel):
+    """The run's facts, validated: what :class:`RunContext` checks once per run."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    source: Any = None
+    params: dict[str, Any] | None = None
+    rank: Index = 0
+    world_size: Annotated[int, Field(ge=1)] = 1
+
+
+#: The names of the run's facts, accepted wherever payload fields are.
+CONTEXT_FIELDS = ("source", "params", "rank", "world_size")
+
+
+class RunContext:
+    """The facts of a run that every payload carries: ``source``, ``params``, ``rank``,
+    ``world_size``. Checked once when a run opens (and when they change), not at every emit.
+    """
+
+    __slots__ = ("params", "rank", "source", "world_size")
+
+    def __init__(self, checked: _Context) -> None:
+        self.source, self.params = checked.source, checked.params
+        self.rank, self.world_size = checked.rank, checked.world_size
+
+    @classmethod
+    def check(
+        cls, source: Any = None, params: Any = None, rank: Any = 0, world_size: Any = 1
+    ) -> RunContext:
+        """Validate the run's facts; a bad one is a :class:`PayloadError` naming its field."""
+        given = {"source": source, "params": params, "rank": rank, "world_size": world_size}
+        try:
+            return cls(_Context.model_validate(given))
+        except Exception as exc:
+            raise PayloadError.from_validation("run context", "run context", exc) from None
+
+    def changed(self, **changes: Any) -> RunContext:
+        """This context with ``changes`` (same names as :meth:`check`), validated."""
+        unknown = set(changes) - set(CONTEXT_FIELDS)
+        if unknown:
+            raise TypeError(f"a run's context has no {sorted(unknown)}")
+        current = {name: getattr(self, name) for name in CONTEXT_FIELDS}
+        return RunContext.check(**{**current, **changes})
+
+    def __repr__(self) -> str:
+        return f"<RunContext rank={self.rank}/{self.world_size} source={self.source!r}>"
+
+
+#: A payload emitted outside any run: no source, no params, rank 0 of 1.
+NO_CONTEXT = RunContext(_Context())
+
+
 class Payload(BaseModel):
-    """Fields every event carries.
+    """What every event carries: the fields of its moment, and the run's facts.
 
     ``source`` is the framework object that emitted the event (a Keras model, an Ultralytics
     trainer, the NumPy trainer); ``params`` are the run's parameters where the framework has
     them (Keras ``params``). Neither is serialized. ``rank``/``world_size`` locate the process
-    under distributed training.
+    under distributed training, and are written to JSON. These four are the run's, checked
+    once per run (:class:`RunContext`), not validated again with every emit; they are given
+    to a payload as keywords like its fields.
     """
 
     model_config = ConfigDict(
@@ -65,10 +128,40 @@ class Payload(BaseModel):
         revalidate_instances="never",
     )
 
-    source: SkipJsonSchema[Any] = Field(default=None, exclude=True, repr=False)
-    params: SkipJsonSchema[dict[str, Any] | None] = Field(default=None, exclude=True, repr=False)
-    rank: Index = 0
-    world_size: Annotated[int, Field(ge=1)] = 1
+    def __init__(self, /, **data: Any) -> None:
+        context = {name: data.pop(name) for name in CONTEXT_FIELDS if name in data}
+        super().__init__(**data)
+        if context:
+            self.__dict__["_context"] = RunContext.check(**context)
+
+    @property
+    def context(self) -> RunContext:
+        """The run's facts this payload carries."""
+        context: RunContext = self.__dict__.get("_context", NO_CONTEXT)
+        return context
+
+    @property
+    def source(self) -> Any:
+        return self.context.source
+
+    @property
+    def params(self) -> dict[str, Any] | None:
+        return self.context.params
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def rank(self) -> int:
+        return self.context.rank
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def world_size(self) -> int:
+        return self.context.world_size
+
+
+def split_context(fields: dict[str, Any]) -> dict[str, Any]:
+    """Take the run's facts out of ``fields`` (a payload's JSON, say) and return them."""
+    return {name: fields.pop(name) for name in CONTEXT_FIELDS if name in fields}
 
 
 class RunPayload(Payload):
@@ -158,42 +251,3 @@ class ExportPayload(Payload):
     format: str | None = None
     path: PathStr | None = None
 
-
-class RunContext:
-    """The facts of a run that every payload carries: ``source``, ``params``, ``rank``,
-    ``world_size``. Checked once when a run opens (and when they change), not at every emit.
-    """
-
-    __slots__ = ("fields", "params", "rank", "source", "world_size")
-
-    def __init__(self, checked: Payload) -> None:
-        self.source, self.params = checked.source, checked.params
-        self.rank, self.world_size = checked.rank, checked.world_size
-        #: What an emit passes on: only what differs from the defaults.
-        self.fields: dict[str, Any] = {}
-        if self.source is not None:
-            self.fields["source"] = self.source
-        if self.params is not None:
-            self.fields["params"] = self.params
-        if self.rank != 0 or self.world_size != 1:
-            self.fields.update(rank=self.rank, world_size=self.world_size)
-
-    @classmethod
-    def check(
-        cls, source: Any = None, params: Any = None, rank: Any = 0, world_size: Any = 1
-    ) -> RunContext:
-        """Validate the run's facts; a bad one is a :class:`PayloadError` naming its field."""
-        given = {"source": source, "params": params, "rank": rank, "world_size": world_size}
-        try:
-            return cls(Payload.model_validate(given))
-        except Exception as exc:
-            raise PayloadError.from_validation("run context", "run context", exc) from None
-
-    def changed(self, **changes: Any) -> RunContext:
-        """This context with ``changes`` (same names as :meth:`check`), validated."""
-        current = {"source": self.source, "params": self.params, "rank": self.rank,
-                   "world_size": self.world_size}  # fmt: skip
-        unknown = set(changes) - set(current)
-        if unknown:
-            raise TypeError(f"a run's context has no {sorted(unknown)}")
-        return RunContext.check(**{**current, **changes})

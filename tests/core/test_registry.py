@@ -68,7 +68,9 @@ def test_payload_fields_by_kind() -> None:
             assert fields["epoch"].is_required()
         if event.counter == "batch":
             assert fields["batch"].is_required()
-        assert "source" in fields and fields["source"].exclude
+        # The run's facts are not fields validated per emit; rank/world_size still dump.
+        assert not {"source", "params", "rank", "world_size"} & set(fields)
+        assert {"rank", "world_size"} <= set(event.payload.model_computed_fields)
     assert registry.resolve("on_model_save").payload.model_fields["path"].is_required()
     assert "error" in registry.resolve("teardown").payload.model_fields
     assert "outputs" in registry.resolve("on_predict_batch_end").payload.model_fields
