@@ -274,7 +274,7 @@ def test_every_once_when_against_a_model(
         n = counter + 1 if kind != "plain" else i + 1
         numbers.append(n)
         logs = {"ok": 1.0 if flag or not use_when else -1.0, "n": float(n)}
-        fields = (
+        fields: dict[str, Any] = (
             {"epoch": counter} if kind == "epoch" else {"batch": counter} if kind == "batch" else {}
         )
         bus.emit(event, logs=logs, **fields)
@@ -317,7 +317,7 @@ def test_rank_filter() -> None:
 # -- connect / disconnect / mute / emit against a reference model --------------------------
 
 EVENTS = ("on_train_batch_end", "on_fit_epoch_end", "on_val_end")
-FIELDS: dict[str, dict[str, int]] = {
+FIELDS: dict[str, dict[str, Any]] = {
     "on_train_batch_end": {"batch": 0},
     "on_fit_epoch_end": {"epoch": 0},
     "on_val_end": {},

@@ -671,7 +671,8 @@ def test_an_event_name_whose_str_methods_raise_is_looked_up_by_its_text(cls: typ
 def test_an_empty_field_name_is_named_as_such() -> None:
     bus, got = listening(events.on_fit_epoch_end)
     with pytest.raises(PayloadError) as info:
-        bus.emit("on_epoch_end", epoch=0, **{"": 0})
+        empty: dict[str, Any] = {"": 0}
+        bus.emit("on_epoch_end", epoch=0, **empty)
     check_payload_error(info.value, "on_epoch_end", "on_fit_epoch_end")
     assert info.value.fields == [""]
     assert "  field '': Extra inputs are not permitted (got 0)" in str(info.value)
