@@ -134,6 +134,10 @@ class Payload(BaseModel):
         if context:
             self.__dict__["_context"] = RunContext.check(**context)
 
+    # Tells pydantic that validation need not call this __init__ (emit validates without
+    # it, and attaches the run's facts itself): a custom __init__ would cost every emit.
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
     @property
     def context(self) -> RunContext:
         """The run's facts this payload carries."""
