@@ -7,8 +7,10 @@ out of serialization and out of the JSON Schema, so every payload dumps to JSON.
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Annotated, Any
+from collections.abc import Mapping
+from typing import Annotated, Any, Self
 
 from pydantic import (
     BaseModel,
@@ -137,6 +139,28 @@ class Payload(BaseModel):
     # Tells pydantic that validation need not call this __init__ (emit validates without
     # it, and attaches the run's facts itself): a custom __init__ would cost every emit.
     __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+    @classmethod
+    def model_validate(cls, obj: Any, **options: Any) -> Self:
+        """pydantic's, also taking the run's facts (``rank``...) from a mapping."""
+        if isinstance(obj, Mapping) and any(name in obj for name in CONTEXT_FIELDS):
+            fields = dict(obj)
+            context = RunContext.check(**split_context(fields))
+            payload = super().model_validate(fields, **options)
+            payload.__dict__["_context"] = context
+            return payload
+        return super().model_validate(obj, **options)
+
+    @classmethod
+    def model_validate_json(cls, json_data: str | bytes | bytearray, **options: Any) -> Self:
+        """pydantic's, also reading the run's facts that ``model_dump_json`` writes."""
+        data = json.loads(json_data)
+        if isinstance(data, dict) and any(name in data for name in CONTEXT_FIELDS):
+            context = RunContext.check(**split_context(data))
+            payload = super().model_validate_json(json.dumps(data), **options)
+            payload.__dict__["_context"] = context
+            return payload
+        return super().model_validate_json(json_data, **options)
 
     @property
     def context(self) -> RunContext:

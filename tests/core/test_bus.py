@@ -292,9 +292,9 @@ def test_invalid_filter_values() -> None:
         with pytest.raises(ValueError, match=f"{next(iter(bad))}="):
             bus.subscribe("on_epoch_end", lambda p: None, **bad)
     with pytest.raises(TypeError, match="callable"):
-        bus.subscribe("on_epoch_end", 42)  # type: ignore[arg-type]
+        bus.subscribe("on_epoch_end", 42)  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="when= must be a predicate"):
-        bus.subscribe("on_epoch_end", lambda p: None, when=3)  # type: ignore[arg-type]
+        bus.subscribe("on_epoch_end", lambda p: None, when=3)  # type: ignore[call-overload]
     assert bus.subscriptions() == []
 
 
@@ -717,7 +717,7 @@ def test_teardown_reaches_everyone_then_the_first_failure_is_raised(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     bus = EventBus()
-    heard: list[str] = []
+    heard: list[str | None] = []
 
     def first(payload: Any) -> None:
         raise ValueError("first")
@@ -913,7 +913,7 @@ def test_options_are_one_object_for_every_style() -> None:
     with pytest.raises(ValueError, match="every"):
         Options(every=0)
     with pytest.raises(TypeError, match="options"):
-        bus.subscribe("on_val_end", lambda p: None, {"every": 2})  # type: ignore[arg-type]
+        bus.subscribe("on_val_end", lambda p: None, {"every": 2})  # type: ignore[call-overload]
 
 
 class EveryOption(Callback):

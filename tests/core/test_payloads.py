@@ -166,3 +166,19 @@ def test_emit_validates_exactly_as_the_payload_type(event: Any, fields: dict[str
     facts = {"source", "params", "rank", "world_size"}
     assert got[0].model_fields_set == expected.model_fields_set == set(fields) - facts
     assert (got[0].rank, got[0].world_size) == (expected.rank, expected.world_size)
+
+
+def test_the_runs_facts_round_trip_and_cost_no_emit_anything() -> None:
+    """rank/world_size dump to JSON and read back; validating a payload (what every emit does)
+    never calls the Python __init__ that takes the run's facts as keywords."""
+    for event in registry.events():
+        assert not event.payload.__pydantic_custom_init__, event.name
+    payload = registry.resolve("on_fit_epoch_end").payload(epoch=2, rank=1, world_size=4)
+    text = payload.model_dump_json()
+    assert json.loads(text)["rank"] == 1
+    back = type(payload).model_validate_json(text)
+    assert (back.rank, back.world_size, back.epoch) == (1, 4, 2)
+    again = type(payload).model_validate(payload.model_dump())
+    assert (again.rank, again.world_size) == (1, 4)
+    with pytest.raises(PayloadError, match="rank"):
+        type(payload).model_validate({"epoch": 0, "rank": -1})
