@@ -16,6 +16,12 @@ bus = EventBus()
 def report(payload: EpochPayload) -> None:
     print(payload.epoch + 1, payload.logs["loss"])
 
+@bus.on("on_fit_epoch_end")
+def by_name(payload: EpochPayload) -> None:
+    print(payload.epoch)
+
+reveal_type(by_name)
+
 reveal_type(report)
 sub = bus.subscribe(events.on_val_end, lambda p: None)
 sub.disconnect()
@@ -33,6 +39,13 @@ def wrong(payload: BatchPayload) -> None:
 @bus.on(events.on_train_batch_end, when=lambda p: p.epochh is None)
 def typo(payload: BatchPayload) -> None:
     pass
+
+@bus.on("on_epoch_end")               # by name: the same check as by constant
+def wrong_by_name(payload: BatchPayload) -> None:
+    print(payload.batch)
+
+def on_batch(payload: BatchPayload) -> None: ...
+bus.subscribe(events.on_val_end, on_batch)  # a run event, a batch subscriber
 """
 
 
@@ -49,6 +62,7 @@ def test_a_typed_subscriber_checks_clean(tmp_path: Path) -> None:
     out, status = mypy(GOOD, tmp_path)
     assert status == 0, out
     assert 'Revealed type is "def (eventhooks.payloads.EpochPayload)' in out
+    assert out.count('Revealed type is "def (eventhooks.payloads.EpochPayload)') == 2
 
 
 def test_a_mismatched_payload_type_is_caught(tmp_path: Path) -> None:
@@ -56,3 +70,5 @@ def test_a_mismatched_payload_type_is_caught(tmp_path: Path) -> None:
     assert status == 1
     assert "snippet.py:6: error" in out and "EpochPayload" in out  # the decorator's type
     assert 'has no attribute "epochh"' in out  # the filter's payload is typed too
+    assert "snippet.py:14: error" in out  # @bus.on("on_epoch_end") with a BatchPayload handler
+    assert "snippet.py:18: error" in out and "RunPayload" in out  # subscribe by constant
