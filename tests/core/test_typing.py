@@ -70,6 +70,6 @@ def test_a_mismatched_payload_type_is_caught(tmp_path: Path) -> None:
     assert status == 1
     assert "snippet.py:6: error" in out and "EpochPayload" in out  # the decorator's type
     assert 'has no attribute "epochh"' in out  # the filter's payload is typed too
-    assert "snippet.py:15: error" in out  # @bus.on("on_epoch_end") with a BatchPayload handler
+    assert "snippet.py:14: error" in out  # @bus.on("on_epoch_end") with a BatchPayload handler
     assert 'expected "Callable[[RunPayload], object]"' in out  # subscribe by constant
     assert "Found 4 errors" in out
