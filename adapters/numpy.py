@@ -7,25 +7,39 @@ follow the canonical order of PRODUCT.md §1.
 
 Decisions worth knowing:
 
-* **Stopping** (``bus.request_stop()`` or ``trainer.stop_training = True``) is checked after
-  every training batch and before every epoch. A stop mid-epoch ends the batch loop after the
-  current batch, then *closes the epoch as Keras does*: ``on_train_epoch_end``, validation
-  (when ``validation_data`` is given), the checkpoint, ``on_fit_epoch_end``; then
-  ``on_train_end`` and ``teardown``. Every epoch thus reports the same log keys, so a CSV
-  logger or a History never sees a ragged last row. ``evaluate`` and ``predict`` ignore stop
-  requests (the bus keeps a request until the next run starts, as Keras keeps
-  ``stop_training``).
+* **The order is the lifecycle's** (:mod:`eventhooks.lifecycle`): ``fit`` is a
+  :class:`~eventhooks.lifecycle.Run`, ``evaluate`` a ``Validation``, ``predict`` a
+  ``Prediction``, ``export`` an ``Export``. The trainer says what happened; the lifecycle
+  emits it in the canonical order (PRODUCT.md §1), keeps ``epoch``/``batch``/``step`` and ends
+  the fit with one ``teardown``. It is tested on ``EventBus(check_order=True)``.
+* **Stopping** (``bus.request_stop()`` or ``trainer.stop_training = True``; the two are kept
+  as one: setting the attribute requests the run's stop, a request sets the attribute) is
+  checked after every training batch and before every epoch. A stop mid-epoch ends the batch
+  loop after the current batch, then *closes the epoch as Keras does*:
+  ``on_train_epoch_end``, validation (when ``validation_data`` is given), the checkpoint,
+  ``on_fit_epoch_end``; then ``on_train_end`` and ``teardown``. Every epoch thus reports the
+  same log keys, so a CSV logger or a History never sees a ragged last row. ``evaluate`` and
+  ``predict`` ignore stop requests (a request is kept until the next run opens, as Keras
+  keeps ``stop_training``).
 * **Saving**: ``save(path)`` itself emits ``on_model_save``; ``fit(checkpoint=path)`` saves
-  between validation and ``on_fit_epoch_end``, where the canonical order puts it.
+  between validation and ``on_fit_epoch_end``, where the canonical order puts it. Inside a
+  fit, a save is the run's ``on_model_save`` where the order has room for one (after the
+  epoch's validation, or after ``on_fit_epoch_end``: a ``ModelCheckpoint``); a save by a
+  subscriber anywhere else (mid-epoch, between the epoch's training and its validation, at
+  ``on_train_end``) is a session of its own, as an ``evaluate()`` by a subscriber is: it
+  does not disturb the fit.
 * **Zero-grad and step** follow the classic PyTorch idiom ``zero_grad(); backward(); step()``:
   ``on_before_zero_grad`` fires before the previous gradients are dropped and
   ``optimizer_step`` after the weights were updated, when ``trainer.gradients`` holds the
-  gradients of this very step.
+  gradients of this very step. ``step`` counts the trainer's optimizer steps over every fit
+  (``trainer.iterations``, restored by :func:`load`).
 * **Learning rate**: with ``lr_schedule(epoch) -> lr`` the rate of epoch ``e`` is
-  ``lr_schedule(e)``; it is set right after the last optimizer step of epoch ``e - 1`` (where
-  PyTorch's ``scheduler.step()`` goes) and announced by ``on_params_update`` there. A rate
-  changed by anyone else (``trainer.lr = ...`` in a subscriber) is announced after the next
-  optimizer step.
+  ``lr_schedule(e)``; it is set between epochs, after ``on_fit_epoch_end`` of epoch ``e - 1``
+  (where PyTorch's epoch-level ``scheduler.step()`` goes), and announced there by
+  ``on_params_update`` (``batch`` None); a run that stops sets no rate for an epoch it will
+  not train. A rate changed by anyone else (``trainer.lr = ...`` in a subscriber) is announced
+  after the next optimizer step, or at the epoch's end if none comes first; at an epoch's end
+  the schedule has the last word, as Keras' ``LearningRateScheduler`` has.
 * **Failures**: whatever raises inside ``fit`` (a subscriber, the schedule, Ctrl-C) is
   announced by ``teardown(error=...)`` and then re-raised unchanged (a teardown subscriber
   failing then only adds a note to it: ``bus.emit_teardown``). A subscriber error
@@ -37,8 +51,10 @@ Decisions worth knowing:
   ``predict`` and ``export`` are sessions without a teardown: they check their arguments
   (for ``export``, that the path can be a file) before their first event, so a refused
   call emits nothing.
-* **Hot path**: per-batch events are emitted only when ``bus.listening(...)``, so with nobody
-  listening no logs dict is built and nothing is validated.
+* **Hot path**: the lifecycle emits nothing nobody hears, and the trainer builds a batch's
+  logs only when ``bus.listening(event, batch=, epoch=)`` says a subscriber will get them,
+  so with nobody listening (or only an ``every=50`` subscriber, on the other 49 batches) no
+  logs dict is built and nothing is validated.
 """
 
 from __future__ import annotations
@@ -53,6 +69,7 @@ from typing import Any
 import numpy as np
 
 from eventhooks import EventBus, events
+from eventhooks.lifecycle import Export, Prediction, Run, Validation
 
 from . import _numpy_io as io
 from . import _numpy_mlp as mlp
@@ -123,6 +140,7 @@ class NumpyTrainer:
         self._shuffle_rng = np.random.default_rng(seeds[1])
         self._epoch: int | None = None  # the epoch under way or last completed
         self._epoch_logs: dict[str, float] = {}  # the last completed epoch's logs
+        self._run: Run | None = None  # the fit under way
 
     # -- model ------------------------------------------------------------------------------
 
@@ -226,35 +244,28 @@ class NumpyTrainer:
         params: dict[str, Any] = {
             "verbose": verbose, "epochs": epochs, "steps": None, "batch_size": batch_size,
         }  # fmt: skip
-        bus = self.bus
         self.stop_training = False
         # This run's, not the previous fit's: a run that ends (or fails) before its first
         # epoch reports no epoch and no logs.
         self.history, self._epoch, self._epoch_logs = {}, None, {}
         try:
-            bus.emit(events.on_pretrain_routine_start, source=self, params=params)
-            args = self._check_fit_args(
-                x, y, epochs=epochs, batch_size=batch_size, validation_data=validation_data,
-                validation_batch_size=validation_batch_size, initial_epoch=initial_epoch,
-                checkpoint=checkpoint, verbose=verbose,
-            )  # fmt: skip
-            params = args.params
-            self._prepare(args.x, args.y, args.val, args.initial_epoch)
-            bus.emit(events.on_pretrain_routine_end, source=self, params=params)
-            bus.emit(events.on_train_start, source=self, params=params)
-            run = _Run(self, params)
-            for epoch in range(args.initial_epoch, args.epochs):
-                if self._stopping():
-                    break
-                run.epoch(epoch, args, shuffle)
-            bus.emit(
-                events.on_train_end, source=self, params=params, epoch=self._epoch,
-                logs=dict(self._epoch_logs),
-            )  # fmt: skip
-        except BaseException as exc:
-            self._teardown_after(exc, params)
-            raise
-        bus.emit(events.teardown, source=self, params=params, epoch=self._epoch, **self._logs())
+            with Run(self.bus, source=self, params=params) as run:
+                self._run = run
+                args = self._check_fit_args(
+                    x, y, epochs=epochs, batch_size=batch_size, validation_data=validation_data,
+                    validation_batch_size=validation_batch_size, initial_epoch=initial_epoch,
+                    checkpoint=checkpoint, verbose=verbose,
+                )  # fmt: skip
+                self._prepare(args.x, args.y, args.val, args.initial_epoch)
+                # step counts the trainer's optimizer steps over every fit, as Keras does.
+                run.initial_epoch, run.step = args.initial_epoch, self.iterations
+                run.ready(params=args.params)
+                run.train_start()
+                self._stopping(run)
+                for epoch in run.epochs(args.epochs):
+                    self._train_epoch(run, epoch, args, shuffle)
+        finally:
+            self._run = None
         return self.history
 
     def _check_fit_args(
@@ -320,23 +331,91 @@ class NumpyTrainer:
             self._scheduled_lr(initial_epoch)
             self._announced_lr = self.lr
 
-    def _stopping(self) -> bool:
-        if self.bus.stop_requested:
+    def _stopping(self, run: Run) -> bool:
+        """Keras' ``stop_training`` and the run's stop request, kept as one."""
+        if run.stop_requested:
             self.stop_training = True
+        elif self.stop_training:
+            run.request_stop("trainer.stop_training was set")
         return self.stop_training
-
-    def _logs(self) -> dict[str, Any]:
-        if not self.bus.listening(events.teardown):
-            return {}
-        return {"logs": dict(self._epoch_logs)}
-
-    def _teardown_after(self, exc: BaseException, params: dict[str, Any]) -> None:
-        """Announce a failed run; a failing teardown subscriber becomes a note on ``exc``."""
-        self.bus.emit_teardown(exc, source=self, params=params, epoch=self._epoch, **self._logs())
 
     def _scheduled_lr(self, epoch: int) -> None:
         assert self.lr_schedule is not None
         self.lr = _check_lr(self.lr_schedule(epoch), f"lr_schedule({epoch})")
+
+    def _announce_lr(self, run: Run) -> None:
+        """``on_params_update`` if the rate changed since it was last announced."""
+        if self.lr != self._announced_lr:
+            self._announced_lr = self.lr
+            run.params_update({"lr": self.lr})
+
+    def _train_epoch(self, run: Run, epoch: int, args: _FitArgs, shuffle: bool) -> None:
+        """EPOCH := train_epoch_start BATCH* train_epoch_end VAL? save? fit_epoch_end lr?"""
+        x, y, batch_size = args.x, args.y, args.batch_size
+        listening = self.bus.listening
+        optimizer = self._optimizer
+        assert optimizer is not None
+        self._epoch = epoch
+        order = self._shuffle_rng.permutation(len(x)) if shuffle else None
+        mean = _RunningMean()
+        for b in range(math.ceil(len(x) / batch_size)):
+            rows: Any = slice(b * batch_size, (b + 1) * batch_size)
+            if order is not None:
+                rows = order[rows]
+            xb, yb = x[rows], y[rows]
+            run.batch_start()
+            run.zero_grad()
+            self.gradients = None
+            # Read each step: a subscriber's set_weights() swaps in a new list.
+            weights = self._weights
+            loss, right, grads = mlp.loss_and_grads(weights, xb, yb)
+            self.gradients = grads
+            optimizer.apply(weights, grads)
+            run.optimizer_step()
+            self.iterations += 1
+            if optimizer.lr != self._announced_lr:  # set by a subscriber since the last step
+                self._announce_lr(run)
+            mean.add(loss, right, len(yb))
+            heard = listening(events.on_train_batch_end, batch=b, epoch=epoch)
+            run.batch_end(mean.logs() if heard else None)
+            if self._stopping(run):
+                break
+        logs = mean.logs()
+        run.train_epoch_end(logs)
+        logs = dict(logs)
+        if args.val is not None:
+            with run.validation() as val:
+                val_logs = self._validate(val, args.val[0], args.val[1], args.val_batch)
+            logs.update({f"val_{k}": v for k, v in val_logs.items()})
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(value)
+        self._epoch_logs = logs
+        if args.checkpoint is not None:
+            self.save(args.checkpoint)
+        run.epoch_end(logs)
+        stopping = self._stopping(run)  # run.epochs() ends the fit on it
+        if self.lr_schedule is not None and epoch + 1 < args.epochs and not stopping:
+            self._scheduled_lr(epoch + 1)
+        self._announce_lr(run)
+
+    def _validate(self, val: Validation, x: Array, y: Array, batch_size: int) -> dict[str, float]:
+        """VAL := val_start (val_batch_start val_batch_end)* val_end; returns the metrics.
+
+        Keys are unprefixed (``loss``, ``accuracy``) as in Keras' ``on_test_*`` hooks; ``fit``
+        adds the ``val_`` prefix for the epoch logs.
+        """
+        listening = self.bus.listening
+        mean = _RunningMean()
+        for b in range(math.ceil(len(x) / batch_size)):
+            val.batch_start()
+            rows = slice(b * batch_size, (b + 1) * batch_size)
+            loss, right = mlp.loss_and_correct(self._weights, x[rows], y[rows])
+            mean.add(loss, right, len(y[rows]))
+            heard = listening(events.on_val_batch_end, batch=b, epoch=val.epoch)
+            val.batch_end(mean.logs() if heard else None)
+        logs = mean.logs()
+        val.end(logs)
+        return logs
 
     # -- evaluation and prediction ----------------------------------------------------------
 
@@ -351,7 +430,8 @@ class NumpyTrainer:
         batch_size = _check_count(batch_size, "batch_size", 1)
         steps = math.ceil(len(xs) / batch_size)
         params = {"verbose": 0, "epochs": 1, "steps": steps, "batch_size": batch_size}
-        logs = _Run(self, params).validate(xs, ys, batch_size, None)
+        with Validation(self.bus, source=self, params=params) as val:
+            logs = self._validate(val, xs, ys, batch_size)
         return logs if return_dict else [logs["loss"], logs["accuracy"]]
 
     def predict(self, x: Any, *, batch_size: int = 32) -> Array:
@@ -366,25 +446,16 @@ class NumpyTrainer:
         batch_size = _check_count(batch_size, "batch_size", 1)
         steps = math.ceil(len(xs) / batch_size)
         params = {"verbose": 0, "epochs": 1, "steps": steps, "batch_size": batch_size}
-        bus, listening = self.bus, self.bus.listening
-        bus.emit(events.on_predict_start, source=self, params=params)
+        listening = self.bus.listening
         outputs = []
-        for b in range(steps):
-            if listening(events.on_predict_batch_start):
-                bus.emit(events.on_predict_batch_start, source=self, params=params, batch=b)
-            probs = mlp.predict_proba(self._weights, xs[b * batch_size : (b + 1) * batch_size])
-            outputs.append(probs)
-            if listening(events.on_predict_postprocess_end):
-                bus.emit(
-                    events.on_predict_postprocess_end, source=self, params=params, batch=b,
-                    outputs=probs.argmax(axis=1),
-                )  # fmt: skip
-            if listening(events.on_predict_batch_end):
-                bus.emit(
-                    events.on_predict_batch_end, source=self, params=params, batch=b,
-                    outputs=probs,
-                )  # fmt: skip
-        bus.emit(events.on_predict_end, source=self, params=params)
+        with Prediction(self.bus, source=self, params=params) as prediction:
+            for b in range(steps):
+                prediction.batch_start()
+                probs = mlp.predict_proba(self._weights, xs[b * batch_size : (b + 1) * batch_size])
+                outputs.append(probs)
+                if listening(events.on_predict_postprocess_end):
+                    prediction.postprocess_end(probs.argmax(axis=1))
+                prediction.batch_end(probs)
         if not outputs:
             return np.zeros((0, self.n_classes), dtype=self.dtype)
         return np.concatenate(outputs)
@@ -402,10 +473,12 @@ class NumpyTrainer:
             "optimizer": self.optimizer_name, "momentum": self.momentum,
         }  # fmt: skip
         target = io.write(path, "npz", "checkpoint", self.config, self._weights, state)
-        fields: dict[str, Any] = {"epoch": self._epoch}
-        if self.bus.listening(events.on_model_save):
-            fields["logs"] = dict(self._epoch_logs)
-        self.bus.emit(events.on_model_save, source=self, path=target, **fields)
+        run = self._run
+        if run is not None and _has_room_for_a_save(run):
+            run.model_save(target, dict(self._epoch_logs))
+        elif self.bus.listening(events.on_model_save):  # a session of its own
+            self.bus.emit(events.on_model_save, source=self, path=target, epoch=self._epoch,
+                          logs=dict(self._epoch_logs))  # fmt: skip
         return target
 
     def export(self, path: str | os.PathLike[str], *, format: str | None = None) -> Path:
@@ -418,9 +491,8 @@ class NumpyTrainer:
         # Every check before on_export_start: an EXPORT session has no teardown, so a refused
         # export emits nothing rather than a start without an end.
         fmt = io.format_of(io.destination(path, "export: path"), format)
-        self.bus.emit(events.on_export_start, source=self, format=fmt)
-        target = io.write(path, fmt, "export", self.config, self._weights)
-        self.bus.emit(events.on_export_end, source=self, format=fmt, path=target)
+        with Export(self.bus, format=fmt, source=self) as export:
+            target = export.path = io.write(path, fmt, "export", self.config, self._weights)
         return target
 
     # -- input checks -----------------------------------------------------------------------
@@ -505,105 +577,13 @@ class _RunningMean:
         return {"loss": self.total / self.seen, "accuracy": self.correct / self.seen}
 
 
-class _Run:
-    """The loops of one ``fit``/``evaluate`` call: the event sequence around the arithmetic."""
-
-    def __init__(self, trainer: NumpyTrainer, params: dict[str, Any]) -> None:
-        self.trainer = trainer
-        self.params = params
-
-    def epoch(self, epoch: int, args: _FitArgs, shuffle: bool) -> None:
-        """One epoch: EPOCH := train_epoch_start BATCH* train_epoch_end VAL? save? fit_end."""
-        t, params = self.trainer, self.params
-        x, y, batch_size, epochs, val = args.x, args.y, args.batch_size, args.epochs, args.val
-        bus, listening = t.bus, t.bus.listening
-        optimizer = t._optimizer
-        assert optimizer is not None
-        t._epoch = epoch
-        bus.emit(events.on_train_epoch_start, source=t, params=params, epoch=epoch)
-        order = t._shuffle_rng.permutation(len(x)) if shuffle else None
-        steps = params["steps"]
-        mean = _RunningMean()
-        for b in range(steps):
-            rows: Any = slice(b * batch_size, (b + 1) * batch_size)
-            if order is not None:
-                rows = order[rows]
-            xb, yb = x[rows], y[rows]
-            if listening(events.on_train_batch_start):
-                bus.emit(events.on_train_batch_start, source=t, params=params, batch=b, epoch=epoch)
-            if listening(events.on_before_zero_grad):
-                bus.emit(
-                    events.on_before_zero_grad, source=t, params=params, epoch=epoch, batch=b,
-                    step=t.iterations,
-                )  # fmt: skip
-            t.gradients = None
-            # Read each step: a subscriber's set_weights() swaps in a new list.
-            weights = t._weights
-            loss, right, grads = mlp.loss_and_grads(weights, xb, yb)
-            t.gradients = grads
-            optimizer.apply(weights, grads)
-            if listening(events.optimizer_step):
-                bus.emit(
-                    events.optimizer_step, source=t, params=params, epoch=epoch, batch=b,
-                    step=t.iterations,
-                )  # fmt: skip
-            t.iterations += 1
-            if (
-                t.lr_schedule is not None and b == steps - 1 and epoch + 1 < epochs
-                and not t._stopping()
-            ):  # fmt: skip
-                t._scheduled_lr(epoch + 1)
-            if optimizer.lr != t._announced_lr:
-                t._announced_lr = optimizer.lr
-                bus.emit(
-                    events.on_params_update, source=t, params=params, epoch=epoch, batch=b,
-                    step=t.iterations - 1, hyperparams={"lr": optimizer.lr},
-                )  # fmt: skip
-            mean.add(loss, right, len(yb))
-            if listening(events.on_train_batch_end):
-                bus.emit(
-                    events.on_train_batch_end, source=t, params=params, batch=b, epoch=epoch,
-                    logs=mean.logs(),
-                )  # fmt: skip
-            if t._stopping():
-                break
-        logs = mean.logs()
-        bus.emit(events.on_train_epoch_end, source=t, params=params, epoch=epoch, logs=logs)
-        logs = dict(logs)
-        if val is not None:
-            val_logs = self.validate(val[0], val[1], args.val_batch, epoch)
-            logs.update({f"val_{k}": v for k, v in val_logs.items()})
-        for key, value in logs.items():
-            t.history.setdefault(key, []).append(value)
-        t._epoch_logs = logs
-        if args.checkpoint is not None:
-            t.save(args.checkpoint)
-        bus.emit(events.on_fit_epoch_end, source=t, params=params, epoch=epoch, logs=dict(logs))
-
-    def validate(self, x: Array, y: Array, batch_size: int, epoch: int | None) -> dict[str, float]:
-        """VAL := val_start (val_batch_start val_batch_end)* val_end; returns the metrics.
-
-        Keys are unprefixed (``loss``, ``accuracy``) as in Keras' ``on_test_*`` hooks; ``fit``
-        adds the ``val_`` prefix for the epoch logs.
-        """
-        t, params = self.trainer, self.params
-        bus, listening = t.bus, t.bus.listening
-        bus.emit(events.on_val_start, source=t, params=params, epoch=epoch)
-        mean = _RunningMean()
-        for b in range(math.ceil(len(x) / batch_size)):
-            if listening(events.on_val_batch_start):
-                bus.emit(events.on_val_batch_start, source=t, params=params, batch=b, epoch=epoch)
-            rows = slice(b * batch_size, (b + 1) * batch_size)
-            loss, right = mlp.loss_and_correct(t._weights, x[rows], y[rows])
-            mean.add(loss, right, len(y[rows]))
-            if listening(events.on_val_batch_end):
-                bus.emit(
-                    events.on_val_batch_end, source=t, params=params, batch=b, epoch=epoch,
-                    logs=mean.logs(),
-                )  # fmt: skip
-        logs = mean.logs()
-        bus.emit(events.on_val_end, source=t, params=params, epoch=epoch, logs=dict(logs))
-        return logs
+def _has_room_for_a_save(run: Run) -> bool:
+    """Whether a save inside ``run`` is the run's ``on_model_save``: after the epoch's
+    validation or its end. Between the epoch's training and its validation it would leave no
+    room for the validation (the order has none after a save), so there it is not."""
+    if not run.allows(events.on_model_save):
+        return False
+    return not (run.allows(events.on_val_start) and run.allows(events.on_fit_epoch_end))
 
 
 def load(path: str | os.PathLike[str], *, bus: EventBus | None = None) -> NumpyTrainer:

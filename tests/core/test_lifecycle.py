@@ -281,3 +281,25 @@ def test_any_program_gives_a_canonical_trace_or_an_order_error(program: list[str
     assert_canonical_order(rec.names)
     failed = rec.payloads("teardown")[0].error
     assert (failed is None) == (raised is None)
+
+
+def test_allows_says_whether_a_moment_may_come_now_without_filling_anything() -> None:
+    from eventhooks import events
+
+    bus, rec = recorded(check_order=True)
+    with Run(bus) as run:
+        run.epoch_start()
+        run.batch_start()
+        assert not run.allows("on_model_save") and run.allows("optimizer_step")
+        run.batch_end()
+        assert not run.allows("on_model_save")  # it would need on_train_epoch_end first
+        assert run.allows("on_train_epoch_end")
+        with run.validation() as val:
+            assert val.allows("on_val_batch_start") and not val.allows("on_model_save")
+            val.end()
+        assert run.allows("on_model_save") and run.allows(events.on_model_save)
+        run.epoch_end()
+        assert run.allows("on_epoch_end") is False  # an alias is read as its canonical name
+        assert run.allows("on_model_save") and run.allows("on_params_update")
+    assert "on_train_epoch_end" in rec.names and rec.names.count("on_model_save") == 0
+    assert not run.allows("on_train_epoch_start")  # the run ended

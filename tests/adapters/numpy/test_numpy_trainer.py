@@ -70,7 +70,7 @@ def test_canonical_order_over_shapes(
 ) -> None:
     tmp = tmp_path_factory.mktemp("order")
     x, y = blobs(n + n_val, seed=n)
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     trainer = NumpyTrainer(
         bus=bus, hidden=(5,), n_classes=3, lr_schedule=(lambda e: 0.1 / (e + 1)) if schedule
@@ -109,7 +109,7 @@ def test_canonical_order_over_shapes(
 
 def test_one_run_emits_every_one_of_the_25_moments(tmp_path: Path) -> None:
     x, y = blobs(50)
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     trainer = NumpyTrainer(bus=bus, lr_schedule=lambda e: 0.01 * 0.5**e)
     trainer.fit(x, y, epochs=2, batch_size=16, validation_data=(x, y), checkpoint=tmp_path / "c")
@@ -123,7 +123,7 @@ def test_one_run_emits_every_one_of_the_25_moments(tmp_path: Path) -> None:
 def test_step_events_bracket_the_weight_update() -> None:
     """optimizer_step sees updated weights and this step's gradients; zero-grad precedes it."""
     x, y = blobs(20)
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     trainer = NumpyTrainer(bus=bus, hidden=(4,), optimizer="sgd", lr=0.5)
     seen: dict[str, Any] = {}
 
@@ -213,7 +213,7 @@ def test_batch_logs_are_running_means_over_the_epoch(n: int, batch_size: int, n_
     x, y = blobs(n + n_val, seed=n)
     xv, yv = x[n:], y[n:]
     x, y = x[:n], y[:n]
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     trainer = NumpyTrainer(bus=bus, hidden=(5,), n_classes=3, dtype="float64", lr=0.05)
     expected: list[tuple[float, float]] = []
     sums = {"loss": 0.0, "correct": 0.0, "seen": 0}
@@ -266,7 +266,7 @@ def test_batch_logs_are_running_means_over_the_epoch(n: int, batch_size: int, n_
 
 def test_evaluate_emits_the_val_sequence_alone_and_matches_a_reference() -> None:
     x, y = blobs(37)
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     trainer = NumpyTrainer(bus=bus, dtype="float64")
     trainer.fit(x, y, epochs=1)
     rec = Recorder(bus)
@@ -290,7 +290,7 @@ def test_stop_request_after_n_batches(
     stop_after: int, batch_size: int, use_attribute: bool
 ) -> None:
     x, y = blobs(25)
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     trainer = NumpyTrainer(bus=bus, hidden=(4,))
     rec = Recorder(bus)
     count = {"batches": 0}
@@ -320,7 +320,7 @@ def test_stop_request_after_n_batches(
 
 def test_stop_requested_at_epoch_end_stops_after_that_epoch() -> None:
     x, y = blobs(20)
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     bus.subscribe(events.on_epoch_end, lambda p: bus.request_stop() if p.epoch == 1 else None)
     trainer = NumpyTrainer(bus=bus, hidden=(4,))
@@ -332,7 +332,7 @@ def test_stop_requested_at_epoch_end_stops_after_that_epoch() -> None:
 
 def test_stop_before_training_and_the_next_fit_runs_again() -> None:
     x, y = blobs(20)
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     trainer = NumpyTrainer(bus=bus, hidden=(4,))
     sub = bus.subscribe(events.on_train_start, lambda _: bus.request_stop("no"))
@@ -353,7 +353,7 @@ def test_stop_before_training_and_the_next_fit_runs_again() -> None:
                                    "on_pretrain_routine_start", "on_train_end"])  # fmt: skip
 def test_subscriber_error_mid_run_still_emits_teardown(event: str) -> None:
     x, y = blobs(30)
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     calls = {"n": 0}
 
@@ -378,7 +378,7 @@ def test_subscriber_error_mid_run_still_emits_teardown(event: str) -> None:
 
 def test_non_subscriber_failures_reach_the_caller_unchanged() -> None:
     x, y = blobs(30)
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     failure = RuntimeError("schedule broke")
 
@@ -399,7 +399,7 @@ def test_non_subscriber_failures_reach_the_caller_unchanged() -> None:
 def test_a_fit_reports_its_own_epoch_never_the_previous_fits() -> None:
     """The second and third runs on one trainer run no epoch: their ends carry none."""
     x, y = blobs(24)
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     trainer = NumpyTrainer(bus=bus, hidden=(4,))
     trainer.fit(x, y, epochs=2, batch_size=8)
@@ -421,7 +421,7 @@ def test_a_fit_reports_its_own_epoch_never_the_previous_fits() -> None:
 
 def test_keyboard_interrupt_is_announced_and_propagates() -> None:
     x, y = blobs(30)
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
 
     def interrupt(p: Any) -> None:
@@ -437,7 +437,7 @@ def test_keyboard_interrupt_is_announced_and_propagates() -> None:
 
 def test_failing_teardown_subscriber_does_not_mask_the_original_error() -> None:
     x, y = blobs(10)
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     original = OSError("disk full")
 
     def fail(_: Any) -> None:
@@ -456,7 +456,7 @@ def test_failing_teardown_subscriber_does_not_mask_the_original_error() -> None:
 
 def test_a_raising_teardown_after_success_raises() -> None:
     x, y = blobs(10)
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     bus.subscribe(events.teardown, lambda _: 1 / 0)
     with pytest.raises(SubscriberError, match="teardown"):
         NumpyTrainer(bus=bus).fit(x, y, epochs=1)
@@ -467,7 +467,7 @@ def test_a_raising_teardown_after_success_raises() -> None:
 
 def test_params_update_announces_every_lr_change_once() -> None:
     x, y = blobs(24)
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     schedule = {0: 0.01, 1: 0.01, 2: 0.005, 3: 0.001}
     trainer = NumpyTrainer(bus=bus, lr=0.3, lr_schedule=schedule.__getitem__)
@@ -478,28 +478,57 @@ def test_params_update_announces_every_lr_change_once() -> None:
 
     trainer.fit(x, y, epochs=4, batch_size=8)
     updates = rec.payloads("on_params_update")
+    # Between epochs, after the epoch's end: where PyTorch's scheduler.step() goes.
     assert [(u.epoch, u.batch, u.hyperparams) for u in updates] == [
-        (1, 2, {"lr": 0.005}), (2, 2, {"lr": 0.001})
+        (1, None, {"lr": 0.005}), (2, None, {"lr": 0.001})
     ]  # fmt: skip
-    assert [u.step for u in updates] == [5, 8]
+    assert [u.step for u in updates] == [5, 8]  # the epoch's last optimizer step
+    for at in [i for i, name in enumerate(rec.names) if name == "on_params_update"]:
+        assert rec.names[at - 1] == "on_fit_epoch_end"
+        assert rec.names[at + 1] == "on_train_epoch_start"
 
 
-def test_lr_set_by_a_subscriber_is_announced_after_the_next_step() -> None:
+def test_a_stopped_run_sets_no_rate_for_an_epoch_it_will_not_train() -> None:
+    x, y = blobs(24)
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    trainer = NumpyTrainer(bus=bus, lr_schedule=lambda e: 0.01 / (e + 1))
+    bus.subscribe(events.on_epoch_end, lambda p: bus.request_stop() if p.epoch == 1 else None)
+    trainer.fit(x, y, epochs=4, batch_size=8)
+    assert [u.epoch for u in rec.payloads("on_params_update")] == [0]
+    assert trainer.lr == 0.005
+
+
+def test_lr_set_by_a_subscriber_is_announced_after_the_next_step_or_at_the_epoch_end() -> None:
     x, y = blobs(16)
-    bus = EventBus()
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    trainer = NumpyTrainer(bus=bus, lr=0.01)
+    bus.subscribe(
+        events.on_train_batch_begin,
+        lambda p: setattr(trainer, "lr", trainer.lr / 2) if p.batch == 1 else None,
+    )
+    trainer.fit(x, y, epochs=2, batch_size=8)
+    updates = rec.payloads("on_params_update")
+    assert [(u.epoch, u.batch, u.step, u.hyperparams["lr"]) for u in updates] == [
+        (0, 1, 1, 0.005), (1, 1, 3, 0.0025)
+    ]  # fmt: skip
+
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     trainer = NumpyTrainer(bus=bus, lr=0.01)
     bus.subscribe(events.on_epoch_end, lambda p: setattr(trainer, "lr", trainer.lr / 2))
     trainer.fit(x, y, epochs=3, batch_size=8)
     updates = rec.payloads("on_params_update")
     assert [(u.epoch, u.batch, u.hyperparams["lr"]) for u in updates] == [
-        (1, 0, 0.005), (2, 0, 0.0025)
+        (0, None, 0.005), (1, None, 0.0025), (2, None, 0.00125)
     ]  # fmt: skip
+    assert_canonical_order(rec.names, emitted=ALL)
 
 
 def test_bad_schedule_value_is_a_clear_error() -> None:
     x, y = blobs(16)
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     trainer = NumpyTrainer(bus=bus, lr_schedule=lambda e: 0.01 if e < 1 else float("nan"))
     with pytest.raises(ValueError, match=r"lr_schedule\(1\) must be a positive finite number"):
@@ -519,7 +548,7 @@ def test_bad_schedule_value_is_a_clear_error() -> None:
 @settings(max_examples=15, deadline=None)
 @given(n=st.integers(0, 30), batch_size=st.integers(1, 11))
 def test_predict_outputs(n: int, batch_size: int) -> None:
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     trainer = NumpyTrainer(bus=bus, hidden=(3,))
     trainer.build(4, 5)
     rec = Recorder(bus)
@@ -562,7 +591,7 @@ def test_get_set_weights_round_trip() -> None:
 def test_set_weights_mid_epoch_training_continues_from_the_new_weights(reset_at: int) -> None:
     x, y = blobs(48)
     batch_size, lr = 8, 0.05
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     trainer = NumpyTrainer(bus=bus, hidden=(6,), seed=0, optimizer="sgd", lr=lr)
     trainer.fit(x, y, epochs=1, batch_size=batch_size, shuffle=False)
     snapshot = trainer.get_weights()
@@ -603,7 +632,7 @@ def test_set_weights_rejects_wrong_shapes() -> None:
 @pytest.mark.parametrize("suffix", ["json", "npz"])
 def test_export_and_load_round_trip(tmp_path: Path, suffix: str) -> None:
     x, y = blobs(40)
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     trainer = NumpyTrainer(bus=bus, hidden=(6,))
     trainer.fit(x, y, epochs=2)
@@ -621,7 +650,7 @@ def test_export_and_load_round_trip(tmp_path: Path, suffix: str) -> None:
 
 def test_save_emits_model_save_and_loads_back(tmp_path: Path) -> None:
     x, y = blobs(40)
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     trainer = NumpyTrainer(bus=bus, hidden=(6,), lr=0.02)
     trainer.fit(x, y, epochs=2, batch_size=10)
@@ -639,7 +668,7 @@ def test_save_emits_model_save_and_loads_back(tmp_path: Path) -> None:
 
 def test_fit_checkpoint_is_written_each_epoch_before_epoch_end(tmp_path: Path) -> None:
     x, y = blobs(20)
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     path = tmp_path / "last.npz"
     seen: list[Any] = []
     bus.subscribe(events.on_epoch_end, lambda p: seen.append(load(path).get_weights()))
@@ -806,7 +835,7 @@ def fit_refused(
 def test_a_bad_fit_argument_fails_inside_the_run_with_one_teardown(
     x: Any, y: Any, kwargs: dict[str, Any], error: type[Exception], message: str
 ) -> None:
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     trainer = NumpyTrainer(bus=bus, hidden=(3,))
     fit_refused(trainer, rec, error, message, x, y, **{"epochs": 2, **kwargs})
@@ -821,7 +850,7 @@ def test_a_bad_fit_argument_fails_inside_the_run_with_one_teardown(
 
 
 def test_a_bad_checkpoint_fails_before_any_epoch_is_trained(tmp_path: Path) -> None:
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     trainer = NumpyTrainer(bus=bus, hidden=(3,))
     fit_refused(
@@ -847,7 +876,7 @@ def test_a_bad_checkpoint_fails_before_any_epoch_is_trained(tmp_path: Path) -> N
 def test_mismatched_shapes_fail_inside_the_run(
     n: int, dim: int, wrong: str, off: int, built: bool
 ) -> None:
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     trainer = NumpyTrainer(bus=bus, hidden=(3,), n_classes=2)
     if built:
         trainer.build(dim, 2)
@@ -873,7 +902,7 @@ def test_mismatched_shapes_fail_inside_the_run(
 
 @pytest.mark.parametrize("where", ["y", "y_val"])
 def test_labels_beyond_n_classes_fail_inside_the_run_and_build_nothing(where: str) -> None:
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     trainer = NumpyTrainer(bus=bus, n_classes=2)
     y = np.array([0, 1, 2, 1] if where == "y" else [0, 1, 1, 1])
@@ -886,7 +915,7 @@ def test_labels_beyond_n_classes_fail_inside_the_run_and_build_nothing(where: st
 @pytest.mark.parametrize("how", ["missing directory", "a directory", "not a path"])
 def test_a_refused_export_emits_nothing(tmp_path: Path, how: str) -> None:
     """A standalone EXPORT has no teardown: a bad path must fail before on_export_start."""
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     trainer = NumpyTrainer(bus=bus, hidden=(3,))
     trainer.build(2, 2)
     rec = Recorder(bus)
@@ -928,9 +957,38 @@ def test_per_batch_events_are_skipped_when_nobody_listens() -> None:
     assert "on_train_batch_end" not in bus.emitted
 
 
+def test_batch_logs_are_built_only_for_the_batches_a_subscriber_gets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An every=3 subscriber: the trainer computes logs for batches 2, 5, 8, and epoch ends."""
+    from eventhooks.adapters import numpy as numpy_adapter
+
+    built = {"n": 0}
+    original = numpy_adapter._RunningMean.logs
+
+    def counting(self: Any) -> dict[str, float]:
+        built["n"] += 1
+        return original(self)
+
+    monkeypatch.setattr(numpy_adapter._RunningMean, "logs", counting)
+    x, y = blobs(36)
+    bus = EventBus()
+    got: list[tuple[int, dict[str, float]]] = []
+    bus.subscribe(events.on_train_batch_end, lambda p: got.append((p.batch, p.logs)), every=3)
+    bus.subscribe(events.on_val_batch_end, lambda p: None, every=2)
+    NumpyTrainer(bus=bus, hidden=(4,)).fit(
+        x, y, epochs=2, batch_size=4, shuffle=False, validation_data=(x[:8], y[:8])
+    )
+    assert [b for b, _ in got] == [2, 5, 8] * 2
+    assert all(set(logs) == {"loss", "accuracy"} for _, logs in got)
+    # per epoch: 3 heard training batches, 1 heard validation batch (of 2), the epoch's and
+    # the validation's logs
+    assert built["n"] == 2 * (3 + 1 + 2)
+
+
 def test_class_subscriber_under_keras_names() -> None:
     x, y = blobs(20)
-    bus = EventBus()
+    bus = EventBus(check_order=True)
 
     class Epochs(Callback):
         def __init__(self) -> None:
