@@ -327,7 +327,7 @@ class NumpyTrainer:
         if self._optimizer is None:
             self._optimizer = mlp.make_optimizer(self.optimizer_name, self._lr, self.momentum)
         if self.lr_schedule is not None:
-            # The starting rate is not a change (on_params_update belongs inside a step).
+            # The run's first rate, not a change: nothing to announce.
             self._scheduled_lr(initial_epoch)
             self._announced_lr = self.lr
 
@@ -391,7 +391,7 @@ class NumpyTrainer:
             self.history.setdefault(key, []).append(value)
         self._epoch_logs = logs
         if args.checkpoint is not None:
-            self.save(args.checkpoint)
+            run.model_save(self._write_checkpoint(args.checkpoint), dict(logs))
         run.epoch_end(logs)
         stopping = self._stopping(run)  # run.epochs() ends the fit on it
         if self.lr_schedule is not None and epoch + 1 < args.epochs and not stopping:
@@ -468,11 +468,7 @@ class NumpyTrainer:
         The file is written at exactly ``path``, whatever its suffix.
         """
         self._check_ready(None, None, "save")
-        state = {
-            "iterations": self.iterations, "epoch": self._epoch, "lr": self.lr,
-            "optimizer": self.optimizer_name, "momentum": self.momentum,
-        }  # fmt: skip
-        target = io.write(path, "npz", "checkpoint", self.config, self._weights, state)
+        target = self._write_checkpoint(path)
         run = self._run
         if run is not None and _has_room_for_a_save(run):
             run.model_save(target, dict(self._epoch_logs))
@@ -480,6 +476,13 @@ class NumpyTrainer:
             self.bus.emit(events.on_model_save, source=self, path=target, epoch=self._epoch,
                           logs=dict(self._epoch_logs))  # fmt: skip
         return target
+
+    def _write_checkpoint(self, path: str | os.PathLike[str]) -> Path:
+        state = {
+            "iterations": self.iterations, "epoch": self._epoch, "lr": self.lr,
+            "optimizer": self.optimizer_name, "momentum": self.momentum,
+        }  # fmt: skip
+        return io.write(path, "npz", "checkpoint", self.config, self._weights, state)
 
     def export(self, path: str | os.PathLike[str], *, format: str | None = None) -> Path:
         """Write an inference artifact (``json`` or ``npz``, by ``format`` or by suffix).
