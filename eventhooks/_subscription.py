@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import itertools
 import math
+import numbers
+import operator
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -59,11 +60,11 @@ class Options:
         priority = self.priority
         # A plain number, copied without calling the value's own methods: the bus sorts by
         # it under its lock, where no user code may run.
-        if isinstance(priority, bool) or not isinstance(priority, (int, float)):
+        if isinstance(priority, bool) or not isinstance(priority, numbers.Real):
             raise TypeError(f"priority= must be a number, got {priority!r}")
-        plain = int.__add__(priority, 0) if isinstance(priority, int) else float.__add__(
-            priority, 0.0
-        )
+        # numpy's numbers too; operator.index and float return exactly int and float.
+        integral = isinstance(priority, numbers.Integral)
+        plain = operator.index(priority) if integral else float(priority)
         if isinstance(plain, float) and not math.isfinite(plain):
             raise ValueError(f"priority= must be finite, got {plain!r}")
         object.__setattr__(self, "priority", plain)
@@ -144,8 +145,8 @@ class Subscription:
     """
 
     __slots__ = (
-        "__weakref__", "_bus", "_fired", "_fn", "_lock", "_ref", "count", "event",
-        "failures", "label", "live", "marks", "options", "owner", "seq",
+        "__weakref__", "_bus", "_fired", "_fn", "_lock", "_owner", "_ref", "count", "event",
+        "failures", "label", "live", "marks", "options", "seq",
     )  # fmt: skip
 
     def __init__(
@@ -164,7 +165,8 @@ class Subscription:
         self._bus = bus
         self.event = event
         self.options = options
-        self.owner = owner
+        # An attached object held weakly stays weak here too (weakref.ref when it can be).
+        self._owner: Any = _weak_owner(owner) if options.weak else owner  # or given weak
         self.label = label or describe(fn)
         self.marks = marks  # a Callback's method: its request_stop() reaches this bus
         self.seq = next(connection_seq)
@@ -172,7 +174,7 @@ class Subscription:
         self.failures = 0
         self.live = True  # False once disconnected: an emit in progress skips it
         self._fired = False
-        self._lock = threading.RLock() if options.filtered else None
+        self._lock = threading.Lock() if options.filtered else None
         self._fn: Handler | None
         self._ref: Callable[[], Handler | None] | None
         if options.weak:
@@ -195,6 +197,12 @@ class Subscription:
         return self._ref is not None
 
     @property
+    def owner(self) -> object:
+        """The object ``attach`` subscribed this for (None once a weakly held one is gone)."""
+        owner = self._owner
+        return owner() if isinstance(owner, weakref.ref) else owner
+
+    @property
     def direct(self) -> bool:
         """Whether the bus may call the subscriber itself, skipping this wrapper."""
         return self._ref is None and not self.marks and self._lock is None
@@ -209,9 +217,16 @@ class Subscription:
         fn = self._fn if self._ref is None else self._ref()
         if fn is None or (self._lock is not None and not self._passes(payload)):
             return None
-        if self.marks:
-            with delivering(self.owner, self._bus):
+        if self.marks:  # a Callback's method: while it runs, its bus is this one
+            try:
+                stack = _local.stack
+            except AttributeError:
+                stack = _local.stack = []
+            stack.append(self)
+            try:
                 return fn(payload)
+            finally:
+                stack.pop()
         return fn(payload)
 
     def would_deliver(self, batch: int | None, epoch: int | None) -> bool:
@@ -236,24 +251,31 @@ class Subscription:
         return options.once is None or (not self._fired and nth == options.once)
 
     def _passes(self, payload: Any) -> bool:
+        """The filters. Counting and firing ``once`` hold the lock; ``when`` (user code)
+        runs outside it, so it may take locks of its own."""
         options = self.options
-        with self._lock:  # type: ignore[union-attr]  # filtered subscriptions have one
+        lock: threading.Lock = self._lock  # type: ignore[assignment]  # filtered: it has one
+        with lock:
             self.count += 1
-            if options.rank is not None and getattr(payload, "rank", 0) != options.rank:
+            count = self.count
+        if options.rank is not None and getattr(payload, "rank", 0) != options.rank:
+            return False
+        if options.every is not None or options.once is not None:
+            counter = self.event.counter
+            index = getattr(payload, counter, None) if counter else None
+            nth = count if index is None else index + 1
+            if options.every is not None and nth % options.every:
                 return False
-            if options.every is not None or options.once is not None:
-                counter = self.event.counter
-                index = getattr(payload, counter, None) if counter else None
-                nth = self.count if index is None else index + 1
-                if options.every is not None and nth % options.every:
-                    return False
-                if options.once is not None and (self._fired or nth != options.once):
-                    return False
-            if options.when is not None and not options.when(payload):
+            if options.once is not None and (self._fired or nth != options.once):
                 return False
-            if options.once is not None:
+        if options.when is not None and not options.when(payload):
+            return False
+        if options.once is not None:
+            with lock:
+                if self._fired:  # another thread fired it meanwhile
+                    return False
                 self._fired = True
-            return True
+        return True
 
     def disconnect(self) -> None:
         """Undo this subscription (no error if it is already undone)."""
@@ -276,13 +298,31 @@ def _weak(fn: Handler, callback: Callable[[Any], None]) -> Callable[[], Handler 
     return weakref.ref(fn, callback)
 
 
+def _weak_owner(owner: object) -> object:
+    if owner is None:
+        return None
+    try:
+        return weakref.ref(owner)
+    except TypeError:  # not weakly referable: its methods cannot be held weakly either
+        return owner
+
+
 class Attachment:
     """The subscriptions made by ``bus.attach(obj)``; ``disconnect()`` undoes them all."""
 
-    def __init__(self, bus: _Owner, obj: object, subscriptions: tuple[Subscription, ...]):
+    def __init__(
+        self, bus: _Owner, obj: object, subscriptions: tuple[Subscription, ...],
+        weak: bool = False,
+    ) -> None:  # fmt: skip
         self._bus = bus
-        self.obj = obj
+        self._obj = _weak_owner(obj) if weak else obj
         self.subscriptions = subscriptions
+
+    @property
+    def obj(self) -> Any:
+        """The attached object (None once a weakly attached one is gone)."""
+        obj = self._obj
+        return obj() if isinstance(obj, weakref.ref) else obj
 
     def disconnect(self) -> None:
         for sub in self.subscriptions:
@@ -298,28 +338,10 @@ class Attachment:
 _local = threading.local()
 
 
-class delivering:
-    """While a bus calls a callback's method on this thread, that bus is the callback's."""
-
-    __slots__ = ("bus", "owner")
-
-    def __init__(self, owner: object, bus: object) -> None:
-        self.owner, self.bus = owner, bus
-
-    def __enter__(self) -> None:
-        try:
-            _local.stack.append(self)
-        except AttributeError:
-            _local.stack = [self]
-
-    def __exit__(self, *exc: object) -> None:
-        _local.stack.pop()
-
-
 def delivering_bus(owner: object) -> Any:
     """The bus delivering an event to ``owner`` on this thread (innermost), or None."""
-    stack: list[delivering] = getattr(_local, "stack", [])
-    return next((d.bus for d in reversed(stack) if d.owner is owner), None)
+    stack: list[Subscription] = getattr(_local, "stack", [])
+    return next((sub._bus for sub in reversed(stack) if sub.owner is owner), None)
 
 
 # -- marking methods of Callback: default no-ops, and helpers that are not hooks ---------------
@@ -359,9 +381,13 @@ def is_not_a_hook(method: object) -> bool:
     return getattr(getattr(method, "__func__", method), _NOT_A_HOOK, False) is True
 
 
-def hook_names(obj: object) -> Iterator[str]:
-    """Names on ``obj`` (class or instance) that look like hooks: ``on_...`` and callable."""
-    names = set(dir(type(obj))) | set(getattr(obj, "__dict__", {}))
-    for name in sorted(names):
-        if name.startswith("on_") and callable(inspect.getattr_static(obj, name, None)):
-            yield name
+def hook_names(obj: object, base: type) -> Iterator[str]:
+    """Methods named ``on_...`` that the classes of ``obj`` derived from ``base`` define
+    (another base's methods, say Keras', are that library's business; so are attributes
+    set on the instance)."""
+    names: set[str] = set()
+    for cls in type(obj).__mro__:
+        if cls is not base and isinstance(cls, type) and issubclass(cls, base):
+            names.update(n for n, v in vars(cls).items()
+                         if n.startswith("on_") and callable(v))  # fmt: skip
+    yield from sorted(names)

@@ -18,8 +18,10 @@ error policy (``raise``, ``warn``, ``disable``) is applied once everyone has bee
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack, overload
 
@@ -35,6 +37,7 @@ from ._subscription import (
     OptionArgs,
     Options,
     Subscription,
+    _weak_owner,
     describe,
     hook_names,
     is_default_hook,
@@ -103,10 +106,15 @@ class _Route:
         self.edge = event in _RUN_EDGE_EVENTS
         self.stale = False
         calls: list[Any] = []
+        direct: set[int] = set()
         for entry in entries:
             fn = entry.target if isinstance(entry, Subscription) and entry.direct else None
             # Each callable appears once, so a failure is traced to its subscription.
-            calls.append(fn if fn is not None and not any(c is fn for c in calls) else entry)
+            if fn is not None and id(fn) not in direct:
+                direct.add(id(fn))
+                calls.append(fn)
+            else:
+                calls.append(entry)
         self.calls: tuple[Any, ...] = () if silent else tuple(calls)
 
 
@@ -136,6 +144,8 @@ class _Relay:
         self.failures: dict[tuple[int, int], int] = {}  # for errors="disable"
 
     def __call__(self, payload: Any) -> None:
+        if self.signal.is_muted:  # `with bus.signal(name).muted():`, blinker's own mute
+            return
         failed: list[tuple[Any, Exception]] = []
         for receiver in self.signal.receivers_for(self.bus):
             try:
@@ -186,18 +196,19 @@ class EventBus:
         self.errors: ErrorPolicy = errors
         self.max_failures = max_failures
         self.registry = registry or _registry.default
-        self._lock = threading.Lock()
+        # Reentrant: a __del__ or weakref callback that runs while a change allocates (a
+        # garbage collection) may change the bus again on the same thread (see _write).
+        self._lock = threading.RLock()
+        self._writing = False
+        self._queued: list[Callable[[], object]] = []
         self._routes: dict[Event[Any], _Route] = {}  # the one record of who is subscribed
         self._fast: dict[object, Any] = {}  # name or Event -> its route, or () if silent
         self._signals: dict[Event[Any], _EventSignal] = {}
         self._muted: dict[Event[Any] | None, int] = {}
-        self._dying: list[Subscription] = []  # weak subscribers gone while the lock was held
         self._stop_reason: str | None = None
         self._stop = False
         self._pretrain_opened = False
-        with self._lock:
-            for event in self.registry.events():
-                self._publish(event)
+        self._write(self._publish_all)
         self.check_order = check_order
         if check_order:  # the plain methods stay as they are: nothing on the hot path
             checker = _OrderCheck(self)
@@ -219,19 +230,16 @@ class EventBus:
             raise UnknownEventError(key, self.registry.names())
         event = self.registry.resolve(key)
         if event not in self._routes:
-            with self._lock:
-                if event not in self._routes:
-                    self._publish(event)
+            self._write(lambda: self._publish_new(event))
         return event
 
     def signal(self, event: str | Event[Any]) -> blinker.Signal:
         """The blinker signal of an event: ``connect`` to it with plain blinker if you like."""
         target = self._learn(event)
-        with self._lock:
-            signal = self._signals.get(target)
-            if signal is None:
-                signal = self._signals[target] = _EventSignal(self, target)
-            return signal
+        if target not in self._signals:
+            made = _EventSignal(self, target)
+            self._write(lambda: self._signals.setdefault(target, made))
+        return self._signals[target]
 
     def listening(
         self, event: str | Event[Any], *, batch: int | None = None, epoch: int | None = None
@@ -346,12 +354,13 @@ class EventBus:
         owner: object = None, label: str | None = None, marks: bool = False,
     ) -> Subscription:  # fmt: skip
         sub = Subscription(self, event, fn, options, owner=owner, label=label, marks=marks)
-        with self._lock:
-            route = self._routes[event]
-            subs = [e for e in route.entries if isinstance(e, Subscription)]
-            entries = sorted((*subs, sub), key=_delivery_order)
-            self._publish(event, tuple(entries))
+        self._write(lambda: self._add(sub))
         return sub
+
+    def _add(self, sub: Subscription) -> None:
+        if sub.live:  # not undone meanwhile (a change queued behind another)
+            subs = [e for e in self._routes[sub.event].entries if isinstance(e, Subscription)]
+            self._publish(sub.event, tuple(sorted((*subs, sub), key=_delivery_order)))
 
     # -- typed names (on): generated by tests/core/test_typed_names.py --
     @overload
@@ -453,21 +462,33 @@ class EventBus:
                 method = getattr(obj, name, None) if name.isidentifier() else None
                 if callable(method) and not is_default_hook(method):
                     found.append((event, method, name))
-        on_event = getattr(obj, "on_event", None) if is_callback else None
-        if callable(on_event) and not is_default_hook(on_event):
-            found.extend((event, EventHandler(on_event, event), "on_event")
-                         for event in self.registry.events())  # fmt: skip
         label = type(obj).__qualname__
         subs = tuple(
             self._connect(event, fn, bundle, owner=obj, marks=is_callback, label=f"{label}.{name}")
             for event, fn, name in found
         )
+        on_event = getattr(obj, "on_event", None) if is_callback else None
+        if callable(on_event) and not is_default_hook(on_event):
+            # One handler per event, held as strongly as the object: weakly, it holds the
+            # method weakly and the subscriptions go when the object does.
+            strong = dataclasses.replace(bundle, weak=False)
+            hook: Any = weakref.WeakMethod(on_event) if bundle.weak else on_event
+            owner = _weak_owner(obj) if bundle.weak else obj
+            handlers = tuple(
+                self._connect(event, EventHandler(hook, event), strong, owner=owner,
+                              marks=True, label=f"{label}.on_event")
+                for event in self.registry.events()
+            )  # fmt: skip
+            if bundle.weak:
+                weakref.finalize(obj, _drop_handlers, weakref.ref(self), handlers)
+            subs += handlers
         if is_callback:
             obj.bus = self  # type: ignore[attr-defined]  # outside a delivery: the last attached
-        return Attachment(self, obj, subs)
+        return Attachment(self, obj, subs, weak=bundle.weak)
 
     def _refuse_misspelt_hooks(self, obj: object) -> None:
-        for name in hook_names(obj):
+        base = next(c for c in type(obj).__mro__ if "__eventhooks_callback__" in vars(c))
+        for name in hook_names(obj, base):
             if name == "on_event" or name in self.registry:
                 continue
             if not is_not_a_hook(getattr(obj, name)):
@@ -487,7 +508,11 @@ class EventBus:
             return sum(self.disconnect(sub) for sub in target.subscriptions)
         if isinstance(target, Subscription):
             with self._lock:
-                return self._remove(target)
+                if not target.live or target._bus is not self:  # undone, or another bus's
+                    return 0
+                target.live = False  # from now on, no emit calls it
+            self._write(lambda: self._drop(target))
+            return 1
         only = None if event is None else self._learn(event)
         removed = 0
         for evt, route in list(self._routes.items()):  # matching runs user __eq__: no lock
@@ -504,25 +529,31 @@ class EventBus:
                         removed += 1
         return removed
 
-    def _remove(self, sub: Subscription) -> int:
-        """Under the lock: take ``sub`` out of its route. Returns 1 if it was in."""
-        if not sub.live:
-            return 0
-        sub.live = False
-        route = self._routes[sub.event]
-        self._publish(sub.event, tuple(e for e in route.entries if e is not sub))
-        return 1
+    def _drop(self, sub: Subscription) -> None:
+        entries = self._routes[sub.event].entries
+        if any(e is sub for e in entries):
+            self._publish(sub.event, tuple(e for e in entries if e is not sub))
 
     def _forget(self, sub: Subscription) -> None:
-        """A weakly held subscriber is gone: disconnect it, now or at the next change."""
-        if self._lock.acquire(blocking=False):
+        """A weakly held subscriber is gone (a weakref callback): disconnect it."""
+        self.disconnect(sub)
+
+    def _write(self, change: Callable[[], object]) -> None:
+        """Make a change under the lock. A change asked for while another runs on this
+        thread (by a __del__ or weakref callback that a garbage collection ran inside it) is
+        queued and made right after, before the lock is released: changes never interleave,
+        and none waits for a lock its own thread holds."""
+        with self._lock:
+            if self._writing:
+                self._queued.append(change)
+                return
+            self._writing = True
             try:
-                self._remove(sub)
+                change()
+                while self._queued:
+                    self._queued.pop(0)()
             finally:
-                self._lock.release()
-        else:  # the lock is held, perhaps by this very thread (a collection inside a change)
-            sub.live = False
-            self._dying.append(sub)
+                self._writing = False
 
     def is_connected(self, sub: Subscription) -> bool:
         return sub.live
@@ -553,22 +584,31 @@ class EventBus:
             self._mute(keys, -1)
 
     def _mute(self, keys: list[Event[Any] | None], step: int) -> None:
-        with self._lock:
-            for key in keys:
-                count = self._muted.get(key, 0) + step
-                if count:
-                    self._muted[key] = count
-                else:
-                    del self._muted[key]
-            for event in list(self._routes) if None in keys else keys:
-                self._publish(event)  # type: ignore[arg-type]
+        self._write(lambda: self._mute_now(keys, step))
+
+    def _mute_now(self, keys: list[Event[Any] | None], step: int) -> None:
+        for key in keys:
+            count = self._muted.get(key, 0) + step
+            if count:
+                self._muted[key] = count
+            else:
+                del self._muted[key]
+        for event in list(self._routes) if None in keys else keys:
+            self._publish(event)  # type: ignore[arg-type]
 
     # -- publishing routes (always under the lock) ------------------------------------------
 
+    def _publish_all(self) -> None:
+        for event in self.registry.events():
+            self._publish(event)
+
+    def _publish_new(self, event: Event[Any]) -> None:
+        if event not in self._routes:  # another thread may have been first
+            self._publish(event)
+
     def _publish_changed(self, event: Event[Any]) -> None:
         """A plain blinker receiver connected or disconnected: publish the route again."""
-        with self._lock:
-            self._publish(event)
+        self._write(lambda: self._publish(event))
 
     def _publish(self, event: Event[Any], entries: tuple[Any, ...] | None = None) -> None:
         """Swap in a new route for ``event``: ``entries`` if given, else the current ones.
@@ -590,8 +630,6 @@ class EventBus:
             self._fast[key] = fast
         if old is not None:
             old.stale = True
-        while self._dying:
-            self._remove(self._dying.pop())
 
     # -- dispatch ---------------------------------------------------------------------------
 
@@ -692,14 +730,20 @@ class EventBus:
         failures: list[tuple[Any, Exception]] = []
         if failure is not None:
             failures.append((route.entries[index], failure))
-        for later in range(index + 1, len(calls)):
-            entry = route.entries[later]
-            if not entry.live:
-                continue
-            try:
-                calls[later](payload)
-            except Exception as exc:
-                failures.append((entry, exc))
+        try:
+            for later in range(index + 1, len(calls)):
+                entry = route.entries[later]
+                if not entry.live:
+                    continue
+                try:
+                    calls[later](payload)
+                except Exception as exc:
+                    failures.append((entry, exc))
+        except BaseException:  # Ctrl-C stops delivery at once: say what failed before it
+            for entry, earlier, _ in _expand(failures):
+                log.warning("subscriber %s failed on event %r", _label(entry),
+                            route.event.name, exc_info=earlier)  # fmt: skip
+            raise
         if failures:
             self._apply_policies(route.event, failures)
 
@@ -708,7 +752,7 @@ class EventBus:
         first failure whose policy is ``raise`` (later ones are logged)."""
         first: SubscriberError | None = None
         for entry, exc, relay in _expand(failures):
-            label = entry.label if isinstance(entry, Subscription) else describe(entry)
+            label = _label(entry)
             policy = (entry.options.errors if isinstance(entry, Subscription) else None) or (
                 self.errors
             )
@@ -763,6 +807,10 @@ class EventBus:
             log.warning("%s (while the run was failing)", failed, exc_info=failed.original)
             error.add_note(f"eventhooks: {failed}")
             return None
+        except PayloadError as bad:  # the adapter's fields: the run's error still goes out
+            log.warning("%s (while the run was failing; teardown sent without them)", bad)
+            error.add_note(f"eventhooks: {bad}")
+            return self.emit_teardown(error)
 
     # -- flow control -----------------------------------------------------------------------
 
@@ -806,10 +854,12 @@ class EventBus:
         if self.registry is not _registry.default:
             raise TypeError("only buses on the default registry can be pickled")
         subscriptions = [
-            (sub.event.name, sub.target, sub.options, sub.owner, sub.label, sub.marks)
+            (sub.event.name, sub.target, sub.options, sub.owner, sub.label, sub.marks,
+             sub.count, sub._fired)
             for sub in self.subscriptions()
             if not sub.weak and sub.target is not None
-        ]
+            and not isinstance(getattr(sub.target, "method", None), weakref.WeakMethod)
+        ]  # fmt: skip
         return {
             "errors": self.errors,
             "max_failures": self.max_failures,
@@ -820,8 +870,11 @@ class EventBus:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(errors=state["errors"], max_failures=state["max_failures"])  # type: ignore[misc]
         self._stop, self._stop_reason = state["stop"]
-        for name, fn, options, owner, label, marks in state["subscriptions"]:
-            self._connect(self._learn(name), fn, options, owner=owner, label=label, marks=marks)
+        for name, fn, options, owner, label, marks, count, fired in state["subscriptions"]:
+            sub = self._connect(
+                self._learn(name), fn, options, owner=owner, label=label, marks=marks
+            )
+            sub.count, sub._fired = count, fired  # every=/once= go on where they were
             if marks:
                 owner.bus = self
 
@@ -843,7 +896,12 @@ class EventHandler:
         self.method, self.event = method, event
 
     def __call__(self, payload: Any) -> object:
-        return self.method(self.event, payload)
+        method = self.method
+        if isinstance(method, weakref.WeakMethod):
+            method = method()
+            if method is None:  # the object is gone; its finalizer disconnects this
+                return None
+        return method(self.event, payload)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_event_handler, (self.method, self.event.name))
@@ -851,6 +909,18 @@ class EventHandler:
 
 def _event_handler(method: Callable[[Event[Any], Any], object], name: str) -> EventHandler:
     return EventHandler(method, _registry.default.resolve(name))
+
+
+def _drop_handlers(bus: weakref.ref[EventBus], subs: tuple[Subscription, ...]) -> None:
+    """A weakly attached object is gone: its on_event handlers go too."""
+    alive = bus()
+    if alive is not None:
+        for sub in subs:
+            alive.disconnect(sub)
+
+
+def _label(entry: Any) -> str:
+    return entry.label if isinstance(entry, Subscription) else describe(entry)
 
 
 def _delivery_order(entry: Any) -> tuple[float, int]:

@@ -29,8 +29,8 @@ from .errors import PayloadError, _text, _type_name
 #: is information) and written to JSON as ``NaN``/``Infinity``.
 Logs = dict[str, float]
 
-Index = Annotated[int, Field(ge=0)]
-"""A 0-based epoch or batch index."""
+Index = Annotated[int, Field(ge=0, le=2**63 - 1)]
+"""A 0-based epoch or batch index (at most a 64-bit int: what a log can be read back with)."""
 
 
 def _fspath(value: Any) -> Any:

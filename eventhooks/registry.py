@@ -83,7 +83,9 @@ class Registry:
         """The event for a name (any of its names), or for an Event registered here."""
         if isinstance(name, Event):
             if self._by_name.get(name.name) is not name:
-                raise UnknownEventError(name.name, self._by_name)
+                error = UnknownEventError(name.name, ())
+                error.add_note("an Event registered in another registry than this bus's")
+                raise error
             return name
         try:
             return self._by_name[name]

@@ -1023,3 +1023,201 @@ def test_a_disconnect_during_an_emit_skips_the_rest_only_for_that_subscriber() -
     bus.on("on_val_end", priority=1)(lambda p: later.disconnect())
     bus.emit("on_val_end")
     assert heard == ["last"] and not later.connected and last.connected
+
+
+# -- review findings (#10): each of these failed before its fix ------------------------------
+
+GC_DEADLOCK = """
+import gc, sys
+from eventhooks import EventBus
+gc.set_threshold(5)
+bus = EventBus()
+class Watcher:
+    def __init__(self):
+        self.me = self  # a cycle: only the collector frees it, at any allocation
+        self.sub = bus.subscribe("on_epoch_end", print)
+    def __del__(self):
+        self.sub.disconnect()
+for _ in range(3000):
+    Watcher()
+    bus.subscribe("on_train_end", print).disconnect()
+gc.collect()
+assert bus.subscriptions() == [], bus.subscriptions()
+print("done")
+"""
+
+
+def test_a_del_that_disconnects_during_a_change_does_not_deadlock() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", GC_DEADLOCK], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "done", done.stderr[-2000:]
+
+
+def test_a_when_predicate_runs_outside_the_subscriptions_lock() -> None:
+    import threading
+    import time
+
+    bus = EventBus()
+    state = threading.RLock()
+    in_when = threading.Event()
+
+    def should(payload: Any) -> bool:
+        if payload.batch == 1:
+            in_when.set()
+            time.sleep(0.2)
+        with state:
+            return True
+
+    bus.subscribe("on_train_batch_end", lambda p: None, when=should)
+
+    def holder() -> None:
+        in_when.wait(5)
+        with state:
+            bus.emit("on_train_batch_end", batch=0)
+
+    first = threading.Thread(target=holder)
+    second = threading.Thread(target=lambda: bus.emit("on_train_batch_end", batch=1))
+    first.start()
+    second.start()
+    first.join(10)
+    second.join(10)
+    assert not first.is_alive() and not second.is_alive(), "deadlocked"
+
+
+def test_a_weak_subscriber_that_dies_while_another_thread_changes_the_bus_is_gone() -> None:
+    import threading
+
+    bus = EventBus()
+
+    def target(payload: Any) -> None: ...
+
+    bus.subscribe("on_train_batch_end", target, weak=True)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with bus._lock:  # another thread in the middle of a change
+            holding.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    holding.wait(5)
+    threading.Timer(0.2, release.set).start()
+    del target  # its weakref callback waits for the change to end
+    gc.collect()
+    thread.join(10)
+    assert not bus.listening("on_train_batch_end") and bus.subscriptions() == []
+    assert bus.emit("on_train_batch_end", batch=0) is None
+
+
+def test_a_subscription_of_another_bus_is_not_undone_here() -> None:
+    one, other = EventBus(), EventBus()
+    heard: list[int] = []
+    sub = other.subscribe("on_train_end", lambda p: heard.append(1))
+    assert one.disconnect(sub) == 0 and sub.connected
+    other.emit("on_train_end")
+    assert heard == [1] and other.disconnect(sub) == 1
+
+
+def test_attach_weak_holds_the_object_weakly_on_event_included() -> None:
+    import weakref
+
+    class Both(Callback):
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        def on_epoch_end(self, payload: EpochPayload) -> None:
+            self.seen.append("epoch")
+
+        def on_event(self, event: Event[Any], payload: Any) -> None:
+            self.seen.append(event.name)
+
+    bus = EventBus()
+    obj = Both()
+    attachment = bus.attach(obj, weak=True)
+    bus.emit("on_epoch_end", epoch=0)
+    assert obj.seen == ["epoch", "on_fit_epoch_end"]
+    gone = weakref.ref(obj)
+    del obj
+    gc.collect()
+    assert gone() is None and attachment.obj is None
+    assert bus.subscriptions() == [] and not bus.listening("on_epoch_end")
+
+
+def test_ctrl_c_after_a_failure_still_reports_the_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bus = EventBus(errors="warn")
+    bus.on("on_val_end", priority=1)(broken)
+
+    def interrupt(payload: Any) -> None:
+        raise KeyboardInterrupt
+
+    bus.on("on_val_end")(interrupt)
+    with caplog.at_level(logging.WARNING, logger="eventhooks"):
+        with pytest.raises(KeyboardInterrupt):
+            bus.emit("on_val_end")
+    assert "broken subscriber" in caplog.text
+
+
+def test_emit_teardown_with_bad_fields_still_tears_down_with_the_runs_error() -> None:
+    bus = EventBus()
+    heard: list[str | None] = []
+    bus.on("teardown")(lambda p: heard.append(p.error))
+    error = ValueError("the run failed")
+    bus.emit_teardown(error, epoch=-1)
+    assert heard == ["ValueError: the run failed"]
+    assert any("epoch" in note for note in getattr(error, "__notes__", []))
+
+
+def test_blinkers_own_mute_silences_plain_receivers() -> None:
+    bus = EventBus()
+    heard: list[str] = []
+
+    def receiver(sender: Any, payload: Any = None) -> None:
+        heard.append("plain")
+
+    signal = bus.signal("on_val_end")
+    signal.connect(receiver, weak=False)
+    with signal.muted():
+        bus.emit("on_val_end")
+    bus.emit("on_val_end")
+    assert heard == ["plain"]
+
+
+def test_once_survives_pickling_as_fired() -> None:
+    import pickle
+
+    bus = EventBus()
+    bus.on("on_val_end", once=1)(record_val)
+    bus.emit("on_val_end", logs={"i": 0})
+    clone: EventBus = pickle.loads(pickle.dumps(bus))
+    RECORDED.clear()
+    clone.emit("on_val_end", logs={"i": 1})
+    assert RECORDED == []
+
+
+def test_only_a_callbacks_own_on_methods_are_checked() -> None:
+    class KerasLike:  # another library's base with its own on_* methods
+        def on_batch_begin(self, batch: int) -> None: ...
+
+    class Mixed(Callback, KerasLike):
+        def __init__(self) -> None:
+            self.on_done = print  # an attribute, not a method of the class
+
+    bus = EventBus()
+    bus.attach(Mixed())  # neither is refused
+    with pytest.raises(UnknownEventError):
+        bus.attach(Misspelt())
+
+
+def test_numpy_like_priorities_are_numbers() -> None:
+    from fractions import Fraction
+
+    bus = EventBus()
+    sub = bus.subscribe("on_val_end", lambda p: None, priority=Fraction(3, 2))
+    assert sub.priority == 1.5 and type(sub.priority) is float
