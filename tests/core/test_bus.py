@@ -1219,5 +1219,5 @@ def test_numpy_like_priorities_are_numbers() -> None:
     from fractions import Fraction
 
     bus = EventBus()
-    sub = bus.subscribe("on_val_end", lambda p: None, priority=Fraction(3, 2))
+    sub = bus.subscribe("on_val_end", lambda p: None, priority=Fraction(3, 2))  # type: ignore[call-overload]
     assert sub.priority == 1.5 and type(sub.priority) is float
