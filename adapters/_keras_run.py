@@ -1,7 +1,8 @@
 """Helpers around Keras calls that emit what Keras' callbacks cannot see.
 
 Keras calls no hook when ``fit`` raises, and none when a model is saved or exported; these
-wrappers emit ``teardown`` with the error, ``on_model_save`` and ``on_export_start``/``_end``.
+wrappers emit ``teardown`` with the error, ``on_model_save`` and ``on_export_start``/``_end``
+(an :class:`~eventhooks.lifecycle.Export` session).
 """
 
 from __future__ import annotations
@@ -14,14 +15,13 @@ from typing import Any
 import keras  # type: ignore[import-untyped]
 
 from eventhooks import EventBus, events
+from eventhooks.lifecycle import Export, Run
 
 from ._keras_into import KerasCallback
 
 
 @contextlib.contextmanager
-def keras_run(
-    bus: EventBus, *, train_epoch_end: bool = True, teardown: bool = True
-) -> Iterator[KerasCallback]:
+def keras_run(bus: EventBus) -> Iterator[KerasCallback]:
     """A :class:`KerasCallback` whose ``fit`` always ends in ``teardown``, also on failure.
 
     >>> with keras_run(bus) as cb:                          # doctest: +SKIP
@@ -37,7 +37,7 @@ def keras_run(
     ``cb`` during the ``fit`` (from a subscriber) does not end it: a later failure of the fit
     still gets its ``teardown``.
     """
-    cb = KerasCallback(bus, train_epoch_end=train_epoch_end, teardown=teardown)
+    cb = KerasCallback(bus)
     try:
         yield cb
     except BaseException as exc:
@@ -54,16 +54,18 @@ def fit(
 ) -> Any:
     """``model.fit(*args, **kwargs)`` emitting on ``bus``; returns Keras' ``History``.
 
+    The run opens (``on_pretrain_routine_start``) before Keras checks the data and builds the
+    model, and the routine ends (``on_pretrain_routine_end``) when Keras begins training.
     ``teardown`` is emitted in every case, with the error if ``fit`` raised, even before
     training began (bad data): a run that was asked for always ends in ``teardown``.
     """
+    run = Run(bus, source=model, initial_epoch=kwargs.get("initial_epoch") or 0).open()
     cb = KerasCallback(bus)
+    cb._ahead = run
     try:
         return model.fit(*args, callbacks=[*(callbacks or ()), cb], **kwargs)
     except BaseException as exc:
-        # Before on_train_begin Keras failed on its own (bad data): the run still ends in
-        # teardown. After it, the callback knows whether its teardown was already sent.
-        cb.abort(exc, always=not cb._began)
+        run.close(exc)  # nothing if the callback already tore the run down
         raise
 
 
@@ -113,8 +115,7 @@ def export(
     ``on_export_end`` is emitted and the error goes on.
     """
     fmt = format or default_export_format()
-    bus.emit(events.on_export_start, format=fmt, source=model)
-    model.export(path, format=fmt, **kwargs)
-    where = os.fspath(path)
-    bus.emit(events.on_export_end, format=fmt, path=where, source=model)
-    return where
+    with Export(bus, format=fmt, source=model) as session:
+        model.export(path, format=fmt, **kwargs)
+        session.path = os.fspath(path)
+    return os.fspath(path)

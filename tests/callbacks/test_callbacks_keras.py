@@ -34,7 +34,7 @@ def noise(seed: int, n: int = 48) -> tuple[Any, ...]:
 
 
 def test_history_csv_and_event_log_match_keras_own_history(tmp_path: Path) -> None:
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     history = History()
     bus.attach(history)
     bus.attach(CSVLogger(tmp_path / "h.csv"))
@@ -56,7 +56,7 @@ def test_history_csv_and_event_log_match_keras_own_history(tmp_path: Path) -> No
 
 
 def test_early_stopping_restores_a_keras_models_best_weights() -> None:
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     early = EarlyStopping(monitor="val_loss", patience=2, restore_best_weights=True)
     bus.attach(early)
     seen: dict[int, list[Any]] = {}
@@ -72,7 +72,7 @@ def test_early_stopping_restores_a_keras_models_best_weights() -> None:
 
 
 def test_model_checkpoint_saves_through_keras_and_emits_on_model_save(tmp_path: Path) -> None:
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus, ["on_model_save"])
     ckpt = ModelCheckpoint(tmp_path / "m-{epoch}.keras")
     bus.attach(ckpt)

@@ -30,7 +30,7 @@ def data() -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_save_writes_the_model_then_emits_on_model_save(tmp_path: Path) -> None:
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     model = make_model()
     x, _ = data()
@@ -43,7 +43,7 @@ def test_save_writes_the_model_then_emits_on_model_save(tmp_path: Path) -> None:
 
 
 def test_save_weights_only(tmp_path: Path) -> None:
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     model = make_model()
     path = save(model, tmp_path / "m.weights.h5", bus, weights_only=True)
@@ -56,7 +56,7 @@ def test_save_weights_only(tmp_path: Path) -> None:
 
 
 def test_a_checkpoint_subscriber_saves_during_fit_in_canonical_order(tmp_path: Path) -> None:
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     model = make_model()
 
@@ -75,7 +75,7 @@ def test_a_checkpoint_subscriber_saves_during_fit_in_canonical_order(tmp_path: P
 
 def test_export_torch_program_between_start_and_end(tmp_path: Path) -> None:
     assert default_export_format() == "torch"  # the conftest runs Keras on torch
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     model = make_model()
     x, _ = data()
@@ -93,7 +93,7 @@ def test_export_torch_program_between_start_and_end(tmp_path: Path) -> None:
 
 
 def test_a_failed_export_emits_no_end(tmp_path: Path) -> None:
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     with pytest.raises(ValueError, match="Unrecognized format"):
         export(make_model(), tmp_path / "m.bin", bus, format="no-such-format")

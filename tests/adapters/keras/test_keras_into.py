@@ -1,4 +1,9 @@
-"""Into Keras: KerasCallback under real Keras 3 (torch backend) fit, evaluate and predict."""
+"""Into Keras: KerasCallback under real Keras 3 (torch backend) fit, evaluate and predict.
+
+The buses check the canonical order as the events come (``EventBus(check_order=True)``),
+except where a test makes a trace that a bus cannot follow alone: a nested run started by a
+native Keras callback (outside any emit), one that dies midway, a fit that dies unannounced.
+"""
 
 from __future__ import annotations
 
@@ -18,10 +23,11 @@ from eventhooks.testing import CountingBus, Recorder, assert_canonical_order
 
 #: What KerasCallback emits (save/export come from the helpers, tested elsewhere).
 KERAS_EMITS = (
-    "on_train_start", "on_train_epoch_start", "on_train_batch_start", "on_train_batch_end",
-    "on_train_epoch_end", "on_val_start", "on_val_batch_start", "on_val_batch_end",
-    "on_val_end", "on_fit_epoch_end", "on_train_end", "teardown", "on_predict_start",
-    "on_predict_batch_start", "on_predict_batch_end", "on_predict_end",
+    "on_pretrain_routine_start", "on_pretrain_routine_end", "on_train_start",
+    "on_train_epoch_start", "on_train_batch_start", "on_train_batch_end", "on_train_epoch_end",
+    "on_val_start", "on_val_batch_start", "on_val_batch_end", "on_val_end", "on_fit_epoch_end",
+    "on_train_end", "teardown", "on_predict_start", "on_predict_batch_start",
+    "on_predict_batch_end", "on_predict_end",
 )  # fmt: skip
 
 FEATURES, CLASSES = 4, 3
@@ -67,7 +73,7 @@ def test_fit_emits_keras_moments_in_canonical_order(
     epochs: int, n: int, batch_size: int, n_val: int | None, initial_epoch: int
 ) -> None:
     """Whatever the epochs, batch size and validation, the trace is canonical and complete."""
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     model = make_model()
     x, y = make_data(n)
@@ -112,7 +118,7 @@ def test_fit_emits_keras_moments_in_canonical_order(
 
 
 def test_payloads_carry_model_and_params_and_arrive_on_the_calling_thread() -> None:
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     seen: list[tuple[str, Any, Any, int]] = []
     for event in events.BUILTIN:
         bus.subscribe(
@@ -136,7 +142,7 @@ def test_payloads_carry_model_and_params_and_arrive_on_the_calling_thread() -> N
 
 def test_batch_events_keep_order_with_slow_subscribers() -> None:
     """Keras would send a non-overridden batch-end hook to a thread pool: ours never go."""
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     order: list[tuple[str, int]] = []
 
     @bus.on(events.on_train_batch_end)
@@ -155,7 +161,7 @@ def test_batch_events_keep_order_with_slow_subscribers() -> None:
 
 
 def test_ultralytics_and_keras_names_hear_the_same_moments() -> None:
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     heard: dict[str, list[Any]] = {}
     names = (
         "on_fit_epoch_end", "on_epoch_end", "on_val_end", "on_test_end",
@@ -190,7 +196,7 @@ def test_ultralytics_and_keras_names_hear_the_same_moments() -> None:
 
 
 def test_evaluate_and_predict() -> None:
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     model = make_model()
     x, y = make_data(21)
@@ -216,7 +222,7 @@ def test_predict_with_dict_outputs_keeps_them_whole() -> None:
     model = keras.Model(
         inputs, {"score": keras.layers.Dense(1)(hidden), "probs": keras.layers.Dense(2)(hidden)}
     )
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus, [events.on_predict_batch_end])
     x, _ = make_data(6)
     predicted = model.predict(x, batch_size=6, verbose=0, callbacks=[KerasCallback(bus)])
@@ -228,7 +234,7 @@ def test_predict_with_dict_outputs_keeps_them_whole() -> None:
 
 @pytest.mark.parametrize(("stop_epoch", "stop_batch"), [(0, 0), (1, 2), (2, 4)])
 def test_request_stop_after_a_batch_stops_fit_there(stop_epoch: int, stop_batch: int) -> None:
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
 
     at = (stop_epoch, stop_batch)
@@ -247,7 +253,7 @@ def test_request_stop_after_a_batch_stops_fit_there(stop_epoch: int, stop_batch:
 
 
 def test_request_stop_at_epoch_end_and_the_next_run_starts_afresh() -> None:
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     sub = bus.subscribe(events.on_fit_epoch_end, lambda p: bus.request_stop(), once=2)
     model = make_model()
@@ -273,7 +279,7 @@ class Boom(RuntimeError):
 
 def test_keras_alone_gives_no_teardown_when_fit_raises() -> None:
     """The Keras fact keras_run exists for: an aborted fit is invisible to callbacks."""
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     bus.subscribe(events.on_train_batch_end, _raise_at(1, 2))
     with pytest.raises(SubscriberError):
@@ -293,7 +299,7 @@ def _raise_at(epoch: int, batch: int) -> Any:
 @settings(max_examples=5, deadline=None)
 @given(fail_epoch=st.integers(0, 2), fail_batch=st.integers(0, 3))
 def test_keras_run_ends_a_failed_fit_with_teardown(fail_epoch: int, fail_batch: int) -> None:
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     failing = bus.subscribe(events.on_train_batch_end, _raise_at(fail_epoch, fail_batch))
     model = make_model()
@@ -316,7 +322,7 @@ def test_keras_run_ends_a_failed_fit_with_teardown(fail_epoch: int, fail_batch: 
 
 
 def test_keras_run_does_not_invent_teardown_outside_fit() -> None:
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     bus.subscribe(events.on_predict_batch_end, lambda p: 1 / 0)
     model = make_model()
@@ -329,7 +335,7 @@ def test_keras_run_does_not_invent_teardown_outside_fit() -> None:
 
 
 def test_fit_helper_tears_down_on_success_and_on_any_failure() -> None:
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     model = make_model()
     x, y = make_data(12)
@@ -337,17 +343,18 @@ def test_fit_helper_tears_down_on_success_and_on_any_failure() -> None:
     assert len(history.history["loss"]) == 2
     assert rec.names[-2:] == ["on_train_end", "teardown"]
     assert rec.names.count("teardown") == 1
-    # x and y of different lengths: Keras fails before any callback runs; teardown says why.
+    # x and y of different lengths: Keras fails before any callback runs. The run opened
+    # before Keras checked the data, so it ends with a teardown that says why.
     rec.clear()
     with pytest.raises(ValueError):
         fit(model, x[:4], y[:3], bus=bus, verbose=0)
-    assert rec.names == ["teardown"]
+    assert rec.names == ["on_pretrain_routine_start", "teardown"]
     assert rec.payloads("teardown")[0].error.startswith("ValueError")
     assert_canonical_order(rec.names, emitted=KERAS_EMITS)
 
 
 def test_fit_helper_sends_teardown_once_when_a_teardown_subscriber_fails() -> None:
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     heard: list[BaseException | None] = []
 
@@ -390,7 +397,7 @@ def _failing_teardown(bus: EventBus) -> list[BaseException | None]:
 def test_a_failing_teardown_subscriber_does_not_hide_the_real_error_in_keras_run(
     at: int,
 ) -> None:
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     heard = _failing_teardown(bus)
     with pytest.raises(DataBroke) as info, keras_run(bus) as cb:
         make_model().fit(_broken_batches(at), epochs=1, steps_per_epoch=at + 2, shuffle=False,
@@ -400,7 +407,7 @@ def test_a_failing_teardown_subscriber_does_not_hide_the_real_error_in_keras_run
 
 
 def test_a_failing_teardown_subscriber_does_not_hide_a_subscriber_error() -> None:
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     heard = _failing_teardown(bus)
     bus.subscribe(events.on_train_batch_end, _raise_at(0, 1))
     with pytest.raises(SubscriberError) as info, keras_run(bus) as cb:
@@ -413,11 +420,10 @@ def test_a_failing_teardown_subscriber_does_not_hide_a_subscriber_error() -> Non
 def test_a_failing_teardown_subscriber_does_not_hide_the_real_error_in_fit() -> None:
     x, y = make_data(8)
     for args in [(x[:4], y[:3]), (_broken_batches(2),)]:  # before and after train begin
-        bus = EventBus()
+        bus = EventBus(check_order=True)
         heard = _failing_teardown(bus)
         with pytest.raises((ValueError, DataBroke)) as info:
-            fit(make_model(), *args, bus=bus, epochs=1, steps_per_epoch=3, shuffle=False,
-                verbose=0)
+            fit(make_model(), *args, bus=bus, epochs=1, steps_per_epoch=3, shuffle=False, verbose=0)
         assert heard == [info.value]
         assert any("teardown subscriber broke" in note for note in info.value.__notes__)
 
@@ -449,9 +455,9 @@ def test_a_callback_reused_after_an_unannounced_failed_fit_reports_only_what_hap
 
 
 def test_callback_epoch_is_the_running_epoch_and_none_outside_fit() -> None:
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     cb = KerasCallback(bus)
-    seen: list[tuple[int | None, int]] = []
+    seen: list[tuple[int | None, int | None]] = []
     bus.subscribe(events.on_train_batch_end, lambda p: seen.append((cb.epoch, p.epoch)))
     assert cb.epoch is None
     model = make_model()
@@ -465,14 +471,13 @@ def test_callback_epoch_is_the_running_epoch_and_none_outside_fit() -> None:
 
 
 def test_a_subscriber_failing_in_on_train_end_still_gets_teardown() -> None:
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     bus.subscribe(events.on_train_end, lambda p: 1 / 0)
     with pytest.raises(SubscriberError), keras_run(bus) as cb:
         make_model().fit(*make_data(8), epochs=1, batch_size=4, verbose=0, callbacks=[cb])
     assert rec.names[-2:] == ["on_train_end", "teardown"]
     assert "ZeroDivisionError" in rec.payloads("teardown")[0].error
-
 
 
 def test_unheard_moments_are_not_emitted() -> None:
@@ -484,26 +489,78 @@ def test_unheard_moments_are_not_emitted() -> None:
     make_model().fit(x, y, epochs=2, batch_size=4, validation_data=(x, y), verbose=0,
                      callbacks=[KerasCallback(bus)])  # fmt: skip
     assert ends == [0, 1]
-    # Run edges are always emitted: the bus resets its stop flag there.
-    assert bus.emitted == [
-        "on_train_start", "on_fit_epoch_end", "on_fit_epoch_end", "on_train_end", "teardown",
+    # Nothing else but the run's edges (the bus may emit them unheard) reaches emit.
+    edges = {"on_pretrain_routine_start", "on_train_start", "on_train_end", "teardown"}
+    assert [n for n in bus.emitted if n not in edges] == ["on_fit_epoch_end"] * 2
+
+
+def test_what_keras_has_no_hook_for_is_filled_in_by_the_lifecycle() -> None:
+    """The pretrain routine (prepared by Keras before on_train_begin), the training part of
+    each epoch's end (before validation) and teardown (after on_train_end)."""
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    x, y = make_data(8)
+    make_model().fit(x, y, epochs=2, batch_size=4, validation_data=(x, y), verbose=0,
+                     callbacks=[KerasCallback(bus)])  # fmt: skip
+    val = ["on_val_start", *["on_val_batch_start", "on_val_batch_end"] * 2, "on_val_end"]
+    epoch = ["on_train_epoch_start", *["on_train_batch_start", "on_train_batch_end"] * 2,
+             "on_train_epoch_end", *val, "on_fit_epoch_end"]  # fmt: skip
+    assert rec.names == [
+        "on_pretrain_routine_start", "on_pretrain_routine_end", "on_train_start", *epoch * 2,
+        "on_train_end", "teardown",
     ]  # fmt: skip
 
 
-def test_synthesized_moments_can_be_turned_off() -> None:
-    bus = EventBus()
+def test_fit_helper_opens_the_run_before_keras_prepares_it() -> None:
+    """fit() emits on_pretrain_routine_start before calling Keras, the routine's end when
+    Keras begins training (with its params), and knows a resumed run's first epoch."""
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
-    cb = KerasCallback(bus, train_epoch_end=False, teardown=False)
-    make_model().fit(*make_data(8), epochs=2, batch_size=4, verbose=0, callbacks=[cb])
-    assert "on_train_epoch_end" not in rec.names and "teardown" not in rec.names
-    assert rec.names[-1] == "on_train_end"
+    model = make_model()
+    x, y = make_data(8)
+    history = fit(model, x, y, bus=bus, epochs=3, initial_epoch=1, batch_size=4, verbose=0)
+    assert rec.names[:3] == [
+        "on_pretrain_routine_start", "on_pretrain_routine_end", "on_train_start",
+    ]  # fmt: skip
+    start, end, train = (rec.payloads(n)[0] for n in rec.names[:3])
+    assert start.source is model and start.params is None  # Keras has not set them yet
+    assert end.params == train.params == history.params
+    assert train.epoch == 1
+    assert [p.epoch for p in rec.payloads("on_fit_epoch_end")] == [1, 2]
+
+
+def test_batches_of_several_steps_carry_their_first_and_last_step() -> None:
+    """With steps_per_execution (TensorFlow and JAX backends; the torch backend refuses it),
+    Keras' batch hooks get the batch's first and last step: the events carry them."""
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    cb = KerasCallback(bus)
+    cb.set_model(make_model())
+    cb.on_train_begin({})
+    cb.on_epoch_begin(0, {})
+    for first in (0, 2):
+        cb.on_train_batch_begin(first, {})
+        cb.on_train_batch_end(first + 1, {"loss": 1.0})
+    cb.on_epoch_end(0, {"loss": 1.0})
+    cb.on_train_end({"loss": 1.0})
+    assert [p.batch for p in rec.payloads("on_train_batch_start")] == [0, 2]
+    assert [p.batch for p in rec.payloads("on_train_batch_end")] == [1, 3]
+    assert rec.names[-2:] == ["on_train_end", "teardown"]
+
+
+def test_the_old_switches_for_filled_in_moments_are_gone() -> None:
+    """The lifecycle emits every moment in order and ends each run with one teardown."""
+    with pytest.raises(TypeError):
+        KerasCallback(EventBus(), teardown=False)  # type: ignore[call-arg]
+    with pytest.raises(TypeError), keras_run(EventBus(), train_epoch_end=False):  # type: ignore[call-arg]
+        pass
 
 
 def test_bad_logs_name_the_event_and_field() -> None:
     """Keras logs that are not numbers fail validation with the event named."""
     from eventhooks import PayloadError
 
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     bus.subscribe(events.on_fit_epoch_end, lambda p: None)
 
     class Labeller(keras.callbacks.Callback):  # type: ignore[misc]
@@ -566,7 +623,7 @@ def test_a_run_nested_in_a_fit_epoch_end_leaves_the_fit_intact(
     The grammar (PRODUCT.md §1) has no place for a run inside a fit, so the nested run's
     events are checked apart: the fit's own trace is canonical, and so is each nested run.
     """
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     model = make_model()
     x, y = make_data(16)
@@ -603,7 +660,7 @@ def test_a_run_nested_in_a_fit_epoch_end_leaves_the_fit_intact(
 @pytest.mark.parametrize("kind", ["predict", "evaluate"])
 def test_keras_run_tears_down_a_fit_that_fails_after_a_nested_run(kind: str) -> None:
     """A nested run must not make the fit look ended: a later failure still gets teardown."""
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     model = make_model()
     x, y = make_data(16)
@@ -649,7 +706,8 @@ def test_a_native_callback_evaluating_before_ours_does_not_close_the_training_ep
     batch = ["on_train_batch_start", "on_train_batch_end"]
     epoch = ["on_train_epoch_start", *batch * 2, *evaluate, "on_train_epoch_end",
              "on_fit_epoch_end"]  # fmt: skip
-    assert rec.names == ["on_train_start", *epoch * 2, "on_train_end", "teardown"]
+    begin = ["on_pretrain_routine_start", "on_pretrain_routine_end", "on_train_start"]
+    assert rec.names == [*begin, *epoch * 2, "on_train_end", "teardown"]
     assert [p.epoch for p in rec.payloads("on_train_epoch_end")] == [0, 1]
     assert all(p.epoch is None for p in rec.payloads("on_val_batch_end"))
     assert all(p.params["epochs"] == 2 for p in rec.payloads("on_fit_epoch_end"))
@@ -695,7 +753,7 @@ def test_a_nested_run_that_fails_and_is_caught_leaves_the_fit_intact(during: str
 
 
 def test_a_run_nested_in_a_nested_run_gives_the_outer_run_its_model_back() -> None:
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     model, other, third = make_model(), make_model(seed=1), make_model(seed=2)
     x, y = make_data(8)
@@ -721,3 +779,29 @@ def test_a_run_nested_in_a_nested_run_gives_the_outer_run_its_model_back() -> No
     own = [(n, p) for n, p in rec.records if p.source is model]
     assert_canonical_order([n for n, _ in own], emitted=KERAS_EMITS)
     assert all(p.params["steps"] == 2 for _, p in own)
+
+
+def test_an_evaluate_or_predict_that_failed_leaves_nothing_behind() -> None:
+    """A call whose subscriber failed is over (Keras aborted it): the next call is on its own.
+
+    (A plain bus: the grammar has no failed VAL or PREDICT, so a bus checking the order
+    cannot follow the calls after one.)
+    """
+    bus = EventBus()
+    rec = Recorder(bus)
+    cb = KerasCallback(bus)
+    model, other = make_model(), make_model(seed=1)
+    x, y = make_data(8)
+    failing = bus.subscribe(events.on_predict_batch_end, lambda p: 1 / 0)
+    with pytest.raises(SubscriberError):
+        other.predict(x, batch_size=4, verbose=0, callbacks=[cb])
+    failing.disconnect()
+    failing = bus.subscribe(events.on_val_batch_end, lambda p: 1 / 0)
+    with pytest.raises(SubscriberError):
+        other.evaluate(x, y, batch_size=4, verbose=0, callbacks=[cb])
+    failing.disconnect()
+    rec.clear()
+    model.predict(x, batch_size=4, verbose=0, callbacks=[cb])
+    assert cb.model is model and cb.params["steps"] == 2
+    assert all(p.source is model for _, p in rec.records)
+    assert_canonical_order(rec.names)
