@@ -1,20 +1,28 @@
-"""Metrics of a PyTorch run: running means that stay tensors until someone needs a float.
+"""What a PyTorch run keeps: running means that stay tensors until someone needs a float.
 
 A loss logged every batch is a tensor; turning it into a float (``.item()``) blocks until the
 device has computed it. So logged tensors are only detached and kept; they become floats when
 a subscriber listens to a moment that carries them, or once per epoch. Also here: where this
-process sits in ``torch.distributed``, and the averaging of logs across ranks.
+process sits in ``torch.distributed``, the averaging of logs and the agreement to stop across
+ranks, and the checkpoint file.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from eventhooks import EventBus
+
+#: Reason given to the bus of a rank that stops because another rank asked to.
+PEER_STOP = "stop requested on another rank"
 
 
 def _check(name: str, value: object) -> object:
@@ -148,6 +156,34 @@ def average(logs: dict[str, float], world_size: int, moment: str) -> dict[str, f
     dist.all_reduce(values, op=dist.ReduceOp.SUM)
     values /= world_size
     return dict(zip(names, values.tolist(), strict=True))
+
+
+def agree_to_stop(bus: EventBus, world_size: int) -> bool:
+    """Whether to stop; under torch.distributed the ranks agree, one rank asking is enough (a
+    collective: every rank calls it at each epoch boundary)."""
+    stop = bus.stop_requested
+    if world_size > 1:
+        flag = torch.tensor([1.0 if stop else 0.0])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and not stop:
+            bus.request_stop(PEER_STOP)
+            stop = True
+    return stop
+
+
+def write_checkpoint(
+    path: str | os.PathLike[str], model: torch.nn.Module,
+    optimizers: Sequence[torch.optim.Optimizer], epoch: int | None, logs: dict[str, float],
+) -> Path:  # fmt: skip
+    """Save ``{"model", "optimizer", "epoch", "logs"}`` (``optimizer`` a list if several)."""
+    target = Path(path)
+    states = [state_of(opt) for opt in optimizers]
+    state = {"model": state_of(model), "optimizer": states[0] if len(states) == 1 else states,
+             "epoch": epoch, "logs": dict(logs)}  # fmt: skip
+    partial = target.with_name(target.name + ".partial")
+    torch.save(state, partial)
+    os.replace(partial, target)  # a crash mid-save leaves the previous checkpoint intact
+    return target
 
 
 def state_of(obj: Any) -> Any:

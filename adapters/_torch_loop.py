@@ -1,20 +1,22 @@
 """A ready-made PyTorch loop for users without one: ``fit``, ``evaluate``, ``predict``, ``export``.
 
 ``fit`` is the instrumented loop of :mod:`._torch_run` written once, so both paths emit the
-same moments in the same order. Batches are ``(inputs, targets)`` pairs (``predict`` also
-takes bare inputs); ``metrics`` maps names to ``fn(outputs, targets) -> scalar``.
+same moments in the same order; ``predict`` and ``export`` are lifecycle sessions of their
+own. Batches are ``(inputs, targets)`` pairs (``predict`` also takes bare inputs); ``metrics``
+maps names to ``fn(outputs, targets) -> scalar``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
+from collections.abc import Callable, Iterable, Mapping, Sized
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from eventhooks import EventBus, events
+from eventhooks import EventBus
+from eventhooks.lifecycle import Export, Prediction
 
 from ._torch_logs import where
 from ._torch_run import Run
@@ -79,12 +81,11 @@ def fit(
 ) -> dict[str, list[float]]:
     """Train ``model`` and emit every training moment; returns the history (logs by name).
 
-    ``scheduler`` is stepped once per epoch: right after the last batch's optimizer step, so
-    that the change is announced (``on_params_update``) in the epoch that made it, the last
-    one included; ``ReduceLROnPlateau`` after validation (with ``val_loss``, or ``loss``
-    without validation), its change announced at the next epoch's first step.
-    ``checkpoint_dir`` saves ``last.pt`` every epoch (``on_model_save``). ``sync_logs``
-    averages epoch logs over torch.distributed ranks.
+    ``scheduler`` is stepped once per epoch, after validation, as in PyTorch's own recipes
+    (``ReduceLROnPlateau`` with ``val_loss``, or ``loss`` without validation); the change is
+    announced between the epochs (``on_params_update`` after ``on_fit_epoch_end``), the last
+    epoch's included. ``checkpoint_dir`` saves ``last.pt`` every epoch (``on_model_save``).
+    ``sync_logs`` averages epoch logs over torch.distributed ranks.
     A stop request (``bus.request_stop()``) ends training after the current batch, or after
     the epoch under torch.distributed. ``device`` is where batches are moved (default: the
     model's device; the model itself is not moved). A ``DistributedSampler`` gets
@@ -92,80 +93,28 @@ def fit(
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"fit(): epochs must be an int >= 0, got {epochs!r}")
-    run = Run(
-        bus, optimizer, model=model, checkpoint_dir=checkpoint_dir, sync_logs=sync_logs,
-        routine=True,
-    )  # fmt: skip
+    run = Run(bus, optimizer, model=model, checkpoint_dir=checkpoint_dir, sync_logs=sync_logs)
     run.params["epochs"] = epochs
-    if isinstance(train_loader, Sized):  # known at on_train_start, for progress bars
+    if isinstance(train_loader, Sized):  # known at on_pretrain_routine_start, for progress bars
         run.params["steps"] = len(train_loader)
     target = torch.device(device) if device is not None else _device_of(model)
     with run:
         for epoch in run.epochs(range(initial_epoch, epochs)):
             _set_epoch(train_loader, epoch)
             model.train()
-            peek = _peek(scheduler, train_loader)
-            stepped = False
-            for batch in run.batches(peek if peek is not None else train_loader):
+            for batch in run.batches(train_loader):
                 inputs, targets = _pair(_to(batch, target), "fit(train_loader)")
                 optimizer.zero_grad()
                 outputs = model(inputs)
                 loss = loss_fn(outputs, targets)
                 loss.backward()  # type: ignore[no-untyped-call]
                 optimizer.step()
-                if peek is not None and peek.last:  # announced by this batch's on_params_update
-                    scheduler.step()
-                    stepped = True
                 run.log(**_measure(loss, outputs, targets, metrics))
             if val_loader is not None:
                 _validate(run, model, loss_fn, val_loader, metrics, target)
-            if scheduler is not None and not stepped:
+            if scheduler is not None:
                 _step_scheduler(scheduler, run)
     return run.history
-
-
-def _peek(scheduler: Any, loader: Iterable[Any]) -> _Peek | None:
-    """The loader read one batch ahead, if the scheduler is to be stepped inside the last.
-
-    The canonical order has ``on_params_update`` only inside a batch, so a change made
-    between epochs could only be announced at the next epoch's first step, and the change
-    after the final epoch never. An epoch-level scheduler that does not watch a metric is
-    therefore stepped right after the last batch's optimizer step: no step of training runs
-    at another rate than with ``scheduler.step()`` after the epoch, and each change is
-    announced in the epoch that made it (where the NumPy trainer announces its schedule).
-    Which batch is the last is known by reading one ahead, not from ``len()``, which a
-    loader may get wrong. ``ReduceLROnPlateau`` needs the validation: it is stepped after
-    the epoch, as is any scheduler in an epoch that a stop request cut short.
-    """
-    if scheduler is None or isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-        return None
-    return _SizedPeek(loader) if isinstance(loader, Sized) else _Peek(loader)
-
-
-class _Peek:
-    """Iterates a loader one batch ahead; ``last`` tells whether the batch just yielded is
-    the last one."""
-
-    def __init__(self, loader: Iterable[Any]) -> None:
-        self.loader = loader
-        self.last = False
-
-    def __iter__(self) -> Iterator[Any]:
-        self.last = False
-        items = iter(self.loader)
-        for current in items:
-            for following in items:
-                yield current
-                current = following
-            self.last = True
-            yield current
-
-
-class _SizedPeek(_Peek):
-    """A peeking loader that keeps its loader's ``len()`` (``params["steps"]``)."""
-
-    def __len__(self) -> int:
-        return len(self.loader)  # type: ignore[arg-type]
 
 
 def _step_scheduler(scheduler: Any, run: Run) -> None:
@@ -195,7 +144,6 @@ def _validate(
                 run.log(**_measure(loss_fn(outputs, targets), outputs, targets, metrics))
     finally:
         model.train(was_training)
-    run._close_val()
     return dict(run.val_logs)
 
 
@@ -229,28 +177,25 @@ def predict(
     what the caller wants (``on_predict_postprocess_end`` carries its result). Outputs that
     are all tensors are concatenated; otherwise a list of per-batch outputs is returned.
     """
-    rank, world_size = where()
-    common: dict[str, Any] = {"source": model, "rank": rank, "world_size": world_size}
     target = torch.device(device) if device is not None else _device_of(model)
     results: list[Any] = []
     was_training = model.training
     model.eval()
+    rank, world_size = where()
     try:
-        bus.emit(events.on_predict_start, logs={}, **common)
-        with torch.inference_mode():
-            for index, batch in enumerate(loader):
-                if bus.listening(events.on_predict_batch_start):
-                    bus.emit(events.on_predict_batch_start, batch=index, **common)
-                inputs = _to(batch, target)
-                if isinstance(inputs, (list, tuple)):
-                    inputs = inputs[0]
-                outputs = model(inputs)
-                if postprocess is not None:
-                    outputs = postprocess(outputs)
-                bus.emit(events.on_predict_postprocess_end, batch=index, outputs=outputs, **common)
-                bus.emit(events.on_predict_batch_end, batch=index, outputs=outputs, **common)
-                results.append(outputs)
-        bus.emit(events.on_predict_end, logs={}, **common)
+        with Prediction(bus, source=model, rank=rank, world_size=world_size) as session:
+            with torch.inference_mode():
+                for batch in loader:
+                    session.batch_start()
+                    inputs = _to(batch, target)
+                    if isinstance(inputs, (list, tuple)):
+                        inputs = inputs[0]
+                    outputs = model(inputs)
+                    if postprocess is not None:
+                        outputs = postprocess(outputs)
+                    session.postprocess_end(outputs)
+                    session.batch_end(outputs)
+                    results.append(outputs)
     finally:
         model.train(was_training)
     if results and all(isinstance(r, torch.Tensor) for r in results):
@@ -282,9 +227,8 @@ def export(
     if not isinstance(example_inputs, tuple):
         raise TypeError("export(): example_inputs must be a tuple of the model's positional inputs")
     rank, world_size = where()
-    common: dict[str, Any] = {"source": model, "rank": rank, "world_size": world_size}
     target = Path(path)
-    bus.emit(events.on_export_start, format=format, **common)
+    session = Export(bus, format=format, source=model, rank=rank, world_size=world_size).open()
     inner = getattr(model, "module", model)  # look through DistributedDataParallel
     was_training = inner.training
     inner.eval()
@@ -303,5 +247,5 @@ def export(
             traced.save(str(target))
     finally:
         inner.train(was_training)
-    bus.emit(events.on_export_end, format=format, path=target, **common)
+    session.end(target)
     return target

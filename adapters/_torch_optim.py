@@ -25,6 +25,17 @@ class StepListener(Protocol):
     def _before_zero_grad(self, index: int) -> None: ...
 
 
+def as_optimizers(optimizer: Any) -> tuple[torch.optim.Optimizer, ...]:
+    """``optimizer=`` as a tuple: none, one, or several."""
+    if optimizer is None:
+        return ()
+    optimizers = (optimizer,) if isinstance(optimizer, torch.optim.Optimizer) else tuple(optimizer)
+    for opt in optimizers:
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(opt).__name__}")
+    return optimizers
+
+
 def hyperparams(optimizers: Sequence[torch.optim.Optimizer]) -> dict[str, float]:
     """Numeric hyper-parameters of every param group, named ``lr``, ``lr/pg1``, ``lr/opt1/pg0``.
 

@@ -1,16 +1,13 @@
 """Events from a hand-written PyTorch loop: the user wraps what they have, the loop stays theirs.
 
-``with instrument(bus, optimizer, model=model) as run:`` opens the run; ``run.epochs(n)``,
-``run.batches(loader)`` and ``run.validation(loader)`` wrap the loop's iterables and emit the
-begin/end moments around each item; ``run.log(loss=loss)`` hands over the user's metrics
-(tensors welcome: they become floats only when someone listens, or once per epoch). The
-optimizer's own hooks give the step moments. Leaving the ``with`` block emits
-``on_train_end`` (normal end) and ``teardown`` (always, with the error if one escaped).
-
-Under ``torch.distributed`` every payload carries the process's ``rank`` and ``world_size``;
-``sync_logs=True`` averages the epoch's logs over the ranks before they are delivered, and stop
-requests are agreed between the ranks at each epoch boundary, so that a rank-0-only subscriber
-(early stopping) stops every rank instead of leaving the others waiting in a collective.
+``with instrument(bus, optimizer, model=model) as run:`` opens a lifecycle run
+(:class:`eventhooks.lifecycle.Run`: the canonical order, the counters, the teardown);
+``run.epochs(n)``, ``run.batches(loader)`` and ``run.validation(loader)`` wrap the loop's
+iterables and tell the lifecycle where the loop is; ``run.log(loss=loss)`` hands over metrics
+(tensors stay tensors until someone listens, or the epoch ends). The optimizer's own hooks give
+the step moments; a hyper-parameter change is announced at the end of the batch that made it,
+or between the epochs. Under ``torch.distributed`` the run carries ``rank``/``world_size``,
+``sync_logs=True`` averages epoch logs over the ranks, and a stop asked on any rank stops all.
 """
 
 from __future__ import annotations
@@ -21,40 +18,29 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-import torch.distributed as dist
 
 from eventhooks import EventBus, events
+from eventhooks import lifecycle as lc
 
-from ._torch_logs import Means, average, state_of, to_floats, where
-from ._torch_optim import OptimizerWatch, hyperparams
+from ._torch_logs import (
+    PEER_STOP,
+    Means,
+    agree_to_stop,
+    average,
+    state_of,
+    to_floats,
+    where,
+    write_checkpoint,
+)  # fmt: skip
+from ._torch_optim import OptimizerWatch, as_optimizers, hyperparams
 
-_BATCH_START, _BATCH_END = events.on_train_batch_start, events.on_train_batch_end
-_PARAMS, _STEP, _ZERO_GRAD = (
-    events.on_params_update,
-    events.optimizer_step,
-    events.on_before_zero_grad,
-)
+__all__ = ["PEER_STOP", "Run", "instrument"]
+
+_PARAMS, _BATCH_END, _VAL_BATCH_END = (
+    events.on_params_update, events.on_train_batch_end, events.on_val_batch_end,
+)  # fmt: skip
 
 T = TypeVar("T")
-
-#: Reason given to the bus of a rank that stops because another rank asked to.
-PEER_STOP = "stop requested on another rank"
-
-
-def _as_tuple(optimizer: Any) -> tuple[torch.optim.Optimizer, ...]:
-    if optimizer is None:
-        return ()
-    if isinstance(optimizer, torch.optim.Optimizer):
-        return (optimizer,)
-    optimizers = tuple(optimizer)
-    for opt in optimizers:
-        if not isinstance(opt, torch.optim.Optimizer):
-            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(opt).__name__}")
-    return optimizers
-
-
-def _val_name(name: str) -> str:
-    return name if name.startswith("val_") else f"val_{name}"
 
 
 class Run:
@@ -63,8 +49,7 @@ class Run:
     ``optimizer`` (one or several) is watched for steps, ``zero_grad`` calls and changes of
     its hyper-parameters. ``model`` is needed only for checkpoints (``checkpoint_dir=`` saves
     ``last.pt`` at every epoch end, before ``on_fit_epoch_end``). ``sync_logs=True`` averages
-    epoch logs over the ranks of ``torch.distributed``. ``routine=True`` also emits the pretrain
-    routine moments around the run's own setup (the ready-made :func:`fit` does).
+    epoch logs over the ranks of ``torch.distributed``.
 
     Payloads carry the run as ``source`` (``payload.source.model``, ``.optimizers``,
     ``.epoch``...) and the run's ``params`` (``epochs``, ``steps`` where known). A run can be
@@ -79,57 +64,42 @@ class Run:
         model: torch.nn.Module | None = None,
         checkpoint_dir: str | os.PathLike[str] | None = None,
         sync_logs: bool = False,
-        routine: bool = False,
     ) -> None:
         if not isinstance(bus, EventBus):
             raise TypeError(f"bus must be an eventhooks.EventBus, got {type(bus).__name__}")
-        self.bus = bus
-        self.optimizers = _as_tuple(optimizer)
-        self.model = model
-        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
-        if self.checkpoint_dir is not None and model is None:
+        if checkpoint_dir is not None and model is None:
             raise ValueError("checkpoint_dir= needs model= (the model whose state_dict is saved)")
+        self.bus, self.optimizers, self.model = bus, as_optimizers(optimizer), model
+        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.sync_logs = sync_logs
-        self.routine = routine
         #: Totals for progress bars; set before the first ``with run:`` they are that run's.
         self.params: dict[str, Any] = {}
-        self._used = False  # entered before: the next ``with`` starts with fresh params
-        #: Logs of the last finished epoch (train metrics, ``val_`` metrics, epoch-level logs).
-        self.logs: dict[str, float] = {}
-        #: Every finished epoch's logs, by name.
-        self.history: dict[str, list[float]] = {}
-        #: Logs of the last validation (names as logged, without ``val_``).
-        self.val_logs: dict[str, float] = {}
-        self.epoch: int | None = None
-        self.batch: int | None = None
-        self.steps = 0
         self.rank, self.world_size = 0, 1
-        self._reset()
-
-    def _reset(self) -> None:
-        self._active = False
+        self._life: lc.Run | None = None  # the lifecycle of the current (or last) use
+        self._val: lc.Validation | None = None  # the validation in progress
         self._watch: OptimizerWatch | None = None
-        self._where: dict[str, Any] = {"source": self, "params": self.params}
-        self._in_epoch = self._announced = self._started = False
-        self._train_open = False
-        self._batch_open = False
-        self._next_batch = 0
-        self._val_open = False
-        self._val_batch: int | None = None
-        self._train = Means()
-        self._val = Means()
-        self.train_logs: dict[str, float] = {}
-        self._epoch_extra: dict[str, float] = {}
+        self._pending: int | None = None  # an epoch the loop began, not announced yet
+        self._seen: dict[str, float] = {}  # hyper-parameters last announced
+        #: Logs of the last finished epoch (train metrics, ``val_`` metrics, epoch-level logs)
+        #: and every finished epoch's, by name.
+        self.logs: dict[str, float] = {}
+        self.history: dict[str, list[float]] = {}
         self._run_extra: dict[str, float] = {}
-        self._seen: dict[str, float] = {}
-        self._zero_grad_seen = self._step_seen = self._params_told = False
+        self._fresh_epoch()
+
+    def _fresh_epoch(self) -> None:
+        self._train_means, self._val_means = Means(), Means()
+        #: The epoch's training logs and the last validation's (names as logged, no ``val_``).
+        self.train_logs: dict[str, float] = {}
+        self.val_logs: dict[str, float] = {}
+        self._epoch_extra: dict[str, float] = {}
 
     # -- pickling: a run crosses a process boundary before it starts, never while it runs ----
 
     def __getstate__(self) -> dict[str, Any]:
-        if self._active:
+        if self.active:
             raise TypeError("an active Run cannot be pickled: pickle it before `with run:`")
-        keep = ("bus", "optimizers", "model", "checkpoint_dir", "sync_logs", "routine")
+        keep = ("bus", "optimizers", "model", "checkpoint_dir", "sync_logs")
         return {name: self.__dict__[name] for name in keep}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -138,61 +108,54 @@ class Run:
     # -- the run ------------------------------------------------------------------------------
 
     def __enter__(self) -> Run:
-        if self._active:
+        if self.active:
             raise RuntimeError("this Run is already active (runs do not nest)")
-        if self._used:  # a new dict: a reused run's totals are not the last run's
+        if self._life is not None:  # a new dict: a reused run's totals are not the last run's
             self.params = {}
-        self._used = True
-        self._reset()
-        self.epoch, self.batch, self.steps = None, None, 0
-        self.logs, self.history = {}, {}
         self.rank, self.world_size = where()
-        self._where.update(rank=self.rank, world_size=self.world_size)
-        self._active = True
-        bus = self.bus
+        self._pending, self.logs, self.history, self._run_extra = None, {}, {}, {}
+        self._fresh_epoch()
+        life = self._life = lc.Run(self.bus, source=self, params=self.params, rank=self.rank,
+                                   world_size=self.world_size)  # fmt: skip
+        life.open()  # on_pretrain_routine_start (a failure there ends the run itself)
         try:
-            if self.routine:
-                bus.emit(events.on_pretrain_routine_start, **self._where)
             self._watch = OptimizerWatch(self.optimizers, self)
             self._seen = hyperparams(self.optimizers)
             if self.checkpoint_dir is not None and self.rank == 0:
                 self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            if self.routine:
-                bus.emit(events.on_pretrain_routine_end, **self._where)
+            life.ready()
         except BaseException as exc:
-            self._teardown(exc)
+            self._end(exc)
             raise
         return self
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        if not self._active:
+        life = self._life
+        if life is None or life.closed:
             return
-        if exc is not None:
-            self._teardown(exc)
-            return  # the user's exception goes on, unchanged
         try:
-            self._start_training(None)
-            if self._in_epoch:  # the user broke out of the epoch loop: that epoch still ended
-                self._end_epoch()
-            logs = {**self.logs, **self._run_extra}
-            self.bus.emit(events.on_train_end, epoch=self.epoch, logs=logs, **self._where)
+            if exc is None:
+                if self._pending is not None or life.in_epoch:  # a `break` out of the epochs
+                    self._end_epoch()
+                self._check_params()
+                life.train_end({**self.logs, **self._run_extra})
         except BaseException as error:
-            self._teardown(error)
+            self._end(error)
             raise
-        self._teardown(None)
+        self._end(exc)  # the user's exception goes on, unchanged
 
-    def _teardown(self, exc: BaseException | None) -> None:
-        """Remove the hooks and emit ``teardown``; never mask the exception that ended the run.
-
-        ``bus.emit_teardown``: a teardown subscriber failing while the run fails is logged and
-        noted on ``exc``, which stays the exception the caller gets.
-        """
+    def _end(self, exc: BaseException | None) -> None:
+        """Remove the hooks, then ``teardown`` (a failing subscriber never masks ``exc``)."""
         if self._watch is not None:
             self._watch.remove()
-        self._watch = None
-        self._active = False
-        self._in_epoch = self._batch_open = self._val_open = False
-        self.bus.emit_teardown(exc, epoch=self.epoch, logs=self.logs, **self._where)
+        self._watch = self._val = None
+        if self._life is not None:
+            self._life.finish(exc)
+
+    def _set_params(self, **totals: Any) -> None:
+        if any(self.params.get(k) != v for k, v in totals.items()):
+            self.params.update(totals)
+            self._require_active("epochs").update(params=dict(self.params))
 
     # -- epochs ---------------------------------------------------------------------------------
 
@@ -202,74 +165,49 @@ class Run:
         Stops yielding when a stop was requested; the epoch's end moments (validation closed,
         checkpoint, ``on_fit_epoch_end``) are emitted when the loop asks for the next epoch.
         """
-        self._require_active("epochs")
+        life = self._require_active("epochs")
         if isinstance(epochs, int):
             epochs = range(epochs)
         if isinstance(epochs, range):
-            self.params["epochs"] = epochs.stop
-        self._start_training(epochs.start if isinstance(epochs, range) else None)
+            self._set_params(epochs=epochs.stop)
+            life.initial_epoch = epochs.start
+        if life.allows(events.on_train_start):  # once a run: params know `epochs` now
+            life.train_start()
         return self._epoch_loop(epochs)
-
-    def _start_training(self, initial_epoch: int | None) -> None:
-        """Emit ``on_train_start`` once, when the epoch loop starts: ``params`` know ``epochs``."""
-        if not self._started:
-            self._started = True
-            self.bus.emit(events.on_train_start, epoch=initial_epoch, logs={}, **self._where)
 
     def _epoch_loop(self, epochs: Iterable[int]) -> Iterator[int]:
         for epoch in epochs:
-            if self._stop_agreed():
+            if agree_to_stop(self.bus, self.world_size):
                 return
-            self._begin_epoch(epoch)
+            if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+                raise ValueError(f"run.epochs(): epochs must be ints >= 0, got {epoch!r}")
+            self._pending = epoch
+            self._fresh_epoch()
             yield epoch
             self._end_epoch()
 
-    def _stop_agreed(self) -> bool:
-        """Whether to stop; under torch.distributed, the ranks agree (one rank asking is enough)."""
-        stop = self.bus.stop_requested
-        if self.world_size > 1:
-            flag = torch.tensor([1.0 if stop else 0.0])
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            if flag.item() and not stop:
-                self.bus.request_stop(PEER_STOP)
-                stop = True
-        return stop
-
-    def _begin_epoch(self, epoch: int) -> None:
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"run.epochs(): epochs must be ints >= 0, got {epoch!r}")
-        self.epoch = epoch
-        self._in_epoch = self._train_open = True
-        self._next_batch = 0
-        self._train, self._val = Means(), Means()
-        self.train_logs, self.val_logs, self._epoch_extra = {}, {}, {}
-        self._announced = False
-
-    def _announce_epoch(self) -> None:
-        """Emit ``on_train_epoch_start`` once, when the epoch's first loop starts.
-
-        Deferred from the epoch's first line to its first ``run.batches()`` (or validation,
-        or end), so that ``params["steps"]`` already counts the batches of the loader.
-        """
-        if self._in_epoch and not self._announced:
-            self._announced = True
-            self.bus.emit(events.on_train_epoch_start, epoch=self.epoch, **self._where)
+    def _announce(self) -> None:
+        """``on_train_epoch_start``, deferred from the epoch's first line to its first loop
+        (or its end), so that ``params["steps"]`` already counts the batches of the loader.
+        A hyper-parameter changed since the last epoch ended is announced just before."""
+        if self._pending is not None:
+            epoch, self._pending = self._pending, None
+            self._check_params()
+            self._require_active("epochs").epoch_start(epoch)
 
     def _end_epoch(self) -> None:
-        self._close_val()
         self._close_train()
-        extra = dict(self._epoch_extra)
+        self._close_val()
+        extra = self._epoch_extra
         if self.sync_logs:
             extra = average(extra, self.world_size, "on_fit_epoch_end")
         logs = {**self.train_logs, **{_val_name(k): v for k, v in self.val_logs.items()}}
-        logs.update(extra)
-        self.logs = logs
+        self.logs = logs = {**logs, **extra}
         for name, value in logs.items():
             self.history.setdefault(name, []).append(value)
         if self.checkpoint_dir is not None:
             self.checkpoint(self.checkpoint_dir / "last.pt")
-        self._in_epoch = False
-        self.bus.emit(events.on_fit_epoch_end, epoch=self.epoch, logs=logs, **self._where)
+        self._require_active("epochs").epoch_end(logs)
 
     # -- training batches -----------------------------------------------------------------------
 
@@ -280,58 +218,47 @@ class Run:
         exhausted. A stop request ends it after the current batch (under torch.distributed,
         at the end of the epoch, when all ranks agree).
         """
-        self._require_active("batches")
-        if not self._in_epoch:
+        life = self._require_active("batches")
+        if self._pending is None and not life.in_epoch:
             raise RuntimeError("run.batches() must be inside `for epoch in run.epochs(...)`")
-        if not self._train_open:
+        if self._pending is None and not life.allows(events.on_train_batch_start):
             raise RuntimeError("run.batches(): this epoch's training part has already ended")
         if isinstance(loader, Sized):
-            self.params["steps"] = len(loader)
-        self._announce_epoch()
-        return self._batch_loop(loader)
+            self._set_params(steps=len(loader))
+        self._announce()
+        return self._batch_loop(life, loader)
 
-    def _batch_loop(self, loader: Iterable[T]) -> Iterator[T]:
-        # The hot path: inline, no helper calls unless someone listens.
-        bus, where_ = self.bus, self._where
-        listening, emit = bus.listening, bus.emit
-        local_stop = self.world_size == 1
+    def _batch_loop(self, life: lc.Run, loader: Iterable[T]) -> Iterator[T]:
+        bus = self.bus
+        local_stop = self.world_size == 1  # under DDP the ranks agree at the epoch's end
         if not (local_stop and bus.stop_requested):
             for item in loader:
-                self.batch = index = self._next_batch
-                self._next_batch = index + 1
-                self._batch_open = True
-                self._zero_grad_seen = self._step_seen = self._params_told = False
-                if listening(_BATCH_START):
-                    emit(_BATCH_START, batch=index, epoch=self.epoch, **where_)
+                life.batch_start()
                 yield item
-                self._end_batch()
+                self._end_batch(life)
                 if local_stop and bus.stop_requested:
                     break
         self._close_train()
 
-    def _end_batch(self) -> None:
-        self._batch_open = False
-        bus = self.bus
-        if bus.listening(_PARAMS):
+    def _end_batch(self, life: lc.Run) -> None:
+        if self.bus.listening(_PARAMS):
             self._check_params()
-        if bus.listening(_BATCH_END):
-            bus.emit(
-                _BATCH_END, batch=self.batch, epoch=self.epoch, logs=self._train.floats(),
-                **self._where,
-            )  # fmt: skip
+        if self.bus.listening(_BATCH_END, batch=life.batch, epoch=life.epoch):
+            life.batch_end(self._train_means.floats())  # the .item()s: only for a listener
+        else:
+            life.batch_end()
 
     def _close_train(self) -> None:
-        self._announce_epoch()
-        if self._batch_open:  # the user broke out of the batch loop: the batch ended anyway
-            self._end_batch()
-        if not self._train_open:
-            return
-        self._train_open = False
-        logs = self._train.floats()
-        if self.sync_logs:
-            logs = average(logs, self.world_size, "on_train_epoch_end")
-        self.train_logs = logs
-        self.bus.emit(events.on_train_epoch_end, epoch=self.epoch, logs=logs, **self._where)
+        life = self._require_active("batches")
+        self._announce()
+        if life.in_batch:  # the user broke out of the batch loop: the batch ended anyway
+            self._end_batch(life)
+        if life.allows(events.on_train_epoch_end):
+            logs = self._train_means.floats()
+            if self.sync_logs:
+                logs = average(logs, self.world_size, "on_train_epoch_end")
+            self.train_logs = logs
+            life.train_epoch_end(logs)
 
     # -- validation -------------------------------------------------------------------------------
 
@@ -339,54 +266,51 @@ class Run:
         """Wrap a validation loop: ``for x, y in run.validation(val_loader)``.
 
         Inside an epoch it closes the training part first (``on_train_epoch_end``). Metrics
-        logged in its batches become ``val_<name>`` in the epoch logs. Also works on a run
-        that is not active: evaluation on its own (``on_val_start`` ... ``on_val_end``).
+        logged in its batches become ``val_<name>`` in the epoch logs. After the last epoch it
+        is the run's final validation; on a run that is not active, an evaluation on its own.
         """
-        if self._in_epoch:
-            self._close_train()
-            self._close_val()
-        elif not self._active:
+        life = self._life
+        if life is not None and not life.closed:
+            if self._pending is not None or life.in_epoch:
+                self._close_train()
+                self._close_val()
+            else:
+                self._check_params()
+            session = life.validation()
+        else:
             self.rank, self.world_size = where()
-            self._where.update(rank=self.rank, world_size=self.world_size)
-        return self._val_loop(loader)
+            session = lc.Validation(self.bus, source=self, params=self.params, rank=self.rank,
+                                    world_size=self.world_size)  # fmt: skip
+        return self._val_loop(session, loader)
 
-    def _val_loop(self, loader: Iterable[T]) -> Iterator[T]:
-        self._val = Means()
-        self._val_open = True
-        bus, where_ = self.bus, self._where
-        epoch = self.epoch if self._in_epoch else None
-        bus.emit(events.on_val_start, epoch=epoch, logs={}, **where_)
-        for index, item in enumerate(loader):
-            self._val_batch = index
-            if bus.listening(events.on_val_batch_start):
-                bus.emit(events.on_val_batch_start, batch=index, epoch=epoch, **where_)
+    def _val_loop(self, session: lc.Validation, loader: Iterable[T]) -> Iterator[T]:
+        self._val_means = Means()
+        self._val = session.open()
+        for item in loader:
+            session.batch_start()
             yield item
-            self._end_val_batch()
+            self._end_val_batch(session)
         self._close_val()
 
-    def _end_val_batch(self) -> None:
-        index, self._val_batch = self._val_batch, None
-        bus = self.bus
-        if index is not None and bus.listening(events.on_val_batch_end):
-            epoch = self.epoch if self._in_epoch else None
-            bus.emit(
-                events.on_val_batch_end, batch=index, epoch=epoch, logs=self._val.floats(),
-                **self._where,
-            )  # fmt: skip
+    def _end_val_batch(self, session: lc.Validation) -> None:
+        if self.bus.listening(_VAL_BATCH_END, batch=session.batch, epoch=session.epoch):
+            session.batch_end(self._val_means.floats())
+        else:
+            session.batch_end()
 
     def _close_val(self) -> None:
-        if not self._val_open:
+        session, self._val = self._val, None
+        if session is None:
             return
-        self._end_val_batch()
-        self._val_open = False
-        logs = self._val.floats()
+        if session.allows(_VAL_BATCH_END):  # the user broke out of the validation loop
+            self._end_val_batch(session)
+        logs = self._val_means.floats()
         if self.sync_logs:
             logs = average(logs, self.world_size, "on_val_end")
         self.val_logs = logs
-        epoch = self.epoch if self._in_epoch else None
-        self.bus.emit(events.on_val_end, epoch=epoch, logs=logs, **self._where)
+        session.end(logs)
 
-    # -- metrics and checkpoints ------------------------------------------------------------------
+    # -- metrics, hyper-parameters, checkpoints ---------------------------------------------------
 
     def log(self, **metrics: object) -> None:
         """Hand over metrics: ``run.log(loss=loss, accuracy=acc)``; scalar tensors are fine.
@@ -396,42 +320,51 @@ class Run:
         epoch outside batches (``run.log(val_auc=auc)`` after validation), taken as they are;
         outside epochs, added to ``on_train_end``'s logs.
         """
-        if self._batch_open:
-            self._train.add(metrics)
-        elif self._val_batch is not None:
-            self._val.add(metrics)
-        elif self._in_epoch:
-            self._epoch_extra.update(to_floats(metrics))
-        elif self._active:
-            self._run_extra.update(to_floats(metrics))
-        else:
+        life = self._life
+        if self._val is not None:
+            self._val_means.add(metrics)
+        elif life is None or life.closed:
             raise RuntimeError("run.log() outside the run: use it inside `with run:`")
+        elif life.in_batch:
+            self._train_means.add(metrics)
+        elif self._pending is not None or life.in_epoch:
+            self._epoch_extra.update(to_floats(metrics))
+        else:
+            self._run_extra.update(to_floats(metrics))
+
+    def _check_params(self) -> None:
+        """Announce the hyper-parameters changed since last seen, where the order has room:
+        at the end of the batch that changed them, or between epochs."""
+        life = self._life
+        if life is None or not self.bus.listening(_PARAMS) or not life.allows(_PARAMS):
+            return
+        now = hyperparams(self.optimizers)
+        if now != self._seen:
+            changed = {k: v for k, v in now.items() if self._seen.get(k) != v}
+            self._seen = now
+            rates = {k: v for k, v in now.items() if k == "lr" or k.startswith("lr/")}
+            life.params_update({**rates, **changed})
 
     def checkpoint(self, path: str | os.PathLike[str]) -> Path | None:
         """Save ``{"model", "optimizer", "epoch", "logs"}`` state dicts and emit on_model_save.
 
         Under torch.distributed only rank 0 writes (and emits); other ranks return None.
-        ``optimizer`` is a list when the run has several.
+        ``optimizer`` is a list when the run has several. Inside the run a checkpoint belongs
+        to an epoch: after its training part (which it closes) or after ``on_fit_epoch_end``.
         """
         if self.model is None:
             raise ValueError("run.checkpoint() needs the run's model= (its state_dict is saved)")
         if self.rank != 0:
             return None
-        self._announce_epoch()
-        target = Path(path)
-        optimizers = [state_of(opt) for opt in self.optimizers]
-        state = {
-            "model": state_of(self.model),
-            "optimizer": optimizers[0] if len(optimizers) == 1 else optimizers,
-            "epoch": self.epoch,
-            "logs": dict(self.logs),
-        }
-        partial = target.with_name(target.name + ".partial")
-        torch.save(state, partial)
-        os.replace(partial, target)  # a crash mid-save leaves the previous checkpoint intact
-        self.bus.emit(
-            events.on_model_save, path=target, epoch=self.epoch, logs=self.logs, **self._where
-        )
+        life = self._life if self.active else None
+        if life is not None and not life.in_batch:
+            self._close_train()
+        target = write_checkpoint(path, self.model, self.optimizers, self.epoch, self.logs)
+        if life is not None:
+            life.model_save(target, self.logs)
+        else:  # a save of its own, outside any run
+            self.bus.emit(events.on_model_save, path=target, epoch=self.epoch, logs=self.logs,
+                          source=self, rank=self.rank, world_size=self.world_size)  # fmt: skip
         return target
 
     # -- the trainer API built-in subscribers use (EarlyStopping, ModelCheckpoint) ----------------
@@ -452,70 +385,62 @@ class Run:
             raise ValueError("run.set_weights() needs the run's model=")
         getattr(self.model, "module", self.model).load_state_dict(weights)
 
-    # -- optimizer moments (called by the hooks of _torch_optim) ----------------------------------
-
-    # The canonical order has optimizer moments only inside a training batch: a zero_grad()
-    # before the epoch loop or at the top of an epoch is counted, not emitted.
+    # -- optimizer moments, from the hooks of _torch_optim: emitted inside training batches only,
+    # -- where the order has them (a zero_grad() at the top of an epoch is not emitted; a step
+    # -- there is counted)
 
     def _after_step(self, index: int) -> None:
-        step = self.steps
-        self.steps += 1
-        if not self._batch_open:
-            return
-        self._step_seen = True
-        bus = self.bus
-        if bus.listening(_STEP):
-            bus.emit(_STEP, epoch=self.epoch, batch=self.batch, step=step, **self._where)
-        if self._zero_grad_seen and bus.listening(_PARAMS):
-            self._check_params()
+        life = self._life
+        if life is not None and life.in_batch:
+            life.optimizer_step()
+        elif life is not None:
+            life.step += 1
 
     def _before_zero_grad(self, index: int) -> None:
-        if not self._batch_open:
-            return
-        bus = self.bus
-        if bus.listening(_ZERO_GRAD):
-            bus.emit(
-                _ZERO_GRAD, epoch=self.epoch, batch=self.batch, step=self.steps, **self._where
-            )  # fmt: skip
-        self._zero_grad_seen = True
-        if self._step_seen and bus.listening(_PARAMS):
-            self._check_params()
+        life = self._life
+        if life is not None and life.in_batch:
+            life.zero_grad()
 
-    def _check_params(self) -> None:
-        """Emit on_params_update if a hyper-parameter changed since last seen (once a batch)."""
-        if self._params_told:
-            return
-        now = hyperparams(self.optimizers)
-        if now == self._seen:
-            return
-        changed = {k: v for k, v in now.items() if self._seen.get(k) != v}
-        self._seen = now
-        self._params_told = True
-        report = {k: v for k, v in now.items() if k == "lr" or k.startswith("lr/")}
-        report.update(changed)
-        self.bus.emit(
-            events.on_params_update, epoch=self.epoch, batch=self.batch,
-            step=max(self.steps - 1, 0), hyperparams=report, **self._where,
-        )  # fmt: skip
-
-    # -- helpers -----------------------------------------------------------------------------------
+    # -- state -------------------------------------------------------------------------------
 
     @property
     def active(self) -> bool:
-        return self._active
+        return self._life is not None and not self._life.closed
+
+    @property
+    def epoch(self) -> int | None:
+        """The current (or last) epoch."""
+        if self._pending is not None or self._life is None:
+            return self._pending
+        return self._life.epoch
+
+    @property
+    def batch(self) -> int | None:
+        """The current (or last) training batch of the epoch."""
+        return None if self._life is None or self._life.batch < 0 else self._life.batch
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps taken in the run (inside batches or not)."""
+        return 0 if self._life is None else self._life.step
 
     @property
     def stop_requested(self) -> bool:
         """The bus's stop flag: for loops that do not iterate through the run's wrappers."""
         return self.bus.stop_requested
 
-    def _require_active(self, what: str) -> None:
-        if not self._active:
+    def _require_active(self, what: str) -> lc.Run:
+        if self._life is None or self._life.closed:
             raise RuntimeError(f"run.{what}() outside the run: use it inside `with run:`")
+        return self._life
 
     def __repr__(self) -> str:
-        state = "active" if self._active else "idle"
+        state = "active" if self.active else "idle"
         return f"<eventhooks torch Run {state} epoch={self.epoch} steps={self.steps}>"
+
+
+def _val_name(name: str) -> str:
+    return name if name.startswith("val_") else f"val_{name}"
 
 
 def instrument(

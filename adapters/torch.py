@@ -2,7 +2,7 @@
 
 Your loop, five lines added or changed::
 
-    with instrument(bus, optimizer, model=model) as run:     # on_train_start ... teardown
+    with instrument(bus, optimizer, model=model) as run:     # pretrain routine ... teardown
         for epoch in run.epochs(10):                          # epoch begin/end
             for x, y in run.batches(train_loader):            # batch begin/end
                 optimizer.zero_grad()                         # on_before_zero_grad (hooked)
@@ -15,10 +15,12 @@ Your loop, five lines added or changed::
                     run.log(loss=loss_fn(model(x), y))        # -> val_loss
             scheduler.step()                                  # -> on_params_update
 
-The canonical order has ``on_params_update`` only inside a batch: a change your loop makes
-between epochs (``scheduler.step()`` above) is announced at the next epoch's first optimizer
-step, and one made after the last epoch is not announced. :func:`fit` steps an epoch-level
-scheduler inside each epoch's last batch instead, so every change is announced there.
+The run opens with the pretrain routine (``on_pretrain_routine_start``/``_end``) when the
+``with`` block is entered. A change of the optimizer's hyper-parameters is announced where it
+happens: at the end of the batch that made it (a per-batch scheduler), or between epochs,
+after ``on_fit_epoch_end`` (``scheduler.step()`` above, the last epoch's included). Gradient
+accumulation (a batch without a step), several optimizers (several steps in a batch) and a
+``run.validation(...)`` after the epoch loop are in the canonical order.
 
 No loop: :func:`fit`, :func:`evaluate`, :func:`predict`, :func:`export`.
 """

@@ -303,3 +303,19 @@ def test_allows_says_whether_a_moment_may_come_now_without_filling_anything() ->
         assert run.allows("on_model_save") and run.allows("on_params_update")
     assert "on_train_epoch_end" in rec.names and rec.names.count("on_model_save") == 0
     assert not run.allows("on_train_epoch_start")  # the run ended
+
+
+def test_in_epoch_and_in_batch_tell_an_adapter_where_the_run_is() -> None:
+    """For an adapter closing what its loop left open (a ``break`` out of a batch loop)."""
+    bus, rec = recorded(check_order=True)
+    with Run(bus) as run:
+        assert not run.in_epoch and not run.in_batch
+        run.epoch_start()
+        assert run.in_epoch and not run.in_batch
+        run.batch_start()
+        assert run.in_epoch and run.in_batch
+        run.batch_end()
+        assert run.in_epoch and not run.in_batch
+        run.epoch_end()
+        assert not run.in_epoch and not run.in_batch
+    assert_canonical_order(rec.names)

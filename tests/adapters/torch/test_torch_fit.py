@@ -39,7 +39,7 @@ def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def test_a_session_of_fit_evaluate_predict_export_emits_all_25_moments(tmp_path: Path) -> None:
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     train, val = loaders()
     model = mlp()
@@ -74,8 +74,8 @@ def test_last_epoch_validation_metrics_match_an_independent_evaluation() -> None
     model = mlp()
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
     history = fit(
-        model, opt, torch.nn.functional.cross_entropy, train, epochs=4, bus=EventBus(),
-        val_loader=val, metrics={"accuracy": accuracy},
+        model, opt, torch.nn.functional.cross_entropy, train, epochs=4,
+        bus=EventBus(check_order=True), val_loader=val, metrics={"accuracy": accuracy},
     )  # fmt: skip
     with torch.no_grad():
         batches = [(model(x), y) for x, y in val]
@@ -84,7 +84,7 @@ def test_last_epoch_validation_metrics_match_an_independent_evaluation() -> None
     assert history["val_loss"][-1] == pytest.approx(sum(losses) / len(losses), rel=1e-6)
     assert history["val_accuracy"][-1] == pytest.approx(sum(accs) / len(accs))
     assert history["loss"][-1] < history["loss"][0]  # it learns
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     result = evaluate(model, torch.nn.functional.cross_entropy, val, bus=bus)
     assert result == {"loss": pytest.approx(sum(losses) / len(losses), rel=1e-6)}
@@ -95,7 +95,7 @@ def test_last_epoch_validation_metrics_match_an_independent_evaluation() -> None
 
 
 def test_the_checkpoint_is_a_state_dict_file_that_restores_the_model(tmp_path: Path) -> None:
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     train, val = loaders()
     model = mlp()
@@ -119,7 +119,7 @@ def test_the_checkpoint_is_a_state_dict_file_that_restores_the_model(tmp_path: P
 
 @pytest.mark.parametrize("fmt", ["torch.export", "torchscript"])
 def test_export_writes_an_artifact_that_computes_the_same(tmp_path: Path, fmt: Any) -> None:
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     model = mlp()
     example = (torch.randn(3, 4),)
@@ -142,7 +142,7 @@ def test_export_writes_an_artifact_that_computes_the_same(tmp_path: Path, fmt: A
 
 
 def test_predict_returns_the_outputs_and_announces_postprocessed_ones() -> None:
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     model = mlp()
     x = torch.randn(20, 4)
@@ -159,7 +159,7 @@ def test_predict_returns_the_outputs_and_announces_postprocessed_ones() -> None:
 
 
 def test_a_stop_request_ends_fit_after_that_batch_and_closes_the_run() -> None:
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     bus.subscribe(
         events.on_train_batch_end,
@@ -177,7 +177,7 @@ def test_a_stop_request_ends_fit_after_that_batch_and_closes_the_run() -> None:
 
 
 def test_an_error_in_fit_emits_teardown_and_reaches_the_caller_unchanged() -> None:
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     error = FloatingPointError("loss exploded")
     calls = [0]
@@ -200,7 +200,7 @@ def test_an_error_in_fit_emits_teardown_and_reaches_the_caller_unchanged() -> No
 
 
 def test_reduce_lr_on_plateau_is_stepped_with_val_loss_and_announced() -> None:
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     train, val = loaders()
     model = mlp()
@@ -209,8 +209,10 @@ def test_reduce_lr_on_plateau_is_stepped_with_val_loss_and_announced() -> None:
     fit(model, opt, torch.nn.functional.cross_entropy, train, epochs=3, bus=bus,
         val_loader=val, scheduler=sched)  # fmt: skip
     updates = rec.payloads("on_params_update")
-    assert [(p.epoch, p.batch) for p in updates] == [(2, 0)]
-    assert updates[0].hyperparams["lr"] == pytest.approx(5e-7)
+    # Epochs 1 and 2 do not improve: each halves the rate, announced after its epoch's end
+    # (the last one included: it used to wait for a step that never came).
+    assert [(p.epoch, p.batch) for p in updates] == [(1, None), (2, None)]
+    assert [p.hyperparams["lr"] for p in updates] == pytest.approx([5e-7, 2.5e-7])
 
 
 def lr_of(optimizer: torch.optim.Optimizer) -> float:
@@ -221,17 +223,16 @@ def lr_of(optimizer: torch.optim.Optimizer) -> float:
 def test_an_epoch_scheduler_change_is_announced_in_the_epoch_that_made_it(
     epochs: int, step_size: int
 ) -> None:
-    """Each change, the one after the final epoch included, at the end of the epoch's last batch.
-
-    The canonical order has on_params_update only inside a batch, so fit steps an epoch-level
-    scheduler right after the last batch's optimizer step (as the NumPy trainer sets its
-    schedule): no training step sees a different rate than with PyTorch's usual
-    ``scheduler.step()`` after the epoch.
+    """Each change, the one after the final epoch included, between the epochs: right after
+    the on_fit_epoch_end of the epoch that made it. fit steps the scheduler after validation,
+    as PyTorch's own loops do, so every step of an epoch runs at the rate in force for it.
     """
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
-    used: list[tuple[int, float]] = []  # (epoch, rate) of every optimizer step
-    bus.subscribe(events.optimizer_step, lambda p: used.append((p.epoch, lr_of(opt))))
+    used: list[tuple[int | None, float]] = []  # (epoch, rate) of every optimizer step
+    bus.subscribe(
+        events.optimizer_step, lambda p: used.append((p.epoch, lr_of(p.source.optimizers[0])))
+    )
     train, val = loaders()
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.4)
@@ -253,7 +254,9 @@ def test_an_epoch_scheduler_change_is_announced_in_the_epoch_that_made_it(
 
     updates = rec.payloads("on_params_update")
     assert [(p.epoch, p.hyperparams["lr"]) for p in updates] == expected
-    assert all(p.batch == len(train) - 1 for p in updates)
+    assert all(p.batch is None for p in updates)
+    follows = [rec.names[i - 1] for i, n in enumerate(rec.names) if n == "on_params_update"]
+    assert follows == ["on_fit_epoch_end"] * len(expected)
     assert updates[-1].hyperparams["lr"] == lr_of(opt)
     for epoch in range(epochs):  # every step of an epoch ran at the rate in force for it
         assert {rate for e, rate in used if e == epoch} == {before[epoch]}
@@ -280,11 +283,14 @@ class _Unsized:
 
 
 @pytest.mark.parametrize("kind", ["len too small", "len too large", "no len"])
-def test_the_last_batch_is_found_by_reading_ahead_not_by_len(kind: str) -> None:
-    bus = EventBus()
+def test_a_loader_whose_len_is_wrong_or_missing_changes_no_rate(kind: str) -> None:
+    """The schedule follows the epochs, not len(): no step runs at a rate a step too early."""
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
-    used: list[tuple[int, float]] = []
-    bus.subscribe(events.optimizer_step, lambda p: used.append((p.epoch, lr_of(opt))))
+    used: list[tuple[int | None, float]] = []
+    bus.subscribe(
+        events.optimizer_step, lambda p: used.append((p.epoch, lr_of(p.source.optimizers[0])))
+    )
     batches = list(loaders()[0])
     train: Any = {
         "len too small": lambda: _Misreporting(batches, 2),
@@ -300,17 +306,18 @@ def test_the_last_batch_is_found_by_reading_ahead_not_by_len(kind: str) -> None:
     assert {rate for e, rate in used if e == 1} == {0.2}
     updates = rec.payloads("on_params_update")
     assert [(p.epoch, p.batch, p.hyperparams["lr"]) for p in updates] == [
-        (0, len(batches) - 1, 0.2), (1, len(batches) - 1, 0.1),
+        (0, None, 0.2), (1, None, 0.1),
     ]  # fmt: skip
+    assert_canonical_order(rec.names)
 
 
 def test_fit_with_a_scheduler_trains_as_the_plain_pytorch_loop() -> None:
-    """Stepping inside the last batch changes no number: same weights as the usual loop."""
+    """fit steps the scheduler where the usual loop does: the same weights and rate."""
     ce = torch.nn.functional.cross_entropy
     train, val = loaders()
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.4, momentum=0.5)
-    fit(model, opt, ce, train, epochs=3, bus=EventBus(), val_loader=val,
+    fit(model, opt, ce, train, epochs=3, bus=EventBus(check_order=True), val_loader=val,
         scheduler=torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5))  # fmt: skip
 
     train, val = loaders()
@@ -334,7 +341,7 @@ def test_fit_with_a_scheduler_trains_as_the_plain_pytorch_loop() -> None:
 
 
 def test_a_scheduler_still_steps_once_an_epoch_when_a_stop_cuts_the_epoch_short() -> None:
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     bus.subscribe(
         events.on_train_batch_end,
         lambda p: bus.request_stop("enough") if (p.epoch, p.batch) == (1, 2) else None,
@@ -352,7 +359,7 @@ def test_a_scheduler_still_steps_once_an_epoch_when_a_stop_cuts_the_epoch_short(
 def test_model_checkpoint_saves_through_the_run_without_a_second_announcement(
     tmp_path: Path,
 ) -> None:
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     ckpt = ModelCheckpoint(tmp_path / "e{epoch}-{val_loss:.3f}.pt")
     bus.attach(ckpt)
@@ -366,7 +373,7 @@ def test_model_checkpoint_saves_through_the_run_without_a_second_announcement(
 
 
 def test_bad_input_gets_clear_errors(tmp_path: Path) -> None:
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     ce = torch.nn.functional.cross_entropy
@@ -388,11 +395,10 @@ def test_bad_input_gets_clear_errors(tmp_path: Path) -> None:
 
 def test_fit_announces_its_totals_from_the_pretrain_routine_on() -> None:
     """Progress bars size themselves at the first events: params know epochs and steps."""
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     seen: list[tuple[str, dict[str, Any]]] = []
     for name in ("on_pretrain_routine_start", "on_train_start"):
-        # mypy cannot type a lambda with a default argument (the name, bound per iteration).
-        bus.subscribe(name, lambda p, name=name: seen.append((name, dict(p.params))))  # type: ignore[misc]
+        bus.subscribe(name, lambda p, name=name: seen.append((name, dict(p.params))))
     train, _ = loaders(n=40, batch=8)
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
