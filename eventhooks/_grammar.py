@@ -162,7 +162,7 @@ EVENTS: frozenset[str] = frozenset(
 
 #: Events that open a session of their own (standalone, or nested inside a fit).
 SESSION_STARTS = frozenset({"on_pretrain_routine_start", "on_val_start", "on_predict_start",
-                            "on_export_start"})  # fmt: skip
+                            "on_export_start", "on_model_save"})  # fmt: skip
 
 
 # -- following it ------------------------------------------------------------------------------
@@ -171,15 +171,25 @@ SESSION_STARTS = frozenset({"on_pretrain_routine_start", "on_val_start", "on_pre
 class Automaton:
     """The grammar projected onto ``subset`` (events outside it match nothing), as cached steps.
 
-    A position is a frozen set of automaton states; ``step`` returns the next one, or an empty
-    set when the event is not allowed there.
+    A position is a small int standing for a set of automaton states; ``step`` returns the
+    next one, or :data:`NOWHERE` when the event is not allowed there. Steps are computed once
+    and then cost a list index and a dict lookup.
     """
 
     def __init__(self, subset: Iterable[str] = EVENTS) -> None:
         self.subset = frozenset(subset)
-        self._steps: dict[tuple[frozenset[int], str], frozenset[int]] = {}
-        self._expected: dict[frozenset[int], frozenset[str]] = {}
-        self.start = self._closure({START})
+        self._states: list[frozenset[int]] = []
+        self._ids: dict[frozenset[int], int] = {}
+        self._steps: list[dict[str, int]] = []
+        self.start = self._intern(self._closure({START}))
+
+    def _intern(self, states: frozenset[int]) -> int:
+        found = self._ids.get(states)
+        if found is None:
+            found = self._ids[states] = len(self._states)
+            self._states.append(states)
+            self._steps.append({})
+        return found
 
     def _closure(self, states: Iterable[int]) -> frozenset[int]:
         seen, todo = set(states), list(states)
@@ -191,32 +201,34 @@ class Automaton:
                     todo.append(nxt)
         return frozenset(seen)
 
-    def step(self, position: frozenset[int], event: str) -> frozenset[int]:
-        key = (position, event)
-        found = self._steps.get(key)
-        if found is None:
-            moved = {
-                nxt for state in position for label, nxt in EDGES[state]
-                if label is not None and label.lstrip(_FAILURE) == event
-            }  # fmt: skip
-            if event not in self.subset:
-                moved = set()
-            found = self._steps[key] = self._closure(moved) if moved else frozenset()
+    def step(self, position: int, event: str) -> int:
+        try:
+            return self._steps[position][event]
+        except KeyError:
+            pass
+        moved = {
+            nxt for state in self._states[position] for label, nxt in EDGES[state]
+            if label is not None and label.lstrip(_FAILURE) == event
+        }  # fmt: skip
+        found = self._intern(self._closure(moved)) if moved and event in self.subset else NOWHERE
+        self._steps[position][event] = found
         return found
 
-    def expected(self, position: frozenset[int]) -> frozenset[str]:
+    def expected(self, position: int) -> frozenset[str]:
         """The events allowed at ``position`` (within the subset)."""
-        found = self._expected.get(position)
-        if found is None:
-            found = self._expected[position] = frozenset(
-                label.lstrip(_FAILURE) for state in position for label, _ in EDGES[state]
-                if label is not None and label.lstrip(_FAILURE) in self.subset
-            )  # fmt: skip
-        return found
+        return frozenset(
+            label.lstrip(_FAILURE) for state in self._states[position]
+            for label, _ in EDGES[state]
+            if label is not None and label.lstrip(_FAILURE) in self.subset
+        )  # fmt: skip
 
-    def accepts_end(self, position: frozenset[int]) -> bool:
+    def accepts_end(self, position: int) -> bool:
         """Whether a trace may end at ``position`` (every session complete)."""
-        return FINAL in position
+        return FINAL in self._states[position]
+
+
+#: What ``Automaton.step`` returns for an event not allowed where it comes.
+NOWHERE = -1
 
 
 #: The whole grammar: every event may be emitted.
@@ -229,7 +241,7 @@ def check(tokens: Sequence[str], subset: Iterable[str]) -> tuple[bool, int, set[
     position = automaton.start
     for index, token in enumerate(tokens):
         nxt = automaton.step(position, token)
-        if not nxt:
+        if nxt == NOWHERE:
             return False, index, set(automaton.expected(position))
         position = nxt
     if automaton.accepts_end(position):

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ValidationError
 
 from . import events as ev
 from . import registry as _registry
-from ._grammar import FULL, SESSION_STARTS
+from ._grammar import FULL, NOWHERE, SESSION_STARTS
 from ._subscription import (
     Attachment,
     ErrorPolicy,
@@ -988,7 +988,7 @@ class _OrderCheck:
             sessions.append([FULL.start, "the start of a nested session", depth])
         session = sessions[-1]
         following = FULL.step(session[0], name)
-        if not following:
+        if following == NOWHERE:
             raise OrderError(name, session[1], FULL.expected(session[0]))
         session[0], session[1] = following, name
         self.depth.value = depth + 1

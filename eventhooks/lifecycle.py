@@ -54,7 +54,7 @@ from types import TracebackType
 from typing import Any
 
 from . import events as ev
-from ._grammar import FULL
+from ._grammar import FULL, NOWHERE
 from .bus import EventBus
 from .errors import OrderError
 from .events import Event
@@ -63,6 +63,8 @@ from .payloads import RunContext
 __all__ = ["Export", "Prediction", "Run", "Validation"]
 
 Logs = Mapping[str, Any]
+
+_STEPS = FULL._steps  # position -> event -> next position, filled as they are met
 
 #: What a moment needs emitted before it when the framework has no hook for it.
 _FILLS: dict[str, tuple[str, ...]] = {
@@ -91,8 +93,9 @@ class _Session:
         self.bus = bus
         self._parent = parent
         self.context: RunContext
-        if parent is not None:
-            self.context = parent.context
+        if parent is not None:  # the run's context; ``source``, if given, is the session's own
+            context = parent.context
+            self.context = context if source is None else context.changed(source=source)
         else:
             self.context = RunContext.check(source, params, rank, world_size)
         self._position = FULL.start
@@ -107,13 +110,16 @@ class _Session:
 
     def _step(self, name: str) -> None:
         owner = self._parent or self
-        nxt = FULL.step(owner._position, name)
-        if not nxt:
+        try:  # the automaton's cached step, looked up here: this runs for every moment
+            nxt = _STEPS[owner._position][name]
+        except KeyError:
+            nxt = FULL.step(owner._position, name)
+        if nxt == NOWHERE:
             raise OrderError(name, owner._last, FULL.expected(owner._position))
         owner._position, owner._last = nxt, name
 
     def _allowed(self, name: str) -> bool:
-        return bool(FULL.step((self._parent or self)._position, name))
+        return FULL.step((self._parent or self)._position, name) != NOWHERE
 
     def allows(self, event: str | Event[Any]) -> bool:
         """Whether ``event`` may come now as it is, nothing filled in before it (for an
@@ -152,7 +158,7 @@ class Run(_Session):
         self.batch = -1  # the current batch of the epoch
         self.step = 0  # optimizer steps taken in the run
         self.logs: dict[str, Any] = {}  # the last epoch's logs
-        self._batch_logs: dict[str, Any] = {}
+        self._batch_logs: Logs | None = None  # the last batch's, as given
         self._closed = False
         self._epoch_open = False
         self._in_batch = False
@@ -199,6 +205,11 @@ class Run(_Session):
         """Whether a training batch began (``batch_start``) and has not ended."""
         return self._in_batch
 
+    @property
+    def ended(self) -> bool:
+        """Whether ``on_train_end`` was emitted: the run ended well, only ``teardown`` is due."""
+        return self._trained
+
     def __enter__(self) -> Run:
         return self.open()
 
@@ -214,7 +225,8 @@ class Run(_Session):
         if self._closed:
             return
         self._closed = True
-        (self._parent or self)._position = FULL.step(self._position, "teardown") or FULL.start
+        ended = FULL.step(self._position, "teardown")
+        (self._parent or self)._position = FULL.start if ended == NOWHERE else ended
         self._last = "teardown"
         self.bus.emit_teardown(error, epoch=self.epoch, logs=self.logs, context=self.context)
 
@@ -242,7 +254,7 @@ class Run(_Session):
         elif name == "on_train_start":
             self.train_start()
         else:
-            self.train_epoch_end(self._batch_logs)
+            self.train_epoch_end(dict(self._batch_logs or {}))
 
     def ready(self, **context: Any) -> None:
         """The model, data and optimizer are built (``context``: ``params`` known now...)."""
@@ -262,7 +274,7 @@ class Run(_Session):
             self.epoch_start(epoch)
             yield epoch
             if self._epoch_open:
-                self.epoch_end(self._batch_logs)
+                self.epoch_end(dict(self._batch_logs or {}))
             if self.stop_requested:
                 return
 
@@ -274,19 +286,31 @@ class Run(_Session):
             note = f"epoch {epoch} began before epoch {self.epoch} ended"
             raise OrderError("on_train_epoch_start", self._last, ["on_train_epoch_end"], note)
         self.epoch, self.batch, self._epoch_open = epoch, -1, True
-        self._batch_logs = {}
+        self._batch_logs = None
         self._fill_then(ev.on_train_epoch_start, epoch=epoch)
 
+    # The per-batch moments follow the grammar, then ask the bus (with the batch, so that
+    # an ``every=50`` subscriber costs nothing on the other batches) before building anything.
+
     def batch_start(self, batch: int | None = None) -> None:
-        self.batch = self.batch + 1 if batch is None else batch
+        self.batch = batch = self.batch + 1 if batch is None else batch
         self._in_batch = True
-        self._emit(ev.on_train_batch_start, batch=self.batch, epoch=self.epoch)
+        self._step("on_train_batch_start")
+        if self.bus.listening(ev.on_train_batch_start, batch=batch):
+            self.bus.emit(ev.on_train_batch_start, batch=batch, epoch=self.epoch,
+                          context=self.context)  # fmt: skip
 
     def zero_grad(self) -> None:
-        self._emit(ev.on_before_zero_grad, epoch=self.epoch, batch=self.batch, step=self.step)
+        self._step("on_before_zero_grad")
+        if self.bus.listening(ev.on_before_zero_grad):
+            self.bus.emit(ev.on_before_zero_grad, epoch=self.epoch, batch=self.batch,
+                          step=self.step, context=self.context)  # fmt: skip
 
     def optimizer_step(self) -> None:
-        self._emit(ev.optimizer_step, epoch=self.epoch, batch=self.batch, step=self.step)
+        self._step("optimizer_step")
+        if self.bus.listening(ev.optimizer_step):
+            self.bus.emit(ev.optimizer_step, epoch=self.epoch, batch=self.batch,
+                          step=self.step, context=self.context)  # fmt: skip
         self.step += 1
 
     def params_update(self, hyperparams: Mapping[str, float]) -> None:
@@ -296,19 +320,28 @@ class Run(_Session):
                    step=max(self.step - 1, 0), hyperparams=dict(hyperparams))  # fmt: skip
 
     def batch_end(self, logs: Logs | None = None) -> None:
-        self._batch_logs = dict(logs or {})
+        self._batch_logs = logs  # copied if an epoch's end is filled in
         self._in_batch = False
-        self._emit(ev.on_train_batch_end, batch=self.batch, epoch=self.epoch, logs=logs or {})
+        self._step("on_train_batch_end")
+        if self.bus.listening(ev.on_train_batch_end, batch=self.batch):
+            self.bus.emit(ev.on_train_batch_end, batch=self.batch, epoch=self.epoch,
+                          logs=logs or {}, context=self.context)  # fmt: skip
+
+    def hears(self, event: Event[Any]) -> bool:
+        """Whether a subscriber would get ``event`` for the current batch: ask before
+        computing batch logs (a tensor's ``.item()``...) that nobody would read."""
+        return self.bus.listening(event, batch=self.batch)
 
     def train_epoch_end(self, logs: Logs | None = None) -> None:
         """The training part of the epoch ended, before its validation."""
         self._emit(ev.on_train_epoch_end, epoch=self.epoch, logs=logs or {})
 
-    def validation(self) -> Validation:
-        """The epoch's validation (or one after the last epoch), as a ``with`` block."""
+    def validation(self, source: Any = None) -> Validation:
+        """The epoch's validation (or one after the last epoch), as a ``with`` block.
+        ``source``: what its payloads carry, if not the run's (a framework's validator)."""
         if not self._allowed("on_val_start") and self._allowed("on_train_epoch_end"):
             self._filler("on_train_epoch_end")
-        return Validation(self.bus, parent=self, epoch=self.epoch)
+        return Validation(self.bus, parent=self, epoch=self.epoch, source=source)
 
     def model_save(self, path: str | os.PathLike[str], logs: Logs | None = None) -> None:
         self._fill_then(ev.on_model_save, path=path, epoch=self.epoch, logs=logs or self.logs)
