@@ -206,7 +206,7 @@ class Run:
         for name, value in logs.items():
             self.history.setdefault(name, []).append(value)
         if self.checkpoint_dir is not None:
-            self.checkpoint(self.checkpoint_dir / "last.pt")
+            self._save(self.checkpoint_dir / "last.pt", the_runs=True)
         self._require_active("epochs").epoch_end(logs)
 
     # -- training batches -----------------------------------------------------------------------
@@ -349,20 +349,26 @@ class Run:
         """Save ``{"model", "optimizer", "epoch", "logs"}`` state dicts and emit on_model_save.
 
         Under torch.distributed only rank 0 writes (and emits); other ranks return None.
-        ``optimizer`` is a list when the run has several. Inside the run a checkpoint belongs
-        to an epoch: after its training part (which it closes) or after ``on_fit_epoch_end``.
+        ``optimizer`` is a list when the run has several. Inside the run, a save after the
+        epoch's validation or after ``on_fit_epoch_end`` (a ``ModelCheckpoint``, a final save
+        after the loop) is the run's ``on_model_save``; one anywhere else (every N batches,
+        before the validation) is a save of its own, as outside any run: the run goes on.
         """
+        life = self._life if self.active else None
+        runs = life is not None and life.allows(events.on_model_save) and not (
+            life.allows(events.on_val_start) and life.allows(events.on_fit_epoch_end)
+        )  # a save between training and validation would leave the validation no room
+        return self._save(path, runs)
+
+    def _save(self, path: str | os.PathLike[str], the_runs: bool) -> Path | None:
         if self.model is None:
             raise ValueError("run.checkpoint() needs the run's model= (its state_dict is saved)")
         if self.rank != 0:
             return None
-        life = self._life if self.active else None
-        if life is not None and not life.in_batch:
-            self._close_train()
         target = write_checkpoint(path, self.model, self.optimizers, self.epoch, self.logs)
-        if life is not None:
-            life.model_save(target, self.logs)
-        else:  # a save of its own, outside any run
+        if the_runs and self._life is not None:
+            self._life.model_save(target, self.logs)
+        elif self.bus.listening(events.on_model_save):  # a save of its own
             self.bus.emit(events.on_model_save, path=target, epoch=self.epoch, logs=self.logs,
                           source=self, rank=self.rank, world_size=self.world_size)  # fmt: skip
         return target

@@ -6,6 +6,7 @@ import copy
 import difflib
 import inspect
 import pickle
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -684,6 +685,38 @@ def test_a_checkpoint_after_the_loop_comes_before_the_last_change_of_rate(
     assert rec.names[-5:] == ["on_fit_epoch_end", "on_model_save", "on_params_update",
                               "on_train_end", "teardown"]  # fmt: skip
     assert [p.hyperparams["lr"] for p in rec.payloads("on_params_update")] == [0.2, 0.1]
+
+
+def test_a_checkpoint_where_the_epoch_has_no_room_is_a_save_of_its_own(tmp_path: Any) -> None:
+    """Every other batch, or before the validation: the file is written, on_model_save is
+    heard, and the run goes on in order around those saves."""
+    bus = EventBus()
+    rec = Recorder(bus)
+    model, train, val = mlp(), data(4), data(1, seed=2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with instrument(bus, opt, model=model) as run:
+        for epoch in run.epochs(2):
+            for b, (x, y) in enumerate(run.batches(train)):
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+                if b % 2 == 1:
+                    run.checkpoint(tmp_path / f"e{epoch}b{b}.pt")
+            run.checkpoint(tmp_path / "before_val.pt")
+            for _ in run.validation(val):
+                pass
+            run.checkpoint(tmp_path / "after_val.pt")  # the epoch's own
+    saves = rec.payloads("on_model_save")
+    assert [Path(p.path).name for p in saves] == [
+        name for e in (0, 1) for name in (f"e{e}b1.pt", f"e{e}b3.pt", "before_val.pt",
+                                          "after_val.pt")
+    ]  # fmt: skip
+    assert all(Path(p.path).exists() for p in saves)
+    own = [i for i, n in enumerate(rec.names) if n == "on_model_save"
+           and Path(rec.records[i][1].path).name != "after_val.pt"]  # fmt: skip
+    assert_canonical_order([n for i, n in enumerate(rec.names) if i not in own])
+    assert [rec.names[i - 1] for i, n in enumerate(rec.names)
+            if n == "on_model_save" and i not in own] == ["on_val_end"] * 2  # fmt: skip
 
 
 def test_a_subscriber_every_50_batches_costs_conversions_on_those_batches_only(
