@@ -1,9 +1,11 @@
-"""The state machine between Ultralytics' callbacks and one bus.
+"""Ultralytics' callbacks translated onto the lifecycle (:mod:`eventhooks.lifecycle`).
 
-A :class:`Link` is what :func:`eventhooks.adapters.ultralytics.attach` creates: it holds the
-bus, the counters Ultralytics lacks (batch indices), the trainer of the run in progress (a
-validator inside training does not know it) and the handling of the final best-weights
-validation. One :class:`Forwarder` per callback name calls into it.
+A :class:`Link` is what :func:`eventhooks.adapters.ultralytics.attach` creates: one bus, the
+sessions in progress (a trainer's :class:`~eventhooks.lifecycle.Run`, a validator's, a
+predictor's or an exporter's session) and the handling of the best-weights validation after
+the last epoch. The lifecycle keeps the order, the counters, the stop requests and the one
+``teardown``; the link says which of its moments each Ultralytics hook is. One
+:class:`Forwarder` per callback name calls into it.
 
 Pickling (Ultralytics cloudpickles callbacks into its multi-GPU workers): a link pickles as
 its key and its bus. Unpickled in the process that made it, it is the live link again (same
@@ -21,6 +23,8 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from eventhooks import EventBus
+from eventhooks import events as ev
+from eventhooks.lifecycle import Export, Prediction, Run, Validation
 
 from . import _ultralytics_logs as ul
 
@@ -43,14 +47,15 @@ def _relink(key: str, bus: EventBus, final_eval: FinalEval) -> Link:
     return live if live is not None else Link(bus, final_eval=final_eval, key=key)
 
 
-def _rank() -> tuple[int, int]:
+def _context(source: Any) -> dict[str, Any]:
+    """A session's context: its Ultralytics object, and the process' place under DDP."""
     rank = int(os.environ.get("RANK", "-1") or -1)
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    return max(rank, 0), max(world, 1)
+    return {"source": source, "rank": max(rank, 0), "world_size": max(world, 1)}
 
 
 class Link:
-    """One bus attached to Ultralytics objects: counters, run state and the forwarding."""
+    """One bus attached to Ultralytics objects: the sessions in progress and the translation."""
 
     def __init__(self, bus: EventBus, *, final_eval: FinalEval = "drop", key: str | None = None):
         if not isinstance(bus, EventBus):
@@ -58,16 +63,12 @@ class Link:
         self.bus = bus
         self.final_eval: FinalEval = check_final_eval(final_eval)
         self.key = key or uuid.uuid4().hex
-        self.rank, self.world_size = _rank()
-        self.trainer: Any = None  # the trainer of the run in progress
-        self.fitting = False  # between the pretrain routine and teardown
-        self.in_final_eval = False  # inside the best-weights validation after the last epoch
-        self.ended = False  # on_train_end was delivered: teardown of a run that did not fail
-        self.validated = False  # a training validation ended in the current epoch
-        self.runs = self.teardowns = 0  # runs started and teardowns emitted, for train()
-        self.batch = self.val_batch = self.predict_batch = -1
-        self.last_logs: dict[str, float] = {}  # the last real epoch's logs, for on_train_end
-        self.best_logs: dict[str, float] = {}  # the best-weights validation, as best/<key>
+        self.run: Run | None = None  # the last training run (open, or closed)
+        self.val: Validation | None = None  # the validation in progress, unless dropped
+        self.predict: Prediction | None = None
+        self.export: Export | None = None
+        self.validated = False  # the run's current epoch validated (val=False skips some)
+        self.best: dict[str, float] = {}  # the best-weights validation, as best/<key>
         _LINKS[self.key] = self
 
     def __reduce__(self) -> tuple[Callable[..., Link], tuple[str, EventBus, FinalEval]]:
@@ -76,239 +77,199 @@ class Link:
     def __repr__(self) -> str:
         return f"<ultralytics Link {self.key[:8]} final_eval={self.final_eval!r} {self.bus!r}>"
 
-    # -- delivery -----------------------------------------------------------------------------
+    # -- the run ------------------------------------------------------------------------------
 
-    def _emit(self, name: str, source: Any, **fields: Any) -> None:
-        self.bus.emit(name, source=source, rank=self.rank, world_size=self.world_size, **fields)
+    def _open(self, trainer: Any) -> Run:
+        self.run, self.validated, self.best = Run(self.bus, **_context(trainer)), False, {}
+        return self.run.open()  # a subscriber failing here: teardown, then the error
 
-    def _check_stop(self) -> None:
-        """``bus.request_stop()`` becomes ``trainer.stop = True`` (checked after each event)."""
-        if self.bus.stop_requested and self.trainer is not None:
-            self.trainer.stop = True
+    def _run(self, trainer: Any) -> Run:
+        """The trainer's run; opened here if its start was not heard (attached to a built
+        trainer: its constructor ran ``on_pretrain_routine_start``; a second ``train()``)."""
+        run = self.run
+        if run is None or run.closed or run.context.source is not trainer:
+            run = self._open(trainer)
+        return run
 
-    def _epoch(self) -> int | None:
-        epoch = getattr(self.trainer, "epoch", None)
-        return epoch if isinstance(epoch, int) and epoch >= 0 else None
+    def _live(self) -> Run | None:
+        return self.run if self.run is not None and not self.run.closed else None
+
+    def check_stop(self) -> None:
+        """``bus.request_stop()`` becomes ``trainer.stop = True`` (checked after each hook)."""
+        run = self._live()
+        if run is not None and run.stop_requested:
+            run.context.source.stop = True
+
+    def _end_batch(self, run: Run, trainer: Any) -> None:
+        """End a batch Ultralytics left without its end: it ran out of time (``time=``) or of
+        memory (the epoch then restarts with half the batch size)."""
+        if run.in_batch:
+            run.batch_end(self._batch_logs(run, trainer))
+
+    def _batch_logs(self, run: Run, trainer: Any) -> dict[str, float] | None:
+        if not run.hears(ev.on_train_batch_end):
+            return None  # nothing converted for a batch nobody hears (every=N)
+        return {**ul.train_losses(trainer), **ul.learning_rates(trainer)}
 
     # -- training -----------------------------------------------------------------------------
 
-    def _start_run(self, trainer: Any) -> None:
-        self.trainer, self.fitting, self.in_final_eval, self.ended = trainer, True, False, False
-        self.validated = False
-        self.last_logs, self.best_logs = {}, {}
-        self.runs += 1
-
-    def _new_run(self, trainer: Any) -> bool:
-        # A later hook of a run whose start was not heard: attached to a built trainer, or a
-        # start that failed in the constructor of another trainer (no teardown came then).
-        return not self.fitting or trainer is not self.trainer
-
     def on_pretrain_routine_start(self, trainer: Any) -> None:
-        self._start_run(trainer)
-        self._emit("on_pretrain_routine_start", trainer)  # always: the bus resets its stop flag
-        self._check_stop()
+        self._open(trainer)
 
     def on_pretrain_routine_end(self, trainer: Any) -> None:
-        if self._new_run(trainer):
-            self._start_run(trainer)
-        if self.bus.listening("on_pretrain_routine_end"):
-            self._emit("on_pretrain_routine_end", trainer)
-        self._check_stop()
+        self._run(trainer).ready()
 
     def on_train_start(self, trainer: Any) -> None:
-        if self._new_run(trainer):
-            self._start_run(trainer)
-        self._emit("on_train_start", trainer, epoch=getattr(trainer, "start_epoch", None))
-        self._check_stop()
+        run = self._run(trainer)
+        run.initial_epoch = trainer.start_epoch
+        run.train_start()
 
     def on_train_epoch_start(self, trainer: Any) -> None:
-        self.trainer, self.batch, self.validated = trainer, -1, False
-        if self.bus.listening("on_train_epoch_start"):
-            self._emit("on_train_epoch_start", trainer, epoch=trainer.epoch)
-        self._check_stop()
+        run = self._run(trainer)
+        if run.in_epoch and run.epoch == trainer.epoch:  # Ultralytics restarts the epoch
+            self._end_batch(run, trainer)  # out of memory: a batch that did not end
+            if not run.allows("on_train_epoch_start"):  # a NaN, seen after the validation:
+                run.epoch_end(ul.fit_logs(trainer, validated=self.validated))  # its attempt
+        self.validated = False
+        run.epoch_start(trainer.epoch)  # the same epoch again (restart) or the next
 
     def on_train_batch_start(self, trainer: Any) -> None:
-        self.batch += 1
-        if self.bus.listening("on_train_batch_start"):
-            self._emit("on_train_batch_start", trainer, batch=self.batch, epoch=trainer.epoch)
-        self._check_stop()
+        self._run(trainer).batch_start()
 
-    def _step(self, name: str, trainer: Any) -> None:
-        # Ultralytics reserves these three names and never calls them; a custom trainer may.
-        if self.bus.listening(name):
-            fields: dict[str, Any] = {"epoch": self._epoch(), "batch": max(self.batch, 0)}
-            if name == "on_params_update":
-                fields["hyperparams"] = ul.learning_rates(trainer)
-            self._emit(name, trainer, **fields)
-        self._check_stop()
-
+    # Ultralytics reserves these three names and never calls them; a custom trainer may.
     def on_before_zero_grad(self, trainer: Any) -> None:
-        self._step("on_before_zero_grad", trainer)
+        self._run(trainer).zero_grad()
 
     def optimizer_step(self, trainer: Any) -> None:
-        self._step("optimizer_step", trainer)
+        self._run(trainer).optimizer_step()
 
     def on_params_update(self, trainer: Any) -> None:
-        self._step("on_params_update", trainer)
+        self._run(trainer).params_update(ul.learning_rates(trainer))
 
     def on_train_batch_end(self, trainer: Any) -> None:
-        if self.bus.listening("on_train_batch_end"):
-            logs = ul.train_losses(trainer)
-            logs.update(ul.learning_rates(trainer))
-            self._emit("on_train_batch_end", trainer, batch=max(self.batch, 0),
-                       epoch=trainer.epoch, logs=logs)  # fmt: skip
-        self._check_stop()
+        run = self._run(trainer)
+        run.batch_end(self._batch_logs(run, trainer))
 
     def on_train_epoch_end(self, trainer: Any) -> None:
-        if self.bus.listening("on_train_epoch_end"):
-            logs = ul.train_losses(trainer)
-            logs.update(ul.floats(getattr(trainer, "lr", None)))
-            self._emit("on_train_epoch_end", trainer, epoch=trainer.epoch, logs=logs)
-        self._check_stop()
+        run = self._run(trainer)
+        self._end_batch(run, trainer)
+        logs = None
+        if self.bus.listening("on_train_epoch_end", epoch=run.epoch):
+            logs = {**ul.train_losses(trainer), **ul.floats(getattr(trainer, "lr", None))}
+        run.train_epoch_end(logs)
 
     def on_model_save(self, trainer: Any) -> None:
-        bus = self.bus
-        if bus.listening("on_model_save"):
+        run = self._run(trainer)
+        if self.bus.listening("on_model_save", epoch=run.epoch):
             logs = ul.fit_logs(trainer, validated=self.validated)
             for path in _checkpoints_written(trainer):
-                self._emit("on_model_save", trainer, path=path, epoch=trainer.epoch, logs=logs)
-        self._check_stop()
+                run.model_save(path, logs)
 
     def on_fit_epoch_end(self, trainer: Any) -> None:
-        bus = self.bus
-        final = self.in_final_eval
-        wanted = bus.listening("on_fit_epoch_end")
-        if not final and (wanted or bus.listening("on_train_end") or bus.listening("teardown")):
-            self.last_logs = ul.fit_logs(trainer, validated=self.validated)
-        if wanted and (not final or self.final_eval == "keep"):
-            logs = self.last_logs if not final else ul.fit_logs(trainer)
-            self._emit("on_fit_epoch_end", trainer, epoch=trainer.epoch, logs=dict(logs))
-        self._check_stop()
+        run = self._run(trainer)
+        if trainer.epoch != run.epoch:  # after the best-weights validation: epoch last + 1
+            return
+        run.epoch_end(ul.fit_logs(trainer, validated=self.validated))
 
     def on_train_end(self, trainer: Any) -> None:
-        self.in_final_eval = False
-        logs = {**self.last_logs, **self.best_logs} if self.bus.listening("on_train_end") else {}
-        self._emit("on_train_end", trainer, epoch=self._epoch(), logs=logs)
-        # Only now: a subscriber failing above fails the run, and teardown must carry that.
-        self.ended = True
-        self._check_stop()
+        run = self._run(trainer)
+        last = run.logs
+        try:
+            run.train_end({**last, **self.best})
+        finally:
+            run.logs = last  # teardown carries the last epoch's logs, not best/<key>
 
     def teardown(self, trainer: Any) -> None:
-        # Ultralytics calls teardown in a `finally`: a teardown subscriber failing while the
-        # run fails must not replace the run's error (bus.emit_teardown notes it on the error).
-        self._end_run(None if self.ended else sys.exception(), trainer, started=True)
+        # Ultralytics calls teardown in a `finally`: the error propagating through it, if the
+        # run did not end. A teardown subscriber failing then does not replace that error.
+        run = self._run(trainer)
+        run.finish(None if run.ended else sys.exception())
 
-    def abort(self, error: BaseException, source: Any, *, started: bool) -> None:
-        """Emit the ``teardown`` Ultralytics does not send: for a run that failed to start.
+    def abort(self, error: BaseException, model: Any, since: Run | None) -> None:
+        """The ``teardown`` Ultralytics does not send, for a ``model.train()`` that failed in
+        the trainer's constructor (:func:`~eventhooks.adapters.ultralytics.train`).
 
-        Ultralytics runs ``on_pretrain_routine_start`` and the dataset check in the trainer's
-        constructor and ``teardown`` only in ``train()``; :func:`train` calls this when
-        ``model.train()`` raised without a teardown. ``started``: the trainer was built far
-        enough to run the start hook (it is the payload's source; else ``source``).
+        ``since``: the link's run before that call. A run opened since (the start hook ran)
+        is closed with ``error``; else a run of ``model``'s that never opened ends at once.
         """
-        self._end_run(error, self.trainer if started else None, started=started, source=source)
-
-    def _end_run(
-        self, failure: BaseException | None, trainer: Any, *, started: bool, source: Any = None
-    ) -> None:
-        epoch = self._epoch() if started else None
-        logs = dict(self.last_logs) if started else {}
-        self.fitting = self.in_final_eval = False
-        self.trainer = None
-        self.teardowns += 1
-        self.bus.emit_teardown(
-            failure, source=trainer if trainer is not None else source, rank=self.rank,
-            world_size=self.world_size, epoch=epoch, logs=logs,
-        )  # fmt: skip
+        run = self.run if self.run is not since else None
+        (run or Run(self.bus, **_context(model))).close(error)
 
     # -- validation ---------------------------------------------------------------------------
 
-    def _val_epoch(self, validator: Any) -> int | None:
-        return self._epoch() if getattr(validator, "training", False) else None
-
-    def _dropped(self) -> bool:
-        return self.in_final_eval and self.final_eval == "drop"
+    def _final(self, validator: Any) -> bool:
+        """Whether this is ``final_eval()``: the trainer's own validator on ``best.pt`` after the
+        last epoch, as a standalone run (told by identity: a ``model.val()`` is not it)."""
+        run = self._live()
+        return (
+            run is not None
+            and validator is getattr(run.context.source, "validator", None)
+            and not getattr(validator, "training", False)
+        )
 
     def on_val_start(self, validator: Any) -> None:
-        self.val_batch = -1
-        # final_eval(): the trainer's own validator, on best.pt, as a standalone run. Told by
-        # identity: a model.val() after a start that failed (no teardown) is not it.
-        trainer = self.trainer
-        if (
-            trainer is not None
-            and validator is getattr(trainer, "validator", None)
-            and not getattr(validator, "training", False)
-        ):
-            self.in_final_eval = True
-        if not self._dropped() and self.bus.listening("on_val_start"):
-            self._emit("on_val_start", validator, epoch=self._val_epoch(validator))
-        self._check_stop()
+        run = self._live()
+        if run is not None and getattr(validator, "training", False):
+            self.val = run.validation(source=validator)  # the epoch's
+        elif self._final(validator):
+            keep = self.final_eval == "keep"  # as a validation after the last epoch
+            self.val = Validation(self.bus, parent=run, source=validator) if keep else None
+        else:  # a validation of its own (model.val(), or a subscriber's inside a fit)
+            self.val = Validation(self.bus, **_context(validator))
+        if self.val is not None:
+            self.val.open()
 
     def on_val_batch_start(self, validator: Any) -> None:
-        self.val_batch += 1
-        if not self._dropped() and self.bus.listening("on_val_batch_start"):
-            self._emit("on_val_batch_start", validator, batch=self.val_batch,
-                       epoch=self._val_epoch(validator))  # fmt: skip
-        self._check_stop()
+        if self.val is not None:
+            self.val.batch_start()
 
     def on_val_batch_end(self, validator: Any) -> None:
-        if not self._dropped() and self.bus.listening("on_val_batch_end"):
-            self._emit("on_val_batch_end", validator, batch=max(self.val_batch, 0),
-                       epoch=self._val_epoch(validator))  # fmt: skip
-        self._check_stop()
+        if self.val is not None:
+            self.val.batch_end()
 
     def on_val_end(self, validator: Any) -> None:
-        bus = self.bus
-        names = getattr(self.trainer, "loss_names", ())
-        if self.in_final_eval:
-            if bus.listening("on_train_end"):
-                self.best_logs = ul.floats(ul.val_logs(validator, names), "best/")
-        elif getattr(validator, "training", False):
+        run = self._live()
+        names = getattr(run.context.source, "loss_names", ()) if run is not None else ()
+        if self._final(validator):
+            self.best = ul.floats(ul.val_logs(validator, names), "best/")
+        elif run is not None and getattr(validator, "training", False):
             self.validated = True  # trainer.metrics and fitness are this epoch's, not zeros
-        if not self._dropped() and bus.listening("on_val_end"):
-            self._emit("on_val_end", validator, epoch=self._val_epoch(validator),
-                       logs=ul.val_logs(validator, names))  # fmt: skip
-        self._check_stop()
+        val, self.val = self.val, None
+        if val is not None:
+            wanted = self.bus.listening("on_val_end", epoch=val.epoch)
+            val.end(ul.val_logs(validator, names) if wanted else None)
 
     # -- prediction and export ----------------------------------------------------------------
 
     def on_predict_start(self, predictor: Any) -> None:
-        self.predict_batch = -1
-        if self.bus.listening("on_predict_start"):
-            self._emit("on_predict_start", predictor)
+        self.predict = Prediction(self.bus, **_context(predictor)).open()
 
     def on_predict_batch_start(self, predictor: Any) -> None:
-        self.predict_batch += 1
-        if self.bus.listening("on_predict_batch_start"):
-            self._emit("on_predict_batch_start", predictor, batch=self.predict_batch)
+        if self.predict is not None:
+            self.predict.batch_start()
 
     def on_predict_postprocess_end(self, predictor: Any) -> None:
-        if self.bus.listening("on_predict_postprocess_end"):
-            self._emit("on_predict_postprocess_end", predictor, batch=max(self.predict_batch, 0),
-                       outputs=getattr(predictor, "results", None))  # fmt: skip
+        if self.predict is not None:
+            self.predict.postprocess_end(getattr(predictor, "results", None))
 
     def on_predict_batch_end(self, predictor: Any) -> None:
-        if self.bus.listening("on_predict_batch_end"):
-            self._emit("on_predict_batch_end", predictor, batch=max(self.predict_batch, 0),
-                       outputs=getattr(predictor, "results", None))  # fmt: skip
+        if self.predict is not None:
+            self.predict.batch_end(getattr(predictor, "results", None))
 
     def on_predict_end(self, predictor: Any) -> None:
-        if self.bus.listening("on_predict_end"):
-            self._emit("on_predict_end", predictor)
+        predict, self.predict = self.predict, None
+        if predict is not None:
+            predict.end()
 
     def on_export_start(self, exporter: Any) -> None:
-        if self.bus.listening("on_export_start"):
-            self._emit("on_export_start", exporter, format=_export_format(exporter))
+        fmt = getattr(getattr(exporter, "args", None), "format", None)
+        export = Export(self.bus, format=None if fmt is None else str(fmt), **_context(exporter))
+        self.export = export.open()
 
     def on_export_end(self, exporter: Any) -> None:
-        if self.bus.listening("on_export_end"):
-            self._emit("on_export_end", exporter, format=_export_format(exporter),
-                       path=ul.export_artifact(exporter))  # fmt: skip
-
-
-def _export_format(exporter: Any) -> str | None:
-    fmt = getattr(getattr(exporter, "args", None), "format", None)
-    return str(fmt) if fmt is not None else None
+        export, self.export = self.export, None
+        if export is not None:
+            export.end(ul.export_artifact(exporter))
 
 
 def _checkpoints_written(trainer: Any) -> list[str]:
@@ -338,6 +299,7 @@ class Forwarder:
 
     def __call__(self, obj: Any) -> None:
         self._handle(obj)
+        self.link.check_stop()
 
     def __reduce__(self) -> tuple[type[Forwarder], tuple[Link, str]]:
         return Forwarder, (self.link, self.event)

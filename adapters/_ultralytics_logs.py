@@ -6,6 +6,12 @@ subscribers written for Keras keys work unchanged: ``loss`` (the sum of the ``tr
 losses, each a running mean over the epoch's batches) and ``val_loss`` (the sum of the
 ``val/*`` losses, when the validation ran inside training and computed losses). Epochs
 that did not validate (``val=False``) carry no validation keys at all.
+
+Headline metrics also get their Keras-style twin (:data:`TWINS`): classification top-1,
+``metrics/accuracy_top1``, is ``val_accuracy`` in a training's epoch and validation logs and
+``accuracy`` in a validation of its own (``model.val()``), as Keras' ``evaluate`` names it.
+Ultralytics measures no accuracy on training batches, so a training epoch has no
+``accuracy``.
 """
 
 from __future__ import annotations
@@ -44,6 +50,18 @@ def _named(values: Any, names: Iterable[str]) -> Mapping[str, Any]:
     return dict(zip(names, flat, strict=False))
 
 
+#: Ultralytics' headline metrics that have an obvious Keras name: key -> twin (``val_`` inside
+#: a training). Detection's mAP has none.
+TWINS: dict[str, str] = {"metrics/accuracy_top1": "accuracy"}
+
+
+def _with_twins(logs: Logs, prefix: str) -> Logs:
+    for key, twin in TWINS.items():
+        if key in logs:
+            logs[prefix + twin] = logs[key]
+    return logs
+
+
 def _with_sum(logs: Logs, prefix: str, total: str) -> Logs:
     parts = [value for key, value in logs.items() if key.startswith(prefix)]
     if parts:
@@ -77,6 +95,7 @@ def fit_logs(trainer: Any, *, validated: bool = True) -> Logs:
     if validated:
         logs.update(floats(getattr(trainer, "metrics", None)))
         _with_sum(logs, "val/", "val_loss")
+        _with_twins(logs, "val_")
     logs.update(floats(getattr(trainer, "lr", None)) or learning_rates(trainer))
     fitness = getattr(trainer, "fitness", None)
     if validated and fitness is not None:
@@ -92,7 +111,9 @@ def val_logs(validator: Any, loss_names: Iterable[str] = ()) -> Logs:
     except Exception:  # a metrics object that has not processed anything
         results = None
     logs = floats(results if isinstance(results, Mapping) else None)
-    if getattr(validator, "training", False):
+    training = bool(getattr(validator, "training", False))
+    _with_twins(logs, "val_" if training else "")
+    if training:
         batches = len(getattr(validator, "dataloader", None) or ()) or 1
         losses = _named(getattr(validator, "loss", None), loss_names)
         logs.update({f"val/{k}": v / batches for k, v in floats(losses).items()})

@@ -21,11 +21,14 @@ Ultralytics is AGPL-3.0 and an optional extra: this module never imports it (it 
 What the events carry (``source`` is always the object Ultralytics passed: trainer,
 validator, predictor or exporter):
 
-- ``epoch``: ``trainer.epoch`` (0-based); ``batch``: counted by the adapter, restarting at
-  each epoch (training), each validation and each prediction run.
+- ``epoch``: ``trainer.epoch`` (0-based); ``batch``: counted by the lifecycle
+  (:mod:`eventhooks.lifecycle`, which the adapter drives), restarting at each epoch
+  (training), each validation and each prediction run.
 - ``logs``: floats under Ultralytics' own keys (``train/box_loss``, ``val/box_loss``,
   ``metrics/mAP50(B)``, ``lr/pg0``, ``fitness``) plus ``loss`` and ``val_loss``, the sums of
-  the loss components, so Keras-style subscribers (``monitor="val_loss"``) work.
+  the loss components, so Keras-style subscribers (``monitor="val_loss"``) work, and
+  classification's top-1 accuracy as ``val_accuracy`` (``accuracy`` in a ``model.val()``
+  of its own; training batches measure none).
   ``on_train_batch_end``: running-mean losses and learning rates; ``on_train_epoch_end``:
   training losses and learning rates; ``on_val_end``: the validation's metrics (inside
   training also its losses); ``on_fit_epoch_end`` and ``on_model_save``: all of them;
@@ -46,9 +49,10 @@ Quirks, and what the adapter does about them:
   ``validator.training`` False) and then calls ``on_fit_epoch_end`` once more with
   ``epoch = last + 1``. With ``final_eval="drop"`` (the default) those validation events and
   that phantom epoch are not forwarded, so History, CSVLogger and EarlyStopping see exactly
-  the epochs that ran and the trace follows the canonical order; the best-weights metrics
-  arrive in ``on_train_end``'s logs as ``best/<key>``. ``final_eval="keep"`` forwards them
-  as Ultralytics calls them (the raw order; the last ``on_fit_epoch_end`` is a phantom).
+  the epochs that ran; the best-weights metrics arrive in ``on_train_end``'s logs as
+  ``best/<key>``. ``final_eval="keep"`` also forwards that validation, as the canonical
+  order's validation after the last epoch (``epoch`` None: it is no epoch's); the phantom
+  epoch is never forwarded.
 - Validation inside training: ``on_val_*`` carry ``epoch`` and ``val/*`` losses. A
   standalone ``model.val()``: ``epoch`` is None and there are no losses.
 - ``val=False``: Ultralytics still validates the last epoch (and an epoch it may stop
@@ -56,24 +60,35 @@ Quirks, and what the adapter does about them:
   validation's). The epochs that did not validate carry no ``val_loss``, ``val/*``,
   ``metrics/*`` or ``fitness`` (as Keras leaves ``val_*`` out), so a ``monitor="val_loss"``
   callback does not act on those placeholders (EarlyStopping warns that it is missing).
+- Ultralytics restarts an epoch, calling ``on_train_epoch_start`` again for the same
+  epoch: after a batch ran out of memory (first epoch, GPU), and after an epoch whose loss
+  or fitness was NaN, once it has validated it (it reloads ``last.pt``). Out of memory,
+  the batch that failed gets its ``on_train_batch_end`` (learning rates, no losses) and
+  the epoch restarts as the canonical order allows. After a NaN the order has no restart
+  yet: the failed attempt ends with ``on_fit_epoch_end`` (its NaN logs) and the same epoch
+  begins again, so History and CSVLogger show that epoch twice.
+- ``time=``: when time runs out Ultralytics leaves the batch without
+  ``on_train_batch_end``; the adapter ends it before ``on_train_epoch_end``.
 - ``optimizer_step``, ``on_before_zero_grad``, ``on_params_update`` are registered but
   Ultralytics never calls them (its "reserved" names); a custom trainer that does gets them.
-- A trainer runs ``on_pretrain_routine_start`` in its constructor: attach to the YOLO model
-  (or pass the callbacks to the trainer's ``_callbacks``) to hear it; attaching to a built
-  trainer starts the trace at ``on_pretrain_routine_end``.
+- A trainer runs ``on_pretrain_routine_start`` in its constructor: attached to a built
+  trainer, the adapter opens the run at ``on_pretrain_routine_end`` (emitting
+  ``on_pretrain_routine_start`` just before it, later than it happened). Attach to the
+  YOLO model (or pass the callbacks to the trainer's ``_callbacks``) to hear it in time.
 - ``bus.request_stop()`` sets ``trainer.stop = True`` after the event: Ultralytics then stops
   after the current batch (the epoch still validates and saves) or after the current epoch.
 - A subscriber error under the ``raise`` policy propagates out of ``model.train()`` as
   :class:`eventhooks.SubscriberError`; Ultralytics runs ``teardown`` in a ``finally``, so
   every subscriber still hears it, with the error.
 - That ``finally`` is in ``trainer.train()``, but the trainer's constructor already runs
-  ``on_pretrain_routine_start`` and the dataset check: a start that fails there (a dataset
-  that is not usable, a subscriber failing at ``on_pretrain_routine_start``) gets no
-  ``teardown`` from Ultralytics. :func:`train` (``train(model, bus, **train_args)`` instead
-  of ``model.train(**train_args)``) emits it, with the error, whenever ``model.train()``
-  raises without one, so every run ends in ``teardown`` as with the other adapters. With a
-  plain ``model.train()`` such a run just ends silently; later validations, predictions and
-  trainings are heard normally either way.
+  ``on_pretrain_routine_start`` and the dataset check: a dataset that is not usable fails
+  the start there, and Ultralytics sends no ``teardown``. :func:`train`
+  (``train(model, bus, **train_args)`` instead of ``model.train(**train_args)``) emits it,
+  with the error, whenever ``model.train()`` raises without one, so every run ends in
+  ``teardown`` as with the other adapters. With a plain ``model.train()`` such a run just
+  ends silently; later validations, predictions and trainings are heard normally either
+  way. (A subscriber failing at ``on_pretrain_routine_start`` gets its ``teardown``
+  either way: the lifecycle ends a run it could not open.)
 - A classification dataset folder that does not exist makes Ultralytics try to download
   it (``YOLO_OFFLINE`` does not stop that attempt); one that exists without images fails
   offline.
@@ -149,16 +164,15 @@ def train(model: Any, bus: EventBus, *, final_eval: FinalEval | None = None, **k
 
     Attaches ``bus`` to ``model`` first (as :func:`attach`; it stays attached) and returns
     what ``model.train`` returns. If ``model.train`` raises and no ``teardown`` was emitted
-    for it (Ultralytics sends none when the trainer's constructor fails: unusable dataset,
-    a subscriber failing at ``on_pretrain_routine_start``), emits ``teardown`` with the
-    error and re-raises it (a teardown subscriber failing then is only noted on it). Only
-    ``bus`` gets that teardown, not other buses attached to ``model``.
+    for it (Ultralytics sends none when the trainer's constructor fails: an unusable
+    dataset, bad arguments), emits ``teardown`` with the error and re-raises it (a teardown
+    subscriber failing then is only noted on it). Only ``bus`` gets that teardown, not other
+    buses attached to ``model``.
     """
     link = attach(model, bus, final_eval=final_eval)
-    runs, teardowns = link.runs, link.teardowns
+    since = link.run
     try:
         return model.train(**kwargs)
     except BaseException as exc:
-        if link.teardowns == teardowns:
-            link.abort(exc, model, started=link.runs > runs)
+        link.abort(exc, model, since)
         raise

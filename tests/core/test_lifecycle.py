@@ -319,3 +319,25 @@ def test_in_epoch_and_in_batch_tell_an_adapter_where_the_run_is() -> None:
         run.epoch_end()
         assert not run.in_epoch and not run.in_batch
     assert_canonical_order(rec.names)
+
+
+def test_a_validation_in_a_run_may_carry_its_own_source_and_ended_tells_a_finished_run() -> None:
+    """For a framework whose validator is an object of its own (Ultralytics), and whose
+    ``teardown`` hook comes from a ``finally`` that cannot say whether the run failed."""
+    bus, rec = recorded(check_order=True)
+    trainer, validator = object(), object()
+    with Run(bus, source=trainer, rank=1, world_size=2) as run:
+        run.epoch_start()
+        assert run.validation().context is run.context  # not opened: nothing emitted
+        with run.validation(source=validator) as val:
+            val.end({"val_loss": 1.0})
+        run.epoch_end()
+        assert not run.ended
+        run.train_end()
+        assert run.ended and not run.closed
+    assert_canonical_order(rec.names)
+    (val_end,) = rec.payloads("on_val_end")
+    assert val_end.source is validator and (val_end.rank, val_end.world_size) == (1, 2)
+    assert run.context.source is trainer
+    (fit,), (teardown,) = rec.payloads("on_fit_epoch_end"), rec.payloads("teardown")
+    assert fit.source is teardown.source is trainer

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,7 @@ from eventhooks import eventlog as eventlog_format
 from eventhooks.adapters import _ultralytics_logs as ul
 from eventhooks.adapters.ultralytics import NAMES, Forwarder, Link, attach, detach, train
 from eventhooks.callbacks import CSVLogger, EarlyStopping, EventLog, History
-from eventhooks.testing import CanonicalOrderError, Recorder, assert_canonical_order
+from eventhooks.testing import Recorder, assert_canonical_order
 
 #: What Ultralytics calls: all but its three "reserved" names.
 RESERVED = {"optimizer_step", "on_before_zero_grad", "on_params_update"}
@@ -133,7 +134,7 @@ def det(tmp_path_factory: pytest.TempPathFactory, network: NetworkGuard) -> DetR
     root = tmp_path_factory.mktemp("det")
     data = detection_dataset(root / "data")
     model = YOLO("yolov8n.yaml")
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     link = attach(model, bus)
     native = NativeTrace()
@@ -208,24 +209,32 @@ def test_trace_is_ultralytics_own_order_without_the_final_validation(det: DetRun
     assert one_save_per_epoch(det.rec.names) == native[:start] + native[stop:]
 
 
-def test_final_eval_keep_forwards_ultralytics_raw_order(tmp_path: Path, cls_data: Path) -> None:
-    bus = EventBus()
+def test_final_eval_keep_forwards_the_best_weights_validation_in_canonical_order(
+    tmp_path: Path, cls_data: Path
+) -> None:
+    """The canonical order (revised, #11) has a validation after the last epoch: "keep"
+    forwards the best-weights validation as that one. The phantom epoch is never forwarded."""
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     model = YOLO("yolov8n-cls.yaml")
     attach(model, bus, final_eval="keep")
     native = NativeTrace()
     native.attach(model, NAMES)
     model.train(data=str(cls_data), epochs=2, **train_args(tmp_path))
+    _, stop = final_eval_block(native)
     names = one_save_per_epoch(rec.names)
-    assert names == native.names
-    fit_epochs = [p.epoch for p in rec.payloads("on_fit_epoch_end")]
-    assert fit_epochs == [0, 1, 2]  # the phantom epoch = last + 1
-    with pytest.raises(CanonicalOrderError):
-        assert_canonical_order(rec.names, emitted=EMITTED)
-    start, stop = final_eval_block(native)
-    assert_canonical_order(names[:start] + names[stop:], emitted=EMITTED)
-    # The best-weights validation is a standalone one: no epoch.
+    assert names == native.names[: stop - 1] + native.names[stop:]  # all but the phantom
+    assert [p.epoch for p in rec.payloads("on_fit_epoch_end")] == [0, 1]
+    assert_canonical_order(rec.names, emitted=EMITTED)
+    assert rec.names[-4:] == ["on_val_batch_end", "on_val_end", "on_train_end", "teardown"]
+    # The best-weights validation is no epoch's; its source is the trainer's validator.
     assert [p.epoch for p in rec.payloads("on_val_start")] == [0, 1, None]
+    best, trainer = rec.payloads("on_val_end")[-1], cast(Any, model.trainer)
+    assert best.source is trainer.validator and "val_loss" not in best.logs
+    (end,) = rec.payloads("on_train_end")
+    assert {f"best/{k}": v for k, v in best.logs.items()} == {
+        k: v for k, v in end.logs.items() if k.startswith("best/")
+    }
 
 
 def test_keras_names_hear_the_matching_moments(det: DetRun) -> None:
@@ -388,7 +397,7 @@ def test_history_csvlogger_and_eventlog_record_the_epochs(det: DetRun) -> None:
 
 @pytest.mark.parametrize("patience", [0, 2])
 def test_early_stopping_stops_yolo_training(tmp_path: Path, cls_data: Path, patience: int) -> None:
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     # Keras' default monitor, val_loss; with this min_delta no epoch after the first improves.
     stopper = EarlyStopping(patience=patience, min_delta=1e9)
@@ -413,7 +422,7 @@ def test_epochs_without_validation_carry_no_validation_logs(tmp_path: Path, cls_
     As Keras leaves val_* out of the epochs it did not validate, so does the adapter, and
     EarlyStopping(monitor="val_loss") is not fooled into stopping on those zeros.
     """
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     stopper = EarlyStopping(monitor="val_loss", patience=1)
     bus.attach(stopper)
@@ -454,7 +463,7 @@ def test_request_stop_stops_training(
     batches_after: int | None,
 ) -> None:
     """Ultralytics stops after the current batch (the epoch still validates) or epoch."""
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
 
     @bus.on(event, when=lambda p: p.epoch == epoch and getattr(p, "batch", None) == batch)
@@ -471,6 +480,128 @@ def test_request_stop_stops_training(
     assert_canonical_order(rec.names, emitted=EMITTED)
 
 
+# -- restarts and batches Ultralytics leaves open (triggered for real) --------------------------
+
+
+def test_an_epoch_restarted_after_running_out_of_memory(tmp_path: Path, cls_data: Path) -> None:
+    """Ultralytics halves the batch size and restarts the first epoch when a batch runs out of
+    memory, leaving that batch without its end. Triggered for real: a subscriber makes the
+    torch model's next forward raise torch's out-of-memory message, once."""
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    sizes: list[int] = []
+
+    def out_of_memory(payload: Any) -> None:
+        if sizes:
+            return
+        trainer = payload.source
+        sizes.append(trainer.batch_size)
+
+        def fail(module: Any, args: Any) -> None:
+            handle.remove()
+            raise RuntimeError("CPU out of memory (injected by the test)")
+
+        handle = trainer.model.register_forward_pre_hook(fail)
+
+    bus.subscribe("on_train_batch_start", out_of_memory)
+    model = train_cls(bus, tmp_path, cls_data, epochs=2)
+    assert model.trainer.batch_size == sizes[0] // 2  # Ultralytics did restart, with half
+    assert [p.epoch for p in rec.payloads("on_train_epoch_start")] == [0, 0, 1]
+    first, again = [i for i, n in enumerate(rec.names) if n == "on_train_epoch_start"][:2]
+    assert rec.names[first:again] == [
+        "on_train_epoch_start", "on_train_batch_start", "on_train_batch_end",
+    ]  # fmt: skip
+    failed = rec.payloads("on_train_batch_end")[0]  # ended by the adapter: no loss to report
+    assert (failed.epoch, failed.batch) == (0, 0) and "loss" not in failed.logs
+    assert "lr/pg0" in failed.logs
+    per_epoch = len(model.trainer.train_loader)
+    batches = [(p.epoch, p.batch) for p in rec.payloads("on_train_batch_end")][1:]
+    assert batches == [(e, b) for e in (0, 1) for b in range(per_epoch)]  # counted afresh
+    assert [p.epoch for p in rec.payloads("on_fit_epoch_end")] == [0, 1]
+    assert_canonical_order(rec.names, emitted=EMITTED)
+
+
+def test_an_epoch_restarted_after_a_nan_loss(tmp_path: Path, cls_data: Path) -> None:
+    """Ultralytics reloads last.pt and redoes an epoch (not the first) whose loss was NaN,
+    after it validated it. Triggered for real: a subscriber fills the weights with NaN at the
+    first batch of epoch 1, once.
+
+    The canonical order's restart comes before the epoch's training part ends, so the failed
+    attempt, already validated, ends as an epoch (``on_fit_epoch_end``, its NaN logs) and the
+    same epoch begins again: epoch 1 is heard twice; Ultralytics' results.csv has it once.
+    """
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    history = History()
+    bus.attach(history)
+    poisoned: list[int] = []
+
+    def poison(payload: Any) -> None:
+        if payload.epoch == 1 and not poisoned:
+            poisoned.append(payload.batch)
+            with torch.no_grad():
+                for weights in payload.source.model.parameters():
+                    weights.fill_(float("nan"))
+
+    bus.subscribe("on_train_batch_start", poison)
+    model = train_cls(bus, tmp_path, cls_data, epochs=3)
+    assert [p.epoch for p in rec.payloads("on_train_epoch_start")] == [0, 1, 1, 2]
+    fits = rec.payloads("on_fit_epoch_end")
+    assert [p.epoch for p in fits] == history.epoch == [0, 1, 1, 2]
+    assert math.isnan(fits[1].logs["loss"]) and math.isfinite(fits[2].logs["loss"])
+    rows = results_csv(model.trainer)
+    assert [int(row["epoch"]) - 1 for row in rows] == [0, 1, 2]
+    assert close(rows[1]["train/loss"], fits[2].logs["train/loss"])
+    last = str(model.trainer.last)
+    assert [p.epoch for p in rec.payloads("on_model_save") if p.path == last] == [0, 1, 2]
+    assert rec.names[-2:] == ["on_train_end", "teardown"]
+    assert_canonical_order(rec.names, emitted=EMITTED)
+
+
+def test_a_run_out_of_time_ends_the_batch_it_left(tmp_path: Path, cls_data: Path) -> None:
+    """``time=``: out of time, Ultralytics leaves the batch without on_train_batch_end."""
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    model = YOLO("yolov8n-cls.yaml")
+    attach(model, bus)
+    native = NativeTrace()
+    native.attach(model, NAMES)
+    model.train(data=str(cls_data), **train_args(tmp_path, epochs=3, time=1e-9))
+    start = native.names.index("on_train_batch_start")
+    assert native.names[start + 1] == "on_train_epoch_end"  # Ultralytics' own order
+    (ended,) = rec.payloads("on_train_batch_end")
+    assert (ended.epoch, ended.batch) == (0, 0) and math.isfinite(ended.logs["loss"])
+    assert [p.epoch for p in rec.payloads("on_fit_epoch_end")] == [0]
+    assert_canonical_order(rec.names, emitted=EMITTED)
+
+
+def test_classification_top1_is_keras_accuracy(tmp_path: Path, cls_data: Path) -> None:
+    """Portable metrics (#11): top-1 is ``val_accuracy`` in a training's epoch and validation
+    logs, ``accuracy`` in a validation of its own; a Keras-style monitor finds it."""
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    stopper = EarlyStopping(monitor="val_accuracy", patience=5)
+    bus.attach(stopper)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*not available", category=UserWarning)
+        model = train_cls(bus, tmp_path, cls_data, epochs=2)
+    assert stopper.mode == "max" and stopper.best_epoch in (0, 1)
+    fits = rec.payloads("on_fit_epoch_end")
+    for row, fit in zip(results_csv(model.trainer), fits, strict=True):
+        assert close(fit.logs["val_accuracy"], row["metrics/accuracy_top1"])
+        assert "accuracy" not in fit.logs  # Ultralytics measures none on training batches
+        assert "val_loss" in fit.logs and "loss" in fit.logs
+    inside = rec.payloads("on_val_end")
+    assert [p.logs["val_accuracy"] for p in inside] == [p.logs["val_accuracy"] for p in fits]
+    (end,) = rec.payloads("on_train_end")
+    assert end.logs["best/accuracy"] == end.logs["best/metrics/accuracy_top1"]
+    rec.clear()
+    metrics = model.val(data=str(cls_data), **train_args(tmp_path, name="val"))
+    (standalone,) = rec.payloads("on_val_end")
+    assert close(standalone.logs["accuracy"], float(metrics.top1))
+    assert "val_accuracy" not in standalone.logs and standalone.epoch is None
+
+
 class Boom(Callback):
     def __init__(self) -> None:
         self.teardowns: list[Any] = []
@@ -485,7 +616,7 @@ class Boom(Callback):
 def test_subscriber_error_aborts_training_and_teardown_reaches_everyone(
     tmp_path: Path, cls_data: Path
 ) -> None:
-    bus = EventBus(errors="raise")
+    bus = EventBus(errors="raise", check_order=True)
     rec = Recorder(bus)
     boom = cast(Boom, bus.attach(Boom()).obj)
     before: list[Any] = []
@@ -507,7 +638,7 @@ def test_subscriber_error_aborts_training_and_teardown_reaches_everyone(
 
 def test_a_subscriber_failing_at_train_end_reaches_teardown(tmp_path: Path, cls_data: Path) -> None:
     """The run ended, but on_train_end failed: the run failed, and teardown says so."""
-    bus = EventBus(errors="raise")
+    bus = EventBus(errors="raise", check_order=True)
     rec = Recorder(bus)
     before: list[Any] = []
     after: list[Any] = []
@@ -557,7 +688,7 @@ def test_train_tears_down_a_run_that_fails_to_start(
     tmp_path: Path, cls_data: Path, how: str
 ) -> None:
     """Ultralytics starts a run in the trainer's constructor but tears down only in train()."""
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     model = YOLO("yolov8n-cls.yaml")
     data, refusal = failing_start(how, tmp_path, cls_data, bus)
@@ -569,7 +700,7 @@ def test_train_tears_down_a_run_that_fails_to_start(
     assert teardown.exception is caught.value and teardown.error
     assert isinstance(teardown.source, ClassificationTrainer)  # the trainer that failed
     link = _forwarders_to(model, bus)[0].link
-    assert not link.fitting and link.trainer is None
+    assert link.run is not None and link.run.closed
     if refusal is not None:
         refusal.disconnect()
     standalone_val(model, rec, cls_data, tmp_path)
@@ -590,8 +721,38 @@ def test_a_plain_train_that_fails_to_start_leaves_validation_heard(
     standalone_val(model, rec, cls_data, tmp_path)
 
 
+def test_a_plain_train_refused_at_its_start_by_a_subscriber_still_tears_down(
+    tmp_path: Path, cls_data: Path
+) -> None:
+    """The lifecycle ends a run it could not open: no wrapper needed for this failure."""
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    model = YOLO("yolov8n-cls.yaml")
+    attach(model, bus)
+    failing_start("subscriber", tmp_path, cls_data, bus)
+    with pytest.raises(SubscriberError) as caught:
+        model.train(data=str(cls_data), epochs=1, **train_args(tmp_path))
+    assert rec.names == ["on_pretrain_routine_start", "teardown"]
+    assert rec.payloads("teardown")[0].exception is caught.value
+
+
+def test_a_good_run_trained_inside_an_except_block_tears_down_without_error(
+    tmp_path: Path, cls_data: Path
+) -> None:
+    """Ultralytics' teardown runs in a ``finally``; an exception being handled around the
+    whole training is not the run's."""
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    try:
+        raise KeyError("handled by the caller, before training")
+    except KeyError:
+        train_cls(bus, tmp_path, cls_data, epochs=1)
+    (teardown,) = rec.payloads("teardown")
+    assert teardown.error is None and teardown.exception is None
+
+
 def test_train_attaches_and_a_good_run_tears_down_once(tmp_path: Path, cls_data: Path) -> None:
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     model = YOLO("yolov8n-cls.yaml")
     metrics = train(model, bus, data=str(cls_data), epochs=1, **train_args(tmp_path))
@@ -609,7 +770,7 @@ def test_a_failing_teardown_subscriber_never_hides_the_runs_error(
     tmp_path: Path, cls_data: Path, fails: str
 ) -> None:
     """The run's own error reaches the caller, noting the teardown failure; one teardown."""
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     heard: list[Any] = []
 
     def broken(payload: Any) -> None:
@@ -670,14 +831,16 @@ def test_attach_to_a_trainer(tmp_path: Path, cls_data: Path) -> None:
     trainer = ClassificationTrainer(overrides=dict(
         model="yolov8n-cls.yaml", data=str(cls_data), epochs=1, **train_args(tmp_path),
     ))  # fmt: skip
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     attach(trainer, bus)
     trainer.train()
-    # Its constructor already ran on_pretrain_routine_start: the trace starts one later.
-    assert rec.names[0] == "on_pretrain_routine_end"
-    assert_canonical_order(rec.names, emitted=set(EMITTED) - {"on_pretrain_routine_start"})
-    assert all(p.source is trainer for p in rec.payloads("on_fit_epoch_end"))
+    # Its constructor already ran on_pretrain_routine_start: the adapter opens the run at
+    # on_pretrain_routine_end (the lifecycle fills the start in, late), so the trace is whole.
+    assert rec.names[:2] == ["on_pretrain_routine_start", "on_pretrain_routine_end"]
+    assert_canonical_order(rec.names, emitted=EMITTED)
+    for name in ("on_pretrain_routine_start", "on_fit_epoch_end", "teardown"):
+        assert all(p.source is trainer for p in rec.payloads(name)), name
 
 
 def test_attach_to_a_validator_predictor_and_exporter(det: DetRun, tmp_path: Path) -> None:
@@ -689,7 +852,7 @@ def test_attach_to_a_validator_predictor_and_exporter(det: DetRun, tmp_path: Pat
     predictor = DetectionPredictor(overrides=dict(model=str(weights), save=False, name="p",
                                                   **common))  # fmt: skip
     exporter = Exporter(overrides=dict(format="torchscript", imgsz=64, device="cpu"))
-    bus = EventBus()
+    bus = EventBus(check_order=True)
     rec = Recorder(bus)
     for obj in (validator, predictor, exporter):
         attach(obj, bus)
