@@ -12,8 +12,10 @@ the events an adapter emits (an event outside that set matches nothing).
     FIT     := pretrain_routine_start pretrain_routine_end train_start params_update?
                EPOCH* VAL? train_end teardown
              | <any prefix of the above> teardown            (the run failed)
-    EPOCH   := train_epoch_start BATCH* (train_epoch_start BATCH*)*     (restarts)
+    EPOCH   := RESTART* train_epoch_start BATCH*
                train_epoch_end VAL? model_save* fit_epoch_end model_save* params_update?
+    RESTART := train_epoch_start BATCH* train_batch_start? (train_epoch_end VAL?)?
+               (an attempt the framework restarts: the same epoch number again follows)
     BATCH   := train_batch_start STEP* train_batch_end
     STEP    := (before_zero_grad | optimizer_step | both, in either order) params_update?
              | params_update                      (a framework that shows no optimizer step)
@@ -115,11 +117,23 @@ def _val() -> _Part:
     )
 
 
-def _epoch() -> _Part:
+def _abandoned() -> _Part:
+    """An attempt at an epoch that the framework restarts (Ultralytics): its batches, maybe
+    one that never ended (out of memory), maybe its end and validation (a NaN loss found
+    there)."""
     return seq(
         tok("on_train_epoch_start"),
         star(_batch()),
-        star(seq(tok("on_train_epoch_start"), star(_batch()))),  # restarts of the same epoch
+        opt(tok("on_train_batch_start")),
+        opt(seq(tok("on_train_epoch_end"), opt(_val()))),
+    )
+
+
+def _epoch() -> _Part:
+    return seq(
+        star(_abandoned()),  # then the same epoch number again
+        tok("on_train_epoch_start"),
+        star(_batch()),
         tok("on_train_epoch_end"),
         opt(_val()),
         star(tok("on_model_save")),

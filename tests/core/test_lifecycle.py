@@ -207,7 +207,7 @@ def test_listening_asks_the_every_and_once_filters() -> None:
     assert [bus.listening("on_fit_epoch_end", epoch=e) for e in range(4)] == [
         False, False, True, False,
     ]  # fmt: skip
-    bus.on("on_train_batch_end", when=lambda p: p.batch > 1)(lambda p: None)
+    bus.subscribe("on_train_batch_end", lambda p: None, when=lambda p: p.batch > 1)
     assert bus.listening("on_train_batch_end", batch=3)  # when= needs the payload
 
 
@@ -341,3 +341,25 @@ def test_a_validation_in_a_run_may_carry_its_own_source_and_ended_tells_a_finish
     assert run.context.source is trainer
     (fit,), (teardown,) = rec.payloads("on_fit_epoch_end"), rec.payloads("teardown")
     assert fit.source is teardown.source is trainer
+
+
+def test_restarts_as_ultralytics_makes_them_are_canonical() -> None:
+    """Out of memory: a batch that never ended, then the epoch again. A NaN loss: found at the
+    epoch's end, after its validation, then the epoch again (PRODUCT.md: the framework wins)."""
+    bus, rec = recorded(check_order=True)
+    with Run(bus) as run:
+        run.epoch_start(0)
+        run.batch_start()  # out of memory here
+        run.epoch_start(0)
+        run.batch_start()
+        run.batch_end()
+        run.train_epoch_end()
+        with run.validation() as val:
+            val.end({"val_loss": float("nan")})
+        run.epoch_start(0)  # a NaN loss: the epoch again, from its last good weights
+        run.batch_start()
+        run.batch_end()
+        run.epoch_end({"loss": 1.0})
+    assert_canonical_order(rec.names)
+    assert rec.names.count("on_train_epoch_start") == 3
+    assert rec.names.count("on_fit_epoch_end") == 1

@@ -30,9 +30,10 @@ STEP = f"(?:(?:{ZERO}{OPT}|{OPT}{ZERO}|{ZERO}|{OPT}){PARAMS}?|{PARAMS})"
 BATCH = f"{L('on_train_batch_start')}{STEP}*{L('on_train_batch_end')}"
 VAL = f"{L('on_val_start')}(?:{L('on_val_batch_start')}{L('on_val_batch_end')})*{L('on_val_end')}"
 SAVE = L("on_model_save")
-START = L("on_train_epoch_start")
+START, TRAIN_END = L("on_train_epoch_start"), L("on_train_epoch_end")
+RESTART = f"{START}(?:{BATCH})*{L('on_train_batch_start')}?(?:{TRAIN_END}(?:{VAL})?)?"
 EPOCH = (
-    f"{START}(?:{BATCH})*(?:{START}(?:{BATCH})*)*{L('on_train_epoch_end')}"
+    f"(?:{RESTART})*{START}(?:{BATCH})*{TRAIN_END}"
     f"(?:{VAL})?{SAVE}*{L('on_fit_epoch_end')}{SAVE}*{PARAMS}?"
 )
 FIT = (
@@ -88,9 +89,15 @@ def batches(draw: st.DrawFn) -> list[str]:
 
 @st.composite
 def epoch(draw: st.DrawFn) -> list[str]:
-    out = ["on_train_epoch_start", *draw(batches())]
-    for _ in range(draw(st.integers(0, 1))):  # a restart of the same epoch
+    out = []
+    for _ in range(draw(st.integers(0, 1))):  # an attempt restarted (Ultralytics)
         out += ["on_train_epoch_start", *draw(batches())]
+        out += ["on_train_batch_start"] * draw(st.integers(0, 1))  # out of memory
+        if draw(st.booleans()):  # a NaN loss found at the epoch's end
+            out.append("on_train_epoch_end")
+            if draw(st.booleans()):
+                out += draw(val())
+    out += ["on_train_epoch_start", *draw(batches())]
     out.append("on_train_epoch_end")
     if draw(st.booleans()):
         out += draw(val())
