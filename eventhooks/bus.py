@@ -69,12 +69,6 @@ log = logging.getLogger("eventhooks")
 P = TypeVar("P", bound=BaseModel)
 R = TypeVar("R")
 
-#: Where a run begins or ends: a stop request from an earlier run is forgotten at the start.
-_RUN_EDGE_EVENTS: tuple[Event[Any], ...] = (
-    ev.on_pretrain_routine_start, ev.on_train_start, ev.on_train_end, ev.teardown,
-)  # fmt: skip
-
-
 #: What an event nobody listens to delivers to (CPython's empty-tuple singleton).
 _NOBODY: tuple[()] = ()
 
@@ -97,13 +91,12 @@ class _Route:
     newer route replaces this one, so an emit still walking it checks who is still live.
     """
 
-    __slots__ = ("calls", "edge", "entries", "event", "stale", "validate")
+    __slots__ = ("calls", "entries", "event", "stale", "validate")
 
     def __init__(self, event: Event[Any], entries: tuple[Any, ...], silent: bool) -> None:
         self.event = event
         self.validate = event._validate
         self.entries = entries
-        self.edge = event in _RUN_EDGE_EVENTS
         self.stale = False
         calls: list[Any] = []
         direct: set[int] = set()
@@ -207,7 +200,6 @@ class EventBus:
         self._muted: dict[Event[Any] | None, int] = {}
         self._stop_reason: str | None = None
         self._stop = False
-        self._pretrain_opened = False
         self._write(self._publish_all)
         self.check_order = check_order
         if check_order:  # the plain methods stay as they are: nothing on the hot path
@@ -246,12 +238,10 @@ class EventBus:
     ) -> bool:
         """Whether an emit of ``event`` would do anything: adapters skip the work if not.
 
-        True when a subscriber would hear it, and always for the events where a run begins
-        or ends (``on_pretrain_routine_start``, ``on_train_start``, ``on_train_end``,
-        ``teardown``): emitting them forgets the previous run's stop request. Given the
-        emit's ``batch`` or ``epoch``, it also asks the ``every=``/``once=`` filters, so an
-        adapter converts nothing on a batch that only an ``every=50`` subscriber would skip
-        (``when=`` and ``rank=`` are judged on the payload: they count as listening).
+        True when a subscriber would hear it. Given the emit's ``batch`` or ``epoch``, it also
+        asks the ``every=``/``once=`` filters, so an adapter converts nothing on a batch that
+        only an ``every=50`` subscriber would skip (``when=`` and ``rank=`` are judged on the
+        payload: they count as listening).
         """
         try:
             route = self._fast[event]
@@ -259,7 +249,7 @@ class EventBus:
             route = self._fast[self._learn(event)]
         if route is _NOBODY:
             return False
-        if (batch is None and epoch is None) or not route.calls:
+        if batch is None and epoch is None:
             return True
         return any(entry.would_deliver(batch, epoch) for entry in route.entries)
 
@@ -625,7 +615,7 @@ class EventBus:
             subs = (*subs, signal.relay)
         silent = None in self._muted or event in self._muted
         route = self._routes[event] = _Route(event, subs, silent)
-        fast = route if route.calls or route.edge else _NOBODY
+        fast = route if route.calls else _NOBODY
         for key in (event, *event.names):
             self._fast[key] = fast
         if old is not None:
@@ -668,9 +658,6 @@ class EventBus:
             route = self._fast[self._learn(event)]
         if route is _NOBODY:
             return None
-        if not route.calls:  # a run-edge event nobody listens to still opens or closes a run
-            self._run_edge(route.event)
-            return None
         if batch is not _UNSET:
             fields["batch"] = batch
         if epoch is not _UNSET:
@@ -693,8 +680,6 @@ class EventBus:
             payload.__dict__["_context"] = self._context_of(
                 event, route.event, context, source, params, rank, world_size
             )
-        if route.edge:
-            self._run_edge(route.event)
         try:
             for call in route.calls:
                 call(payload)
@@ -815,7 +800,8 @@ class EventBus:
     # -- flow control -----------------------------------------------------------------------
 
     def request_stop(self, reason: str | None = None) -> None:
-        """Ask the running loop to stop after the current batch or epoch."""
+        """Ask the run in progress to stop after the current batch or epoch. A request is the
+        run's: the next run forgets it when it opens (:class:`eventhooks.lifecycle.Run`)."""
         self._stop = True
         self._stop_reason = reason
 
@@ -832,16 +818,6 @@ class EventBus:
     @property
     def stop_reason(self) -> str | None:
         return self._stop_reason
-
-    def _run_edge(self, event: Event[Any]) -> None:
-        # A run opens at on_pretrain_routine_start, or at on_train_start when the adapter
-        # emits no pretrain routine (Keras). A stop request of the previous run ends there.
-        if event is ev.on_pretrain_routine_start or (
-            event is ev.on_train_start and not self._pretrain_opened
-        ):
-            self._stop = False
-            self._stop_reason = None
-        self._pretrain_opened = event is ev.on_pretrain_routine_start
 
     # -- pickling ---------------------------------------------------------------------------
 

@@ -466,8 +466,7 @@ def test_muted_block_nests_and_restores() -> None:
         with bus.muted("on_val_end"):
             bus.emit("on_val_end")
         bus.emit("on_val_end")
-        assert not bus.listening("on_val_end")
-        assert bus.listening("on_train_end")  # a run's edge: emitting it is never in vain
+        assert not bus.listening("on_val_end") and not bus.listening("on_train_end")
     with bus.muted("on_test_end"):
         bus.emit("on_val_end")
         bus.emit("on_train_end")
@@ -535,15 +534,16 @@ def test_a_subscription_disconnected_after_another_change_mid_emit_is_not_called
     assert heard == ["first"] + ([] if before == "another disconnect" else ["second"])
 
 
-def test_run_edges_count_as_listened_so_adapters_reset_stop_requests() -> None:
+def test_the_bus_knows_nothing_of_runs() -> None:
+    """Run edges are events like any other: nobody listening, nothing happens; a stop request
+    is forgotten when a run opens (the lifecycle), not when some event is emitted."""
     bus = EventBus()
     edges = ["on_pretrain_routine_start", "on_train_start", "on_train_end", "teardown"]
-    assert all(bus.listening(name) for name in edges)
-    assert not bus.listening("on_fit_epoch_end") and not bus.listening("on_train_batch_end")
+    assert not any(bus.listening(name) for name in edges)
     bus.request_stop("previous run")
-    if bus.listening("on_train_begin"):  # what an adapter does before each emit
-        bus.emit("on_train_begin")
-    assert not bus.stop_requested
+    for name in edges:
+        bus.emit(name)
+    assert bus.stop_requested and bus.stop_reason == "previous run"
 
 
 def test_attach_takes_hooks_set_on_the_instance() -> None:
@@ -648,29 +648,39 @@ def test_blinker_receiver_failure_is_named() -> None:
 # -- stop requests -------------------------------------------------------------------------
 
 
-def test_stop_request_resets_when_a_new_run_starts() -> None:
+def test_stop_request_is_the_runs_and_the_next_run_forgets_it() -> None:
+    from eventhooks.lifecycle import Run
+
     bus = EventBus()
-    bus.on("on_train_batch_end", once=2)(lambda p: bus.request_stop("two batches"))
-    bus.emit("on_pretrain_routine_start")
-    bus.emit("on_train_start")
-    bus.emit("on_train_batch_end", batch=0)
-    assert not bus.stop_requested
-    bus.emit("on_train_batch_end", batch=1)
-    assert bus.stop_requested and bus.stop_reason == "two batches"
-    bus.emit("on_train_end")
-    bus.emit("teardown")
-    assert bus.stop_requested  # still visible after the run, until the next one starts
-    bus.emit("on_train_begin")  # a Keras-style run: no pretrain routine
-    assert not bus.stop_requested and bus.stop_reason is None
+
+    @bus.on("on_train_batch_end", once=2)
+    def stop(payload: Any) -> None:
+        bus.request_stop("two batches")
+
+    with Run(bus) as run:
+        run.epoch_start()
+        run.batch_start()
+        run.batch_end()
+        assert not bus.stop_requested
+        run.batch_start()
+        run.batch_end()
+        assert run.stop_requested and bus.stop_reason == "two batches"
+        run.epoch_end()
+    assert bus.stop_requested  # still visible after the run, until the next one opens
+    with Run(bus) as run:
+        assert not run.stop_requested and bus.stop_reason is None
 
 
-def test_stop_requested_during_pretrain_routine_survives_train_start() -> None:
+def test_a_stop_requested_during_the_pretrain_routine_is_kept() -> None:
+    from eventhooks.lifecycle import Run
+
     bus = EventBus()
     bus.on("on_pretrain_routine_end")(lambda p: bus.request_stop())
-    bus.emit("on_pretrain_routine_start")
-    bus.emit("on_pretrain_routine_end")
-    bus.emit("on_train_start")
-    assert bus.stop_requested
+    with Run(bus) as run:
+        run.ready()
+        run.train_start()
+        assert run.stop_requested
+        assert list(run.epochs(3)) == []  # no epoch begins
 
 
 # -- crossing process boundaries -------------------------------------------------------------
