@@ -51,7 +51,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from . import events as ev
 from ._grammar import FULL, NOWHERE
@@ -107,6 +107,28 @@ class _Session:
         owner.context = owner.context.changed(**changes)
         if self._parent is not None:
             self.context = owner.context
+
+    def open(self) -> Self:
+        """Emit the session's first moment: what entering the ``with`` does."""
+        raise NotImplementedError
+
+    def end(self) -> None:
+        """Emit the session's last moment."""
+        raise NotImplementedError
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """What leaving the ``with`` does: the session's end, unless it failed."""
+        if error is None:
+            self.end()
+
+    def __enter__(self) -> Self:
+        return self.open()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:  # fmt: skip
+        self.finish(error)
 
     def _step(self, name: str) -> None:
         owner = self._parent or self
@@ -209,15 +231,6 @@ class Run(_Session):
     def ended(self) -> bool:
         """Whether ``on_train_end`` was emitted: the run ended well, only ``teardown`` is due."""
         return self._trained
-
-    def __enter__(self) -> Run:
-        return self.open()
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:  # fmt: skip
-        self.finish(error)
 
     def close(self, error: BaseException | None = None) -> None:
         """Emit ``teardown`` once, carrying ``error`` if the run failed (a later call does
@@ -376,13 +389,8 @@ class Validation(_Session):
         self._emit(ev.on_val_start, epoch=self.epoch)
         return self
 
-    def __enter__(self) -> Validation:
-        return self.open()
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:  # fmt: skip
+    def finish(self, error: BaseException | None = None) -> None:
+        """``on_val_end`` with the last logs given, unless it failed or ended already."""
         if error is None and not self._ended:
             self.end(self.logs)
 
@@ -415,15 +423,6 @@ class Prediction(_Session):
         """``on_predict_end``: what leaving the ``with`` normally does."""
         self._emit(ev.on_predict_end)
 
-    def __enter__(self) -> Prediction:
-        return self.open()
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:  # fmt: skip
-        if error is None:
-            self.end()
 
     def batch_start(self, batch: int | None = None) -> None:
         self.batch = self.batch + 1 if batch is None else batch
@@ -455,12 +454,4 @@ class Export(_Session):
             self.path = path
         self._emit(ev.on_export_end, format=self.format, path=self.path)
 
-    def __enter__(self) -> Export:
-        return self.open()
 
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:  # fmt: skip
-        if error is None:
-            self.end()
