@@ -12,8 +12,9 @@ the events an adapter emits (an event outside that set matches nothing).
     FIT     := pretrain_routine_start pretrain_routine_end train_start params_update?
                EPOCH* VAL? train_end teardown
              | <any prefix of the above> teardown            (the run failed)
-    EPOCH   := RESTART* train_epoch_start BATCH*
-               train_epoch_end VAL? model_save* fit_epoch_end model_save* params_update?
+    EPOCH   := RESTART* train_epoch_start (BATCH | model_save)*
+               train_epoch_end model_save* VAL? model_save* fit_epoch_end model_save*
+               params_update?                (model_save between batches: every N steps)
     RESTART := train_epoch_start BATCH* train_batch_start? (train_epoch_end VAL?)?
                (an attempt the framework restarts: the same epoch number again follows)
     BATCH   := train_batch_start STEP* train_batch_end
@@ -27,6 +28,7 @@ the events an adapter emits (an event outside that set matches nothing).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -133,8 +135,9 @@ def _epoch() -> _Part:
     return seq(
         star(_abandoned()),  # then the same epoch number again
         tok("on_train_epoch_start"),
-        star(_batch()),
+        star(alt(_batch(), tok("on_model_save"))),  # a checkpoint every N batches
         tok("on_train_epoch_end"),
+        star(tok("on_model_save")),
         opt(_val()),
         star(tok("on_model_save")),
         tok("on_fit_epoch_end"),
@@ -195,14 +198,15 @@ class Automaton:
         self._states: list[frozenset[int]] = []
         self._ids: dict[frozenset[int], int] = {}
         self._steps: list[dict[str, int]] = []
+        self._lock = threading.Lock()
         self.start = self._intern(self._closure({START}))
 
     def _intern(self, states: frozenset[int]) -> int:
         found = self._ids.get(states)
-        if found is None:
-            found = self._ids[states] = len(self._states)
+        if found is None:  # the lists grow before the id is known: readers never miss
             self._states.append(states)
             self._steps.append({})
+            found = self._ids[states] = len(self._states) - 1
         return found
 
     def _closure(self, states: Iterable[int]) -> frozenset[int]:
@@ -220,6 +224,13 @@ class Automaton:
             return self._steps[position][event]
         except KeyError:
             pass
+        with self._lock:  # a step met for the first time: computed once, by one thread
+            return self._learn_step(position, event)
+
+    def _learn_step(self, position: int, event: str) -> int:
+        known = self._steps[position].get(event)
+        if known is not None:
+            return known
         moved = {
             nxt for state in self._states[position] for label, nxt in EDGES[state]
             if label is not None and label.lstrip(_FAILURE) == event

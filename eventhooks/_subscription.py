@@ -238,14 +238,12 @@ class Subscription:
         if options.every is None and options.once is None:
             return True
         counter = self.event.counter
-        if counter is None:  # counted by deliveries
-            nth = self.count + 1
-        elif counter == "batch" and batch is not None:
+        if counter == "batch" and batch is not None:
             nth = batch + 1
         elif counter == "epoch" and epoch is not None:
             nth = epoch + 1
-        else:  # counted by a field not given here: only the payload can tell
-            return True
+        else:  # counted by deliveries (an emit skipped would never count) or by a field not
+            return True  # given here: only the payload can tell
         if options.every is not None and nth % options.every:
             return False
         return options.once is None or (not self._fired and nth == options.once)

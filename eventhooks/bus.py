@@ -22,7 +22,7 @@ import dataclasses
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack, overload
 
 import blinker
@@ -30,7 +30,7 @@ from pydantic import BaseModel, ValidationError
 
 from . import events as ev
 from . import registry as _registry
-from ._grammar import FULL, NOWHERE, SESSION_STARTS
+from ._grammar import FULL, NOWHERE, SESSION_STARTS, Automaton
 from ._subscription import (
     Attachment,
     ErrorPolicy,
@@ -81,6 +81,7 @@ class _Unset:
 
 
 _UNSET: Any = _Unset()
+_CONTEXT_KEYS = frozenset(CONTEXT_FIELDS)
 
 
 class _Route:
@@ -181,7 +182,7 @@ class EventBus:
         errors: ErrorPolicy = "raise",
         max_failures: int = 3,
         registry: _registry.Registry | None = None,
-        check_order: bool = False,
+        check_order: bool | Iterable[str] = False,
     ) -> None:
         if errors not in ("raise", "warn", "disable"):
             raise ValueError(f"errors= must be 'raise', 'warn' or 'disable', got {errors!r}")
@@ -202,8 +203,8 @@ class EventBus:
         self._stop = False
         self._write(self._publish_all)
         self.check_order = check_order
-        if check_order:  # the plain methods stay as they are: nothing on the hot path
-            checker = _OrderCheck(self)
+        if check_order is not False:  # the plain methods stay as they are: nothing on the hot path
+            checker = _OrderCheck(self, None if check_order is True else check_order)
             setattr(self, "emit", checker.emit)  # noqa: B010
             setattr(self, "listening", checker.listening)  # noqa: B010
 
@@ -632,10 +633,6 @@ class EventBus:
         epoch: Any = _UNSET,
         logs: Any = _UNSET,
         context: RunContext | None = None,
-        source: Any = _UNSET,
-        params: Any = _UNSET,
-        rank: Any = _UNSET,
-        world_size: Any = _UNSET,
         **fields: Any,
     ) -> Any:
         """Validate ``fields`` into the event's payload and deliver it; returns the payload.
@@ -650,7 +647,7 @@ class EventBus:
         parameters only for speed: Python builds no keyword dict for them, which is most of
         what an emit nobody listens to would cost. The run's facts come as ``context`` (a
         :class:`~eventhooks.payloads.RunContext`, checked once per run: the lifecycle passes
-        it) or as ``source``, ``params``, ``rank``, ``world_size``, then checked here.
+        it) or as the keywords ``source``, ``params``, ``rank``, ``world_size``, checked here.
         """
         try:
             route = self._fast[event]
@@ -658,6 +655,9 @@ class EventBus:
             route = self._fast[self._learn(event)]
         if route is _NOBODY:
             return None
+        facts = None
+        if fields and not _CONTEXT_KEYS.isdisjoint(fields):
+            facts = {name: fields.pop(name) for name in CONTEXT_FIELDS if name in fields}
         if batch is not _UNSET:
             fields["batch"] = batch
         if epoch is not _UNSET:
@@ -672,14 +672,8 @@ class EventBus:
             raise PayloadError.from_validation(
                 event, route.event.name, exc, payload=route.event.payload, fields=fields
             ) from exc
-        if context is not None:
-            payload.__dict__["_context"] = context
-        if source is not _UNSET or params is not _UNSET or rank is not _UNSET or (
-            world_size is not _UNSET
-        ):
-            payload.__dict__["_context"] = self._context_of(
-                event, route.event, context, source, params, rank, world_size
-            )
+        if context is not None or facts is not None:
+            payload.__dict__["_context"] = self._context_of(event, route.event, context, facts)
         try:
             for call in route.calls:
                 call(payload)
@@ -694,14 +688,19 @@ class EventBus:
         return payload
 
     def _context_of(
-        self, spelled: object, event: Event[Any], base: RunContext | None, *given: Any
+        self, spelled: object, event: Event[Any], base: object, facts: dict[str, Any] | None
     ) -> RunContext:
-        """The run's facts given to one emit, checked (the lifecycle checks them once)."""
+        """The run's facts of one emit: the lifecycle's (checked once per run), or given as
+        keywords and checked here."""
+        if type(base) is RunContext and facts is None:
+            return base
+        if base is not None and type(base) is not RunContext:
+            problem = {"loc": ("context",), "msg": "expected an eventhooks RunContext",
+                       "input": base}  # fmt: skip
+            raise PayloadError(spelled, [problem], canonical=event.name)  # type: ignore[arg-type]
         current = base or NO_CONTEXT
-        changes = {name: value for name, value in zip(CONTEXT_FIELDS, given, strict=True)
-                   if value is not _UNSET}  # fmt: skip
         try:
-            return current.changed(**changes)
+            return current.changed(**(facts or {}))
         except PayloadError as exc:
             errors = [{**err, "loc": err.get("loc", ())} for err in exc.errors]
             raise PayloadError(spelled, errors, canonical=event.name) from None  # type: ignore[arg-type]
@@ -785,7 +784,11 @@ class EventBus:
         the subscriber's :class:`SubscriberError` is raised as from any emit.
         """
         if error is None:
-            return self.emit(ev.teardown, **fields)
+            try:
+                return self.emit(ev.teardown, **fields)
+            except PayloadError:  # bad fields: teardown still goes out, then the error
+                self.emit(ev.teardown, **_facts_of(fields))
+                raise
         try:
             return self.emit(ev.teardown, exception=error, **fields)
         except SubscriberError as failed:
@@ -795,7 +798,7 @@ class EventBus:
         except PayloadError as bad:  # the adapter's fields: the run's error still goes out
             log.warning("%s (while the run was failing; teardown sent without them)", bad)
             error.add_note(f"eventhooks: {bad}")
-            return self.emit_teardown(error)
+            return self.emit_teardown(error, **_facts_of(fields))
 
     # -- flow control -----------------------------------------------------------------------
 
@@ -839,12 +842,16 @@ class EventBus:
         return {
             "errors": self.errors,
             "max_failures": self.max_failures,
+            "check_order": self.check_order,
             "stop": (self._stop, self._stop_reason),
             "subscriptions": subscriptions,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(errors=state["errors"], max_failures=state["max_failures"])  # type: ignore[misc]
+        self.__init__(  # type: ignore[misc]
+            errors=state["errors"], max_failures=state["max_failures"],
+            check_order=state.get("check_order", False),
+        )
         self._stop, self._stop_reason = state["stop"]
         for name, fn, options, owner, label, marks, count, fired in state["subscriptions"]:
             sub = self._connect(
@@ -895,6 +902,11 @@ def _drop_handlers(bus: weakref.ref[EventBus], subs: tuple[Subscription, ...]) -
             alive.disconnect(sub)
 
 
+def _facts_of(fields: dict[str, Any]) -> dict[str, Any]:
+    """Of an emit's fields, the run's facts alone (what a teardown keeps when the rest is bad)."""
+    return {k: v for k, v in fields.items() if k == "context" or k in CONTEXT_FIELDS}
+
+
 def _label(entry: Any) -> str:
     return entry.label if isinstance(entry, Subscription) else describe(entry)
 
@@ -932,18 +944,24 @@ def _same(a: object, b: object) -> bool:
 
 
 class _OrderCheck:
-    """``EventBus(check_order=True)``: every emit is checked against the canonical order.
+    """``EventBus(check_order=...)``: every emit is checked against the canonical order.
 
     A session started by a subscriber (an ``evaluate`` inside a fit: its emits are nested
-    inside another emit, on the same thread) is followed apart until it ends, so it does not
-    disturb the fit. ``listening`` is always true, so that adapters emit everything they
-    would and the whole trace is checked. Meant for one run at a time on the bus.
+    inside another emit, on the same thread) is followed apart until that subscriber returns,
+    so it does not disturb the fit; one it left unfinished (it failed, and the subscriber
+    handled that) is over then. A standalone session that failed midway (a VAL, PREDICT or
+    EXPORT has no teardown) is over when the next session starts. ``listening`` is always
+    true, so that adapters emit everything they would and the whole trace is checked. Meant
+    for one run at a time on the bus. Given a set of events, the grammar is projected onto
+    it, as ``assert_canonical_order(emitted=...)`` does.
     """
 
-    def __init__(self, bus: EventBus) -> None:
+    def __init__(self, bus: EventBus, events: Iterable[str] | None) -> None:
         self.bus = bus
         self.emit_plainly = EventBus.emit.__get__(bus)
-        self.sessions: list[list[Any]] = [[FULL.start, "the start of the bus", 0]]
+        names = None if events is None else {bus._learn(e).name for e in events}
+        self.grammar = FULL if names is None else Automaton(names)
+        self.sessions: list[list[Any]] = [[self.grammar.start, "the start of the bus", 0]]
         self.depth = threading.local()
 
     def listening(self, event: str | Event[Any], **counters: Any) -> bool:
@@ -952,20 +970,19 @@ class _OrderCheck:
 
     def emit(self, event: str | Event[Any], /, **fields: Any) -> Any:
         name = self.bus._learn(event).name
-        depth = getattr(self.depth, "value", 0)
-        sessions = self.sessions
+        grammar, depth, sessions = self.grammar, getattr(self.depth, "value", 0), self.sessions
         while sessions[-1][2] > depth:  # the subscriber that started a session returned
-            position, last, _ = sessions[-1]
-            if not FULL.accepts_end(position):
-                raise OrderError(name, last, FULL.expected(position),
-                                 "a session started by a subscriber did not end")  # fmt: skip
             sessions.pop()
         if sessions[-1][2] < depth and name in SESSION_STARTS:
-            sessions.append([FULL.start, "the start of a nested session", depth])
+            sessions.append([grammar.start, "the start of a nested session", depth])
         session = sessions[-1]
-        following = FULL.step(session[0], name)
+        following = grammar.step(session[0], name)
+        if following == NOWHERE and name in SESSION_STARTS and grammar.step(
+            session[0], "teardown"
+        ) == NOWHERE:  # inside a standalone session that failed: a new one begins
+            following = grammar.step(grammar.start, name)
         if following == NOWHERE:
-            raise OrderError(name, session[1], FULL.expected(session[0]))
+            raise OrderError(name, session[1], grammar.expected(session[0]))
         session[0], session[1] = following, name
         self.depth.value = depth + 1
         try:

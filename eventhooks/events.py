@@ -58,8 +58,9 @@ class Event(Generic[P]):
         return (self.name, *self.aliases)
 
     def json_schema(self) -> dict[str, Any]:
-        """The JSON Schema of this event's payload, titled with the event's name."""
-        schema = self.payload.model_json_schema()
+        """The JSON Schema of this event's payload as written to JSON (an event log line's
+        ``payload``: ``rank`` and ``world_size`` included), titled with the event's name."""
+        schema = self.payload.model_json_schema(mode="serialization")
         schema["title"] = self.name
         if self.doc:
             schema["description"] = self.doc

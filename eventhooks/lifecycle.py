@@ -49,6 +49,7 @@ before it and what was allowed there.
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any, Self
@@ -65,6 +66,9 @@ __all__ = ["Export", "Prediction", "Run", "Validation"]
 Logs = Mapping[str, Any]
 
 _STEPS = FULL._steps  # position -> event -> next position, filled as they are met
+
+#: How many runs are open on each bus: a stop request is forgotten only by an outermost run.
+_OPEN_RUNS: weakref.WeakKeyDictionary[EventBus, int] = weakref.WeakKeyDictionary()
 
 #: What a moment needs emitted before it when the framework has no hook for it.
 _FILLS: dict[str, tuple[str, ...]] = {
@@ -172,9 +176,11 @@ class Run(_Session):
         params: Mapping[str, Any] | None = None,
         rank: int = 0,
         world_size: int = 1,
-        initial_epoch: int = 0,
+        initial_epoch: int | None = None,
     ) -> None:
         super().__init__(bus, source=source, params=params, rank=rank, world_size=world_size)
+        #: Where a resumed run starts; None when the framework does not say (epochs count
+        #: from 0 then, and ``on_train_start`` carries no epoch).
         self.initial_epoch = initial_epoch
         self.epoch: int | None = None  # the current (or last) epoch
         self.batch = -1  # the current batch of the epoch
@@ -185,13 +191,22 @@ class Run(_Session):
         self._epoch_open = False
         self._in_batch = False
         self._trained = False  # on_train_end emitted
+        self._opened = False
 
     # -- opening and closing -------------------------------------------------------------------
 
     def open(self) -> Run:
         """Open the run (``on_pretrain_routine_start``): what entering the ``with`` does, for
-        adapters whose framework calls them at the start and the end of a run."""
-        self.bus._forget_stop_request()
+        adapters whose framework calls them at the start and the end of a run. A run opens
+        once. An earlier run's stop request is forgotten here, unless another run is still
+        open on the bus (a run started by a subscriber leaves the outer run's request)."""
+        if self._opened:
+            raise RuntimeError("a Run opens once: make a new Run for another run")
+        self._opened = True
+        open_runs = _OPEN_RUNS.get(self.bus, 0)
+        if not open_runs:
+            self.bus._forget_stop_request()
+        _OPEN_RUNS[self.bus] = open_runs + 1
         try:
             self._emit(ev.on_pretrain_routine_start)
         except BaseException as error:
@@ -205,6 +220,8 @@ class Run(_Session):
         after the teardown that carries it."""
         if error is None and not self._closed:
             try:
+                if self._epoch_open and not self._in_batch:  # a `break` out of epochs()
+                    self.epoch_end(dict(self._batch_logs or {}))
                 if not self._trained:
                     self.train_end()
             except BaseException as failure:
@@ -238,6 +255,8 @@ class Run(_Session):
         if self._closed:
             return
         self._closed = True
+        if self._opened:
+            _OPEN_RUNS[self.bus] = _OPEN_RUNS.get(self.bus, 1) - 1
         ended = FULL.step(self._position, "teardown")
         (self._parent or self)._position = FULL.start if ended == NOWHERE else ended
         self._last = "teardown"
@@ -281,7 +300,7 @@ class Run(_Session):
     def epochs(self, epochs: int) -> Iterator[int]:
         """``initial_epoch`` up to ``epochs``, each opened with ``epoch_start``; an epoch the
         body leaves open is closed with its last logs. Ends early on a stop request."""
-        for epoch in range(self.initial_epoch, epochs):
+        for epoch in range(self.initial_epoch or 0, epochs):
             if self.stop_requested:
                 return
             self.epoch_start(epoch)
@@ -294,7 +313,7 @@ class Run(_Session):
     def epoch_start(self, epoch: int | None = None) -> None:
         """An epoch begins (the same epoch again, before it ended: a restart)."""
         if epoch is None:
-            epoch = self.initial_epoch if self.epoch is None else self.epoch + 1
+            epoch = (self.initial_epoch or 0) if self.epoch is None else self.epoch + 1
         if self._epoch_open and epoch != self.epoch:
             note = f"epoch {epoch} began before epoch {self.epoch} ended"
             raise OrderError("on_train_epoch_start", self._last, ["on_train_epoch_end"], note)
@@ -352,8 +371,6 @@ class Run(_Session):
     def validation(self, source: Any = None) -> Validation:
         """The epoch's validation (or one after the last epoch), as a ``with`` block.
         ``source``: what its payloads carry, if not the run's (a framework's validator)."""
-        if not self._allowed("on_val_start") and self._allowed("on_train_epoch_end"):
-            self._filler("on_train_epoch_end")
         return Validation(self.bus, parent=self, epoch=self.epoch, source=source)
 
     def model_save(self, path: str | os.PathLike[str], logs: Logs | None = None) -> None:
@@ -385,7 +402,12 @@ class Validation(_Session):
         self._ended = False
 
     def open(self) -> Validation:
-        """``on_val_start``: what entering the ``with`` does."""
+        """``on_val_start``: what entering the ``with`` does (inside a run, after filling in
+        ``on_train_epoch_end``)."""
+        run = self._parent
+        if isinstance(run, Run) and not run._allowed("on_val_start"):
+            if run._allowed("on_train_epoch_end"):
+                run._filler("on_train_epoch_end")
         self._emit(ev.on_val_start, epoch=self.epoch)
         return self
 

@@ -104,6 +104,14 @@ class RunContext:
         current = {name: getattr(self, name) for name in CONTEXT_FIELDS}
         return RunContext.check(**{**current, **changes})
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RunContext):
+            return NotImplemented
+        same_place = self.rank == other.rank and self.world_size == other.world_size
+        return same_place and self.source is other.source and self.params == other.params
+
+    __hash__ = None  # type: ignore[assignment]
+
     def __repr__(self) -> str:
         return f"<RunContext rank={self.rank}/{self.world_size} source={self.source!r}>"
 
@@ -161,6 +169,14 @@ class Payload(BaseModel):
             payload.__dict__["_context"] = context
             return payload
         return super().model_validate_json(json_data, **options)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal fields and the same run's facts (the same ``source``, equal ``params``...)."""
+        if not isinstance(other, Payload):
+            return NotImplemented
+        return bool(super().__eq__(other)) and self.context == other.context
+
+    __hash__ = None  # type: ignore[assignment]  # as pydantic's models: mutable, unhashable
 
     @property
     def context(self) -> RunContext:

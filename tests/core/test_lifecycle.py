@@ -292,8 +292,8 @@ def test_allows_says_whether_a_moment_may_come_now_without_filling_anything() ->
         run.batch_start()
         assert not run.allows("on_model_save") and run.allows("optimizer_step")
         run.batch_end()
-        assert not run.allows("on_model_save")  # it would need on_train_epoch_end first
-        assert run.allows("on_train_epoch_end")
+        assert run.allows("on_model_save")  # between batches: a checkpoint every N steps
+        assert run.allows("on_train_epoch_end") and not run.allows("on_val_end")
         with run.validation() as val:
             assert val.allows("on_val_batch_start") and not val.allows("on_model_save")
             val.end()
@@ -363,3 +363,128 @@ def test_restarts_as_ultralytics_makes_them_are_canonical() -> None:
     assert_canonical_order(rec.names)
     assert rec.names.count("on_train_epoch_start") == 3
     assert rec.names.count("on_fit_epoch_end") == 1
+
+
+# -- review findings (#11): each failed before its fix ---------------------------------------
+
+
+def test_a_nested_session_that_failed_does_not_jam_check_order() -> None:
+    bus, rec = recorded(check_order=True)
+
+    def failing_evaluate(payload: Any) -> None:
+        try:
+            with Validation(bus) as val:
+                val.batch_start()
+                raise ValueError("the evaluation failed; the subscriber handles it")
+        except ValueError:
+            pass
+
+    bus.on("on_fit_epoch_end")(failing_evaluate)
+    with Run(bus) as run:
+        for _ in run.epochs(2):
+            run.epoch_end({"loss": 1.0})
+    assert rec.names[-2:] == ["on_train_end", "teardown"]
+    with Run(bus) as run:  # the bus goes on
+        list(run.epochs(1))
+    assert rec.names.count("teardown") == 2
+
+
+def test_a_standalone_session_that_failed_is_over_when_the_next_begins() -> None:
+    bus, rec = recorded(check_order=True)
+    with pytest.raises(ZeroDivisionError):
+        with Prediction(bus) as predict:
+            predict.batch_start()
+            _ = 1 / 0
+    with Run(bus) as run:
+        list(run.epochs(1))
+    assert rec.names[-1] == "teardown"
+
+
+def test_check_order_on_the_events_an_adapter_emits() -> None:
+    bus = EventBus(check_order=["on_train_begin", "on_epoch_end", "on_train_end"])
+    bus.emit("on_train_begin")
+    bus.emit("on_epoch_end", epoch=0)
+    bus.emit("on_train_end")
+    with pytest.raises(OrderError):
+        bus.emit("on_epoch_end", epoch=1)
+
+
+def test_a_run_opens_once() -> None:
+    bus, rec = recorded()
+    run = Run(bus)
+    with run:
+        list(run.epochs(1))
+    with pytest.raises(RuntimeError, match="opens once"):
+        run.open()
+    assert rec.names.count("on_pretrain_routine_start") == 1
+
+
+def test_a_run_started_by_a_subscriber_keeps_the_outer_runs_stop_request() -> None:
+    bus, _ = recorded()
+
+    def stop_then_inner_run(payload: Any) -> None:
+        bus.request_stop("outer")
+        with Run(bus) as inner:
+            list(inner.epochs(1))
+
+    bus.on("on_fit_epoch_end")(stop_then_inner_run)
+    with Run(bus) as run:
+        epochs = list(run.epochs(3))
+    assert epochs == [0] and bus.stop_reason == "outer"
+
+
+def test_leaving_the_block_after_a_break_closes_the_epoch() -> None:
+    bus, rec = recorded(check_order=True)
+    with Run(bus) as run:
+        for _ in run.epochs(5):
+            run.batch_start()
+            run.batch_end({"loss": 0.5})
+            break
+    assert rec.names[-4:] == ["on_train_epoch_end", "on_fit_epoch_end", "on_train_end", "teardown"]
+    assert rec.payloads("on_fit_epoch_end")[0].logs == {"loss": 0.5}
+
+
+def test_a_run_whose_logs_do_not_validate_still_tears_down() -> None:
+    bus, rec = recorded()
+    bus.on("teardown")(lambda p: None)
+    with pytest.raises(PayloadError, match="logs"):
+        with Run(bus) as run:
+            for _ in run.epochs(1):
+                run.epoch_end({"loss": 0.5, "best_model": "x.pt"})  # nobody hears epochs
+    assert rec.names[-1] == "teardown"
+
+
+def test_a_validation_is_filled_in_when_it_opens_not_when_it_is_made() -> None:
+    bus, rec = recorded()
+    with Run(bus) as run:
+        run.epoch_start()
+        val = run.validation()
+        assert "on_train_epoch_end" not in rec.names
+        with val:
+            val.end()
+        run.epoch_end()
+    assert_canonical_order(rec.names)
+
+
+def test_an_unknown_first_epoch_is_none_at_train_start() -> None:
+    bus, rec = recorded()
+    with Run(bus) as run:  # Keras' callback does not know initial_epoch
+        list(run.epochs(1))
+    with Run(bus, initial_epoch=3) as run:
+        list(run.epochs(4))
+    assert [p.epoch for p in rec.payloads("on_train_start")] == [None, 3]
+
+
+def test_filters_counted_by_deliveries_are_never_starved_by_listening() -> None:
+    bus = EventBus()
+    heard: list[float] = []
+    bus.subscribe("on_params_update", lambda p: heard.append(p.hyperparams["lr"]), every=2)
+    with Run(bus) as run:
+        run.epoch_start()
+        for i in range(6):
+            run.batch_start()
+            if bus.listening("on_params_update", batch=run.batch, epoch=run.epoch):
+                run.params_update({"lr": float(i)})
+            run.batch_end()
+        run.epoch_end()
+    assert heard == [1.0, 3.0, 5.0]

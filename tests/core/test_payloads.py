@@ -182,3 +182,18 @@ def test_the_runs_facts_round_trip_and_cost_no_emit_anything() -> None:
     assert (again.rank, again.world_size) == (1, 4)
     with pytest.raises(PayloadError, match="rank"):
         type(payload).model_validate({"epoch": 0, "rank": -1})
+
+
+def test_payloads_from_other_ranks_or_trainers_are_not_equal() -> None:
+    event = registry.resolve("on_fit_epoch_end")
+    first, second = object(), object()
+    assert event.payload(epoch=0, rank=0) != event.payload(epoch=0, rank=1)
+    assert event.payload(epoch=0, source=first) != event.payload(epoch=0, source=second)
+    assert event.payload(epoch=0, source=first) == event.payload(epoch=0, source=first)
+
+
+def test_a_context_that_is_not_a_run_context_is_a_payload_error() -> None:
+    bus = EventBus()
+    bus.on("on_val_end")(lambda p: p.rank)
+    with pytest.raises(PayloadError, match="context"):
+        bus.emit("on_val_end", context="x")  # type: ignore[arg-type]

@@ -33,7 +33,7 @@ SAVE = L("on_model_save")
 START, TRAIN_END = L("on_train_epoch_start"), L("on_train_epoch_end")
 RESTART = f"{START}(?:{BATCH})*{L('on_train_batch_start')}?(?:{TRAIN_END}(?:{VAL})?)?"
 EPOCH = (
-    f"(?:{RESTART})*{START}(?:{BATCH})*{TRAIN_END}"
+    f"(?:{RESTART})*{START}(?:{BATCH}|{SAVE})*{TRAIN_END}{SAVE}*"
     f"(?:{VAL})?{SAVE}*{L('on_fit_epoch_end')}{SAVE}*{PARAMS}?"
 )
 FIT = (
@@ -98,7 +98,10 @@ def epoch(draw: st.DrawFn) -> list[str]:
             if draw(st.booleans()):
                 out += draw(val())
     out += ["on_train_epoch_start", *draw(batches())]
+    out += ["on_model_save"] * draw(st.integers(0, 1))  # a checkpoint every N batches
+    out += draw(batches())
     out.append("on_train_epoch_end")
+    out += ["on_model_save"] * draw(st.integers(0, 1))
     if draw(st.booleans()):
         out += draw(val())
     out += ["on_model_save"] * draw(st.integers(0, 1))

@@ -111,7 +111,9 @@ def test_same_subscribers_see_the_same_moments_in_the_same_order(
     assert set(keras_rec.names) == both
 
     def shared(trace: Trace) -> Trace:
-        return [entry for entry in trace if entry[0] in both]
+        # Keras does not tell a callback the run's first epoch at on_train_begin: None there.
+        return [(name, None, *rest) if name == "on_train_start" else (name, epoch, *rest)
+                for name, epoch, *rest in trace if name in both]  # fmt: skip
 
     # Same moments, same order, same epochs and batches, same logs keys.
     assert shared(keras_watch.seen) == shared(numpy_watch.seen)
