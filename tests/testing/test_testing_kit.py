@@ -29,8 +29,8 @@ ZERO, OPT, PARAMS = L("on_before_zero_grad"), L("optimizer_step"), L("on_params_
 # STEP* is any sequence of these three (each alone is a STEP): written as a character class,
 # with no alternatives to backtrack through. (Nested alternatives made a rare mutated trace
 # take exponential time in Python's regex engine: a test that hung.)
-STEPS = f"[{ZERO}{OPT}{PARAMS}]*"
-BATCH = f"{L('on_train_batch_start')}{STEPS}{L('on_train_batch_end')}"
+ANY_STEPS = f"[{ZERO}{OPT}{PARAMS}]*"
+BATCH = f"{L('on_train_batch_start')}{ANY_STEPS}{L('on_train_batch_end')}"
 VAL = f"{L('on_val_start')}(?:{L('on_val_batch_start')}{L('on_val_batch_end')})*{L('on_val_end')}"
 SAVE = L("on_model_save")
 START, TRAIN_END = L("on_train_epoch_start"), L("on_train_epoch_end")
