@@ -1231,3 +1231,38 @@ def test_numpy_like_priorities_are_numbers() -> None:
     bus = EventBus()
     sub = bus.subscribe("on_val_end", lambda p: None, priority=Fraction(3, 2))  # type: ignore[call-overload]
     assert sub.priority == 1.5 and type(sub.priority) is float
+
+
+def test_once_fires_once_under_threads() -> None:
+    import threading
+
+    bus = EventBus()
+    fired: list[int] = []
+    bus.subscribe("on_fit_epoch_end", lambda p: fired.append(p.epoch), once=3)
+    start = threading.Barrier(8)
+
+    def emit() -> None:
+        start.wait(10)
+        for _ in range(50):
+            bus.emit("on_fit_epoch_end", epoch=2)  # the 3rd epoch, from every thread at once
+
+    threads = [threading.Thread(target=emit) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert fired == [2]
+
+
+def test_ctrl_c_in_a_subscriber_stops_delivery_at_once() -> None:
+    bus = EventBus()
+    heard: list[str] = []
+
+    def interrupt(payload: Any) -> None:
+        raise KeyboardInterrupt
+
+    bus.on("on_val_end", priority=1)(interrupt)
+    bus.on("on_val_end")(lambda p: heard.append("later"))
+    with pytest.raises(KeyboardInterrupt):
+        bus.emit("on_val_end")
+    assert heard == []
