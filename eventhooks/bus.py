@@ -672,8 +672,10 @@ class EventBus:
             raise PayloadError.from_validation(
                 event, route.event.name, exc, payload=route.event.payload, fields=fields
             ) from exc
-        if context is not None or facts is not None:
-            payload.__dict__["_context"] = self._context_of(event, route.event, context, facts)
+        if context is not None or facts is not None:  # the lifecycle's, as is: checked once
+            payload.__dict__["_context"] = context if (
+                facts is None and type(context) is RunContext
+            ) else self._context_of(event, route.event, context, facts)
         try:
             for call in route.calls:
                 call(payload)
