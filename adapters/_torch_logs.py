@@ -4,16 +4,14 @@ A loss logged every batch is a tensor; turning it into a float (``.item()``) blo
 device has computed it. So logged tensors are only detached and kept; they become floats when
 a subscriber listens to a moment that carries them, or once per epoch. Also here: where this
 process sits in ``torch.distributed``, the averaging of logs and the agreement to stop across
-ranks, and the checkpoint file.
+ranks.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import zlib
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -169,24 +167,3 @@ def agree_to_stop(bus: EventBus, world_size: int) -> bool:
             bus.request_stop(PEER_STOP)
             stop = True
     return stop
-
-
-def write_checkpoint(
-    path: str | os.PathLike[str], model: torch.nn.Module,
-    optimizers: Sequence[torch.optim.Optimizer], epoch: int | None, logs: dict[str, float],
-) -> Path:  # fmt: skip
-    """Save ``{"model", "optimizer", "epoch", "logs"}`` (``optimizer`` a list if several)."""
-    target = Path(path)
-    states = [state_of(opt) for opt in optimizers]
-    state = {"model": state_of(model), "optimizer": states[0] if len(states) == 1 else states,
-             "epoch": epoch, "logs": dict(logs)}  # fmt: skip
-    partial = target.with_name(target.name + ".partial")
-    torch.save(state, partial)
-    os.replace(partial, target)  # a crash mid-save leaves the previous checkpoint intact
-    return target
-
-
-def state_of(obj: Any) -> Any:
-    """What a checkpoint saves of a model or optimizer (DDP's wrapper is looked through)."""
-    inner = getattr(obj, "module", obj) if isinstance(obj, torch.nn.Module) else obj
-    return inner.state_dict()

@@ -1,13 +1,8 @@
 """Events from a hand-written PyTorch loop: the user wraps what they have, the loop stays theirs.
 
-``with instrument(bus, optimizer, model=model) as run:`` opens a lifecycle run
-(:class:`eventhooks.lifecycle.Run`: the canonical order, the counters, the teardown);
-``run.epochs(n)``, ``run.batches(loader)`` and ``run.validation(loader)`` wrap the loop's
-iterables and tell the lifecycle where the loop is; ``run.log(loss=loss)`` hands over metrics
-(tensors stay tensors until someone listens, or the epoch ends). The optimizer's own hooks give
-the step moments; a hyper-parameter change is announced at the end of the batch that made it,
-or between the epochs. Under ``torch.distributed`` the run carries ``rank``/``world_size``,
-``sync_logs=True`` averages epoch logs over the ranks, and a stop asked on any rank stops all.
+:class:`Run` tells the lifecycle (:class:`eventhooks.lifecycle.Run`: the order, the counters,
+the teardown) where the loop is, from the iterables it wraps, and what the optimizer did, from
+its hooks (:mod:`._torch_optim`). Usage: :mod:`eventhooks.adapters.torch` and the README.
 """
 
 from __future__ import annotations
@@ -22,16 +17,8 @@ import torch
 from eventhooks import EventBus, events
 from eventhooks import lifecycle as lc
 
-from ._torch_logs import (
-    PEER_STOP,
-    Means,
-    agree_to_stop,
-    average,
-    state_of,
-    to_floats,
-    where,
-    write_checkpoint,
-)  # fmt: skip
+from ._torch_io import Checkpoints
+from ._torch_logs import PEER_STOP, Means, agree_to_stop, average, to_floats, where
 from ._torch_optim import OptimizerWatch, as_optimizers, hyperparams
 
 __all__ = ["PEER_STOP", "Run", "instrument"]
@@ -39,21 +26,16 @@ __all__ = ["PEER_STOP", "Run", "instrument"]
 _PARAMS, _BATCH_END, _VAL_BATCH_END = (
     events.on_params_update, events.on_train_batch_end, events.on_val_batch_end,
 )  # fmt: skip
-
+_PICKLED = ("bus", "optimizers", "model", "checkpoint_dir", "sync_logs")
 T = TypeVar("T")
 
 
-class Run:
+class Run(Checkpoints):
     """One instrumented training run. Build it with :func:`instrument`; use it with ``with``.
 
-    ``optimizer`` (one or several) is watched for steps, ``zero_grad`` calls and changes of
-    its hyper-parameters. ``model`` is needed only for checkpoints (``checkpoint_dir=`` saves
-    ``last.pt`` at every epoch end, before ``on_fit_epoch_end``). ``sync_logs=True`` averages
-    epoch logs over the ranks of ``torch.distributed``.
-
-    Payloads carry the run as ``source`` (``payload.source.model``, ``.optimizers``,
-    ``.epoch``...) and the run's ``params`` (``epochs``, ``steps`` where known). A run can be
-    used again (``with run:`` twice): each use starts with fresh ``params`` and logs.
+    Payloads carry the run as ``source`` (``.model``, ``.optimizers``, ``.epoch``...) and its
+    ``params``. A run can be used again: each ``with run:`` starts with fresh params and logs.
+    Checkpoints and weights: :class:`._torch_io.Checkpoints`.
     """
 
     def __init__(
@@ -72,16 +54,17 @@ class Run:
         self.bus, self.optimizers, self.model = bus, as_optimizers(optimizer), model
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.sync_logs = sync_logs
-        #: Totals for progress bars; set before the first ``with run:`` they are that run's.
-        self.params: dict[str, Any] = {}
+        self.params: dict[str, Any] = {}  #: totals for progress bars (``epochs``, ``steps``)
         self.rank, self.world_size = 0, 1
         self._life: lc.Run | None = None  # the lifecycle of the current (or last) use
         self._val: lc.Validation | None = None  # the validation in progress
         self._watch: OptimizerWatch | None = None
-        self._pending: int | None = None  # an epoch the loop began, not announced yet
         self._seen: dict[str, float] = {}  # hyper-parameters last announced
-        #: Logs of the last finished epoch (train metrics, ``val_`` metrics, epoch-level logs)
-        #: and every finished epoch's, by name.
+        self._fresh_run()
+
+    def _fresh_run(self) -> None:
+        self._pending: int | None = None  # an epoch the loop began, not announced yet
+        #: The last finished epoch's logs (train, ``val_`` and epoch-level), and every epoch's.
         self.logs: dict[str, float] = {}
         self.history: dict[str, list[float]] = {}
         self._run_extra: dict[str, float] = {}
@@ -94,13 +77,10 @@ class Run:
         self.val_logs: dict[str, float] = {}
         self._epoch_extra: dict[str, float] = {}
 
-    # -- pickling: a run crosses a process boundary before it starts, never while it runs ----
-
     def __getstate__(self) -> dict[str, Any]:
         if self.active:
             raise TypeError("an active Run cannot be pickled: pickle it before `with run:`")
-        keep = ("bus", "optimizers", "model", "checkpoint_dir", "sync_logs")
-        return {name: self.__dict__[name] for name in keep}
+        return {name: self.__dict__[name] for name in _PICKLED}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         Run.__init__(self, state.pop("bus"), state.pop("optimizers"), **state)
@@ -113,13 +93,12 @@ class Run:
         if self._life is not None:  # a new dict: a reused run's totals are not the last run's
             self.params = {}
         self.rank, self.world_size = where()
-        self._pending, self.logs, self.history, self._run_extra = None, {}, {}, {}
-        self._fresh_epoch()
+        self._fresh_run()
         life = self._life = lc.Run(self.bus, source=self, params=self.params, rank=self.rank,
                                    world_size=self.world_size)  # fmt: skip
         life.open()  # on_pretrain_routine_start (a failure there ends the run itself)
         try:
-            self._watch = OptimizerWatch(self.optimizers, self)
+            self._watch = OptimizerWatch(self.optimizers, self._after_step, self._before_zero_grad)
             self._seen = hyperparams(self.optimizers)
             if self.checkpoint_dir is not None and self.rank == 0:
                 self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -135,7 +114,7 @@ class Run:
             return
         try:
             if exc is None:
-                if self._pending is not None or life.in_epoch:  # a `break` out of the epochs
+                if self._in_epoch:  # a `break` out of the epochs
                     self._end_epoch()
                 self._check_params()
                 life.train_end({**self.logs, **self._run_extra})
@@ -157,14 +136,13 @@ class Run:
             self.params.update(totals)
             self._require_active("epochs").update(params=dict(self.params))
 
+    def _synced(self, logs: dict[str, float], moment: str) -> dict[str, float]:
+        return average(logs, self.world_size, moment) if self.sync_logs else logs
+
     # -- epochs ---------------------------------------------------------------------------------
 
     def epochs(self, epochs: int | Iterable[int]) -> Iterator[int]:
-        """Wrap the epoch loop: ``for epoch in run.epochs(10)`` (or ``range(5, 10)`` to resume).
-
-        Stops yielding when a stop was requested; the epoch's end moments (validation closed,
-        checkpoint, ``on_fit_epoch_end``) are emitted when the loop asks for the next epoch.
-        """
+        """Wrap the epoch loop: ``for epoch in run.epochs(10)`` (or ``range(5, 10)`` to resume)."""
         life = self._require_active("epochs")
         if isinstance(epochs, int):
             epochs = range(epochs)
@@ -184,12 +162,11 @@ class Run:
             self._pending = epoch
             self._fresh_epoch()
             yield epoch
-            self._end_epoch()
+            self._end_epoch()  # when the loop asks for the next epoch
 
     def _announce(self) -> None:
-        """``on_train_epoch_start``, deferred from the epoch's first line to its first loop
-        (or its end), so that ``params["steps"]`` already counts the batches of the loader.
-        A hyper-parameter changed since the last epoch ended is announced just before."""
+        """``on_train_epoch_start``, deferred to the epoch's first loop (or its end) so that
+        ``params["steps"]`` counts the loader's batches; a pending hyper-parameter change first."""
         if self._pending is not None:
             epoch, self._pending = self._pending, None
             self._check_params()
@@ -198,28 +175,21 @@ class Run:
     def _end_epoch(self) -> None:
         self._close_train()
         self._close_val()
-        extra = self._epoch_extra
-        if self.sync_logs:
-            extra = average(extra, self.world_size, "on_fit_epoch_end")
-        logs = {**self.train_logs, **{_val_name(k): v for k, v in self.val_logs.items()}}
-        self.logs = logs = {**logs, **extra}
+        val = {k if k.startswith("val_") else f"val_{k}": v for k, v in self.val_logs.items()}
+        extra = self._synced(self._epoch_extra, "on_fit_epoch_end")
+        self.logs = logs = {**self.train_logs, **val, **extra}
         for name, value in logs.items():
             self.history.setdefault(name, []).append(value)
         if self.checkpoint_dir is not None:
             self._save(self.checkpoint_dir / "last.pt", the_runs=True)
         self._require_active("epochs").epoch_end(logs)
 
-    # -- training batches -----------------------------------------------------------------------
+    # -- batches --------------------------------------------------------------------------------
 
     def batches(self, loader: Iterable[T]) -> Iterator[T]:
-        """Wrap the batch loop of an epoch: ``for x, y in run.batches(train_loader)``.
-
-        Emits batch begin/end around each item and ``on_train_epoch_end`` when the loader is
-        exhausted. A stop request ends it after the current batch (under torch.distributed,
-        at the end of the epoch, when all ranks agree).
-        """
+        """Wrap the batch loop of an epoch: ``for x, y in run.batches(train_loader)``."""
         life = self._require_active("batches")
-        if self._pending is None and not life.in_epoch:
+        if not self._in_epoch:
             raise RuntimeError("run.batches() must be inside `for epoch in run.epochs(...)`")
         if self._pending is None and not life.allows(events.on_train_batch_start):
             raise RuntimeError("run.batches(): this epoch's training part has already ended")
@@ -229,49 +199,39 @@ class Run:
         return self._batch_loop(life, loader)
 
     def _batch_loop(self, life: lc.Run, loader: Iterable[T]) -> Iterator[T]:
-        bus = self.bus
         local_stop = self.world_size == 1  # under DDP the ranks agree at the epoch's end
-        if not (local_stop and bus.stop_requested):
+        if not (local_stop and self.bus.stop_requested):
             for item in loader:
                 life.batch_start()
                 yield item
-                self._end_batch(life)
-                if local_stop and bus.stop_requested:
+                self._end_batch(life, self._train_means, _BATCH_END)
+                if local_stop and self.bus.stop_requested:
                     break
         self._close_train()
 
-    def _end_batch(self, life: lc.Run) -> None:
-        if self.bus.listening(_PARAMS):
-            self._check_params()
-        if self.bus.listening(_BATCH_END, batch=life.batch, epoch=life.epoch):
-            life.batch_end(self._train_means.floats())  # the .item()s: only for a listener
+    def _end_batch(self, session: lc.Run | lc.Validation, means: Means, event: Any) -> None:
+        if isinstance(session, lc.Run):
+            self._check_params()  # a change made in the batch is announced at its end
+        if self.bus.listening(event, batch=session.batch, epoch=session.epoch):
+            session.batch_end(means.floats())  # the .item()s: only for a listener
         else:
-            life.batch_end()
+            session.batch_end()
 
     def _close_train(self) -> None:
         life = self._require_active("batches")
         self._announce()
         if life.in_batch:  # the user broke out of the batch loop: the batch ended anyway
-            self._end_batch(life)
+            self._end_batch(life, self._train_means, _BATCH_END)
         if life.allows(events.on_train_epoch_end):
-            logs = self._train_means.floats()
-            if self.sync_logs:
-                logs = average(logs, self.world_size, "on_train_epoch_end")
-            self.train_logs = logs
-            life.train_epoch_end(logs)
-
-    # -- validation -------------------------------------------------------------------------------
+            self.train_logs = self._synced(self._train_means.floats(), "on_train_epoch_end")
+            life.train_epoch_end(self.train_logs)
 
     def validation(self, loader: Iterable[T]) -> Iterator[T]:
-        """Wrap a validation loop: ``for x, y in run.validation(val_loader)``.
-
-        Inside an epoch it closes the training part first (``on_train_epoch_end``). Metrics
-        logged in its batches become ``val_<name>`` in the epoch logs. After the last epoch it
-        is the run's final validation; on a run that is not active, an evaluation on its own.
-        """
+        """Wrap a validation loop: ``for x, y in run.validation(val_loader)``; outside a run,
+        an evaluation of its own."""
         life = self._life
         if life is not None and not life.closed:
-            if self._pending is not None or life.in_epoch:
+            if self._in_epoch:
                 self._close_train()
                 self._close_val()
             else:
@@ -289,37 +249,22 @@ class Run:
         for item in loader:
             session.batch_start()
             yield item
-            self._end_val_batch(session)
+            self._end_batch(session, self._val_means, _VAL_BATCH_END)
         self._close_val()
-
-    def _end_val_batch(self, session: lc.Validation) -> None:
-        if self.bus.listening(_VAL_BATCH_END, batch=session.batch, epoch=session.epoch):
-            session.batch_end(self._val_means.floats())
-        else:
-            session.batch_end()
 
     def _close_val(self) -> None:
         session, self._val = self._val, None
         if session is None:
             return
         if session.allows(_VAL_BATCH_END):  # the user broke out of the validation loop
-            self._end_val_batch(session)
-        logs = self._val_means.floats()
-        if self.sync_logs:
-            logs = average(logs, self.world_size, "on_val_end")
-        self.val_logs = logs
-        session.end(logs)
+            self._end_batch(session, self._val_means, _VAL_BATCH_END)
+        self.val_logs = self._synced(self._val_means.floats(), "on_val_end")
+        session.end(self.val_logs)
 
-    # -- metrics, hyper-parameters, checkpoints ---------------------------------------------------
+    # -- metrics and hyper-parameters -------------------------------------------------------------
 
     def log(self, **metrics: object) -> None:
-        """Hand over metrics: ``run.log(loss=loss, accuracy=acc)``; scalar tensors are fine.
-
-        In a training batch they are averaged over the epoch (batch logs show the running
-        mean); in a validation batch, the same, named ``val_<name>`` in the epoch logs; in the
-        epoch outside batches (``run.log(val_auc=auc)`` after validation), taken as they are;
-        outside epochs, added to ``on_train_end``'s logs.
-        """
+        """Hand over metrics: ``run.log(loss=loss, accuracy=acc)``; scalar tensors are fine."""
         life = self._life
         if self._val is not None:
             self._val_means.add(metrics)
@@ -327,14 +272,13 @@ class Run:
             raise RuntimeError("run.log() outside the run: use it inside `with run:`")
         elif life.in_batch:
             self._train_means.add(metrics)
-        elif self._pending is not None or life.in_epoch:
+        elif self._in_epoch:
             self._epoch_extra.update(to_floats(metrics))
         else:
             self._run_extra.update(to_floats(metrics))
 
     def _check_params(self) -> None:
-        """Announce the hyper-parameters changed since last seen, where the order has room:
-        at the end of the batch that changed them, or between epochs."""
+        """Announce the hyper-parameters changed since last seen, if the order has room here."""
         life = self._life
         if life is None or not self.bus.listening(_PARAMS) or not life.allows(_PARAMS):
             return
@@ -345,73 +289,27 @@ class Run:
             rates = {k: v for k, v in now.items() if k == "lr" or k.startswith("lr/")}
             life.params_update({**rates, **changed})
 
-    def checkpoint(self, path: str | os.PathLike[str]) -> Path | None:
-        """Save ``{"model", "optimizer", "epoch", "logs"}`` state dicts and emit on_model_save.
+    # -- the optimizer's hooks: moments inside training batches only, a step counted anywhere
 
-        Under torch.distributed only rank 0 writes (and emits); other ranks return None.
-        ``optimizer`` is a list when the run has several. Inside the run, a save after the
-        epoch's validation or after ``on_fit_epoch_end`` (a ``ModelCheckpoint``, a final save
-        after the loop) is the run's ``on_model_save``; one anywhere else (every N batches,
-        before the validation) is a save of its own, as outside any run: the run goes on.
-        """
-        life = self._life if self.active else None
-        runs = life is not None and life.allows(events.on_model_save) and not (
-            life.allows(events.on_val_start) and life.allows(events.on_fit_epoch_end)
-        )  # a save between training and validation would leave the validation no room
-        return self._save(path, runs)
+    def _after_step(self) -> None:
+        if self._life is not None and self._life.in_batch:
+            self._life.optimizer_step()
+        elif self._life is not None:
+            self._life.step += 1
 
-    def _save(self, path: str | os.PathLike[str], the_runs: bool) -> Path | None:
-        if self.model is None:
-            raise ValueError("run.checkpoint() needs the run's model= (its state_dict is saved)")
-        if self.rank != 0:
-            return None
-        target = write_checkpoint(path, self.model, self.optimizers, self.epoch, self.logs)
-        if the_runs and self._life is not None:
-            self._life.model_save(target, self.logs)
-        elif self.bus.listening(events.on_model_save):  # a save of its own
-            self.bus.emit(events.on_model_save, path=target, epoch=self.epoch, logs=self.logs,
-                          source=self, rank=self.rank, world_size=self.world_size)  # fmt: skip
-        return target
-
-    # -- the trainer API built-in subscribers use (EarlyStopping, ModelCheckpoint) ----------------
-
-    def save(self, path: str | os.PathLike[str]) -> Path | None:
-        """Same as :meth:`checkpoint`: what ``ModelCheckpoint`` calls on ``payload.source``."""
-        return self.checkpoint(path)
-
-    def get_weights(self) -> dict[str, torch.Tensor]:
-        """A snapshot of the model's state_dict that later training cannot change."""
-        if self.model is None:
-            raise ValueError("run.get_weights() needs the run's model=")
-        return {k: v.detach().clone() for k, v in state_of(self.model).items()}
-
-    def set_weights(self, weights: dict[str, torch.Tensor]) -> None:
-        """Load a state_dict (from :meth:`get_weights`) into the model."""
-        if self.model is None:
-            raise ValueError("run.set_weights() needs the run's model=")
-        getattr(self.model, "module", self.model).load_state_dict(weights)
-
-    # -- optimizer moments, from the hooks of _torch_optim: emitted inside training batches only,
-    # -- where the order has them (a zero_grad() at the top of an epoch is not emitted; a step
-    # -- there is counted)
-
-    def _after_step(self, index: int) -> None:
-        life = self._life
-        if life is not None and life.in_batch:
-            life.optimizer_step()
-        elif life is not None:
-            life.step += 1
-
-    def _before_zero_grad(self, index: int) -> None:
-        life = self._life
-        if life is not None and life.in_batch:
-            life.zero_grad()
+    def _before_zero_grad(self) -> None:
+        if self._life is not None and self._life.in_batch:
+            self._life.zero_grad()
 
     # -- state -------------------------------------------------------------------------------
 
     @property
     def active(self) -> bool:
         return self._life is not None and not self._life.closed
+
+    @property
+    def _in_epoch(self) -> bool:  # an epoch began (announced or not) and has not ended
+        return self._pending is not None or (self._life is not None and self._life.in_epoch)
 
     @property
     def epoch(self) -> int | None:
@@ -443,10 +341,6 @@ class Run:
     def __repr__(self) -> str:
         state = "active" if self.active else "idle"
         return f"<eventhooks torch Run {state} epoch={self.epoch} steps={self.steps}>"
-
-
-def _val_name(name: str) -> str:
-    return name if name.startswith("val_") else f"val_{name}"
 
 
 def instrument(
