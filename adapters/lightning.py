@@ -1,0 +1,368 @@
+"""PyTorch Lightning adapter: ``Trainer(callbacks=[LightningCallback(bus)])``.
+
+Lightning's hooks translated onto :mod:`eventhooks.lifecycle`, which keeps the canonical order,
+the counters, the stop requests and the one ``teardown``. Importing this module imports
+Lightning; nothing else in eventhooks does.
+
+==============================================  ===============================================
+Lightning                                       lifecycle
+==============================================  ===============================================
+``setup(stage="fit")``                          open a :class:`Run` (``on_pretrain_routine_start``)
+sanity-check validation                         nothing (not an epoch's validation; it learns
+                                                which metrics are validation metrics)
+``on_train_start``                              ``ready`` (params now known), ``train_start``
+``on_train_epoch_start``                        checkpoints written since (``model_save``), a
+                                                learning-rate change, ``epoch_start``
+``on_train_batch_start`` / ``_end``             ``batch_start`` / ``batch_end`` (``loss`` and
+                                                the module's step metrics, as floats)
+``on_before_zero_grad``                         ``zero_grad``
+``on_before_optimizer_step``                    ``optimizer_step`` (``step`` counts these: an
+                                                accumulating batch has none)
+first non-sanity ``on_validation_start``        ``train_epoch_end`` (training metrics), then
+                                                ``run.validation()`` (``val_*`` metrics)
+``on_train_epoch_end``                          ``train_epoch_end`` if no validation ran,
+                                                checkpoints written at ``on_validation_end``,
+                                                ``epoch_end`` (training and ``val_*`` metrics)
+``on_train_end``                                last checkpoints, ``train_end``
+``teardown(stage="fit")``                       ``teardown``
+``on_exception``                                ``teardown`` carrying the error
+``trainer.validate`` / ``test`` / ``predict``   a :class:`Validation` / :class:`Prediction`
+==============================================  ===============================================
+
+``ModelCheckpoint`` is always moved last by Lightning and writes in its own
+``on_train_epoch_end``, after ours: its file is reported (``on_model_save``, with the path) at
+the next hook of ours, once it exists (the next epoch's start, or ``on_train_end``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from eventhooks import EventBus
+from eventhooks import events as ev
+from eventhooks.lifecycle import Prediction, Run, Validation
+
+__all__ = ["LightningCallback"]
+
+
+def _float(value: Any) -> float | None:
+    try:
+        number = float(value.item() if hasattr(value, "item") else value)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    return number
+
+
+def _floats(metrics: Mapping[str, Any]) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        number = _float(value)
+        if number is not None:
+            out[key] = number
+    return out
+
+
+def _val_name(key: str) -> str:
+    if key.startswith("val_"):
+        return key
+    return "val_" + (key[4:] if key.startswith("val/") else key)
+
+
+def _context(trainer: pl.Trainer) -> dict[str, Any]:
+    return {"source": trainer, "rank": trainer.global_rank, "world_size": trainer.world_size}
+
+
+class LightningCallback(pl.Callback):
+    """Emits Lightning's moments on ``bus``: ``Trainer(callbacks=[LightningCallback(bus)])``.
+
+    ``fit`` is a run: payloads carry the ``Trainer`` as ``source``, its ``global_rank`` and
+    ``world_size``, and ``params`` (``epochs``/``max_epochs``, ``steps``/``steps_per_epoch``
+    when the loader has a length, ``accumulate_grad_batches``). ``bus.request_stop()`` sets
+    ``trainer.should_stop`` (which Lightning ignores before ``min_epochs``). Any failure of the
+    fit reaches ``teardown`` through Lightning's ``on_exception``; Lightning re-raises it.
+    """
+
+    def __init__(self, bus: EventBus) -> None:
+        super().__init__()
+        if not isinstance(bus, EventBus):
+            raise TypeError(f"LightningCallback needs an eventhooks.EventBus, got {bus!r}")
+        self.bus = bus
+        self.run: Run | None = None  # the fit in progress
+        self._val: Validation | None = None
+        self._predict: Prediction | None = None
+        self._val_keys: set[str] = set()  # metric names that validation logs
+        self._before_val: dict[str, Any] = {}
+        self._saved: dict[str, int] = {}  # checkpoint path -> mtime reported
+        self._lrs: dict[str, float] = {}
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _live(self) -> Run | None:
+        run = self.run
+        return run if run is not None and not run.closed else None
+
+    def _check_stop(self, trainer: pl.Trainer) -> None:
+        if self.bus.stop_requested and self._live() is not None:
+            trainer.should_stop = True
+
+    def _train_logs(self, trainer: pl.Trainer) -> dict[str, float]:
+        logs = _floats({k: v for k, v in trainer.callback_metrics.items()
+                        if k not in self._val_keys})  # fmt: skip
+        if "loss" not in logs:
+            for alias in ("train_loss", "train/loss"):
+                if alias in logs:
+                    logs["loss"] = logs[alias]
+                    break
+        return logs
+
+    def _learn_val_keys(self, trainer: pl.Trainer) -> None:
+        """At a validation's end: the names of what it logged, as ``callback_metrics`` has
+        them (``name``, ``name_epoch``...), from the validation loop's own results."""
+        metrics = trainer.callback_metrics
+        results: Any = getattr(trainer, "_results", None)
+        try:
+            logged = set(results.metrics(False)["callback"])
+        except (AttributeError, KeyError, TypeError):  # another Lightning: what changed
+            before = self._before_val
+            logged = {k for k, v in metrics.items()
+                      if k not in before or _float(before[k]) != _float(v)}  # fmt: skip
+        self._val_keys |= logged
+
+    def _val_logs(self, trainer: pl.Trainer, fit: bool) -> dict[str, float]:
+        metrics = trainer.callback_metrics
+        logs = _floats({k: v for k, v in metrics.items() if k in self._val_keys})
+        return {_val_name(k): v for k, v in logs.items()} if fit else logs
+
+    def _epoch_logs(self, trainer: pl.Trainer) -> dict[str, float]:
+        logs = self._train_logs(trainer)
+        val = self._val_logs(trainer, fit=True) if self._val_keys else {}
+        return {**logs, **val}
+
+    def _report_saves(self, trainer: pl.Trainer) -> None:
+        """``on_model_save`` for each ModelCheckpoint file written since the last look."""
+        run = self._live()
+        if run is None or not self.bus.listening(ev.on_model_save, epoch=run.epoch):
+            return
+        for callback in trainer.checkpoint_callbacks:
+            if not isinstance(callback, ModelCheckpoint):
+                continue
+            paths = {*callback.best_k_models, callback.best_model_path, callback.last_model_path}
+            for path in sorted(p for p in paths if p):
+                try:
+                    mtime = os.stat(path).st_mtime_ns
+                except OSError:
+                    continue
+                if self._saved.get(path) != mtime:
+                    self._saved[path] = mtime
+                    run.model_save(path, run.logs)
+
+    def _learning_rates(self, trainer: pl.Trainer) -> dict[str, float]:
+        groups = [g for opt in trainer.optimizers for g in opt.param_groups]
+        rates = [_float(g.get("lr")) for g in groups]
+        if len(rates) == 1:
+            return {"lr": rates[0]} if rates[0] is not None else {}
+        return {f"lr_{i}": r for i, r in enumerate(rates) if r is not None}
+
+    def _lr_changed(self, trainer: pl.Trainer, run: Run) -> None:
+        if not self.bus.listening(ev.on_params_update):
+            return
+        rates = self._learning_rates(trainer)
+        if rates != self._lrs:
+            self._lrs = rates
+            run.params_update(rates)
+
+    # -- fit ----------------------------------------------------------------------------------
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._val_keys, self._saved, self._lrs = set(), {}, {}
+            self._val = None
+            self.run = Run(self.bus, **_context(trainer))
+            self.run.open()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if (run := self._live()) is None:
+            return
+        params: dict[str, Any] = {
+            "epochs": trainer.max_epochs, "max_epochs": trainer.max_epochs,
+            "accumulate_grad_batches": trainer.accumulate_grad_batches,
+        }  # fmt: skip
+        batches = trainer.num_training_batches
+        if isinstance(batches, int) or (isinstance(batches, float) and math.isfinite(batches)):
+            params["steps"] = params["steps_per_epoch"] = int(batches)
+        run.initial_epoch = trainer.current_epoch
+        run.ready(params=params)
+        run.train_start()
+        self._lrs = self._learning_rates(trainer)
+        self._check_stop(trainer)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if (run := self._live()) is None:
+            return
+        self._report_saves(trainer)
+        if run.epoch is not None:
+            self._lr_changed(trainer, run)
+        run.epoch_start(trainer.current_epoch)
+        self._check_stop(trainer)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if (run := self._live()) is None:
+            return
+        if trainer.checkpoint_callbacks:  # a checkpoint every N training steps
+            self._report_saves(trainer)
+        run.batch_start(batch_idx)
+        self._lr_changed(trainer, run)  # a step-wise scheduler stepped after the last batch
+
+    def on_before_zero_grad(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
+    ) -> None:
+        if (run := self._live()) is not None and run.in_batch:
+            run.zero_grad()
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
+    ) -> None:
+        if (run := self._live()) is not None and run.in_batch:
+            run.optimizer_step()
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int,
+    ) -> None:  # fmt: skip
+        if (run := self._live()) is None:
+            return
+        logs = None
+        if run.hears(ev.on_train_batch_end):
+            logs = self._train_logs(trainer)
+            loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+            if (number := _float(loss)) is not None:
+                logs["loss"] = number
+        run.batch_end(logs)
+        self._check_stop(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if (run := self._live()) is None or not run.in_epoch:
+            return
+        if run.allows(ev.on_train_epoch_end):  # this epoch did not validate
+            run.train_epoch_end(self._train_logs(trainer))
+        self._report_saves(trainer)  # saved at on_validation_end (validation every n epochs)
+        run.epoch_end(self._epoch_logs(trainer))
+        self._check_stop(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if (run := self._live()) is None:
+            return
+        self._report_saves(trainer)
+        run.train_end()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit" and (run := self._live()) is not None:
+            run.finish()
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._val = self._predict = None
+        if (run := self._live()) is not None:
+            run.close(exception)
+
+    # -- validation, test and predict ---------------------------------------------------------
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._before_val = dict(trainer.callback_metrics)
+        if trainer.sanity_checking:
+            return
+        run = self._live()
+        if run is not None and run.in_epoch:  # the epoch's validation: its training part ended
+            if run.allows(ev.on_train_epoch_end):
+                run.train_epoch_end(self._train_logs(trainer))
+            self._report_saves(trainer)
+            self._val = run.validation()
+        elif run is None:  # trainer.validate: a session of its own, metrics as logged
+            self._val_keys = set()
+            self._val = Validation(self.bus, **_context(trainer))
+        else:
+            return  # a validation outside the run's epochs: not reported
+        self._val.open()
+        self._check_stop(trainer)
+
+    def on_validation_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:  # fmt: skip
+        if self._val is not None:
+            self._val.batch_start()
+
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int, dataloader_idx: int = 0,
+    ) -> None:  # fmt: skip
+        if self._val is not None:
+            logs = None
+            if self.bus.listening(ev.on_val_batch_end, batch=self._val.batch):
+                logs = _floats(outputs) if isinstance(outputs, Mapping) else {}
+                if not isinstance(outputs, Mapping) and (number := _float(outputs)) is not None:
+                    logs["loss"] = number
+            self._val.batch_end(logs)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._learn_val_keys(trainer)
+        if trainer.sanity_checking:
+            return
+        val, self._val = self._val, None
+        if val is not None:
+            val.end(self._val_logs(trainer, fit=self._live() is not None))
+            self._check_stop(trainer)
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._before_val, self._val_keys = dict(trainer.callback_metrics), set()
+        self._val = Validation(self.bus, **_context(trainer)).open()
+
+    def on_test_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:  # fmt: skip
+        self.on_validation_batch_start(trainer, pl_module, batch, batch_idx, dataloader_idx)
+
+    def on_test_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int, dataloader_idx: int = 0,
+    ) -> None:  # fmt: skip
+        self.on_validation_batch_end(trainer, pl_module, outputs, batch, batch_idx,
+                                     dataloader_idx)  # fmt: skip
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._learn_val_keys(trainer)
+        val, self._val = self._val, None
+        if val is not None:
+            val.end(self._val_logs(trainer, fit=False))
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._predict = Prediction(self.bus, **_context(trainer)).open()
+
+    def on_predict_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:  # fmt: skip
+        if self._predict is not None:
+            self._predict.batch_start()
+
+    def on_predict_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int, dataloader_idx: int = 0,
+    ) -> None:  # fmt: skip
+        if self._predict is not None:
+            self._predict.batch_end(outputs)
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        predict, self._predict = self._predict, None
+        if predict is not None:
+            predict.end()

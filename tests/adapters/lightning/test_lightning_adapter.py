@@ -1,0 +1,351 @@
+"""LightningCallback under real Lightning 2.6.6: fit, validate, test and predict on CPU, offline.
+
+A tiny LightningModule on random tensors; every Trainer writes under ``tmp_path`` only
+(``default_root_dir``, ``logger=False``) and every test runs under a network guard.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from eventhooks import EventBus, SubscriberError
+from eventhooks.adapters.lightning import LightningCallback
+from eventhooks.callbacks import CSVLogger, EarlyStopping, History
+from eventhooks.testing import Recorder, assert_canonical_order, check_adapter
+
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+warnings.filterwarnings("ignore", ".*LeafSpec.*")
+warnings.filterwarnings("ignore", ".*is deprecated.*", category=DeprecationWarning)
+
+FEATURES = 4
+
+
+class NetworkAttempt(OSError):
+    """Raised instead of opening a connection or resolving a name."""
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Every connection or name lookup fails the test (and is recorded)."""
+    attempts: list[str] = []
+
+    def refuse(what: str) -> Callable[..., Any]:
+        def refused(*args: Any, **kwargs: Any) -> Any:
+            attempts.append(what)
+            raise NetworkAttempt(f"network access attempted during a test: {what}")
+
+        return refused
+
+    for name in ("connect", "connect_ex"):
+        monkeypatch.setattr(socket.socket, name, refuse(f"socket.{name}"))
+    for name in ("create_connection", "getaddrinfo"):
+        monkeypatch.setattr(socket, name, refuse(name))
+    yield attempts
+    assert not attempts, f"network access attempted: {attempts}"
+
+
+@pytest.fixture(autouse=True)
+def nothing_in_cwd(tmp_path_factory: pytest.TempPathFactory,
+                   monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:  # fmt: skip
+    """Nothing is written into the working directory (an empty folder of its own here)."""
+    cwd = tmp_path_factory.mktemp("cwd")
+    monkeypatch.chdir(cwd)
+    yield
+    assert not os.listdir(cwd), f"written into the working directory: {os.listdir(cwd)}"
+
+
+class Tiny(pl.LightningModule):
+    """A linear regression; logs ``loss`` (or ``train_loss``) and ``val_loss``."""
+
+    def __init__(
+        self, *, fail_at: int | None = None, train_name: str = "loss", scheduler: bool = False
+    ) -> None:
+        super().__init__()
+        self.layer = nn.Linear(FEATURES, 1)
+        self.fail_at = fail_at
+        self.train_name = train_name
+        self.scheduler = scheduler
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.layer(x)
+        return out
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.calls += 1
+        if self.fail_at is not None and self.calls > self.fail_at:
+            raise ValueError("training_step broke")
+        x, y = batch
+        loss = nn.functional.mse_loss(self(x), y)
+        self.log(self.train_name, loss, on_step=True, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", nn.functional.mse_loss(self(x), y))
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("test_loss", nn.functional.mse_loss(self(x), y))
+
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        out: torch.Tensor = self(batch[0])
+        return out
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.SGD(self.parameters(), lr=0.1)
+        if not self.scheduler:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, 1, 0.5)}
+
+
+def loader(n: int = 12, batch_size: int = 4, seed: int = 0) -> DataLoader[Any]:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, FEATURES, generator=gen)
+    y = x[:, :1] * 2 + 0.1 * torch.randn(n, 1, generator=gen)
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size)
+
+
+def trainer(root: Path, bus: EventBus, *extra: pl.Callback, **options: Any) -> pl.Trainer:
+    settings: dict[str, Any] = {
+        "max_epochs": 2, "accelerator": "cpu", "devices": 1, "logger": False,
+        "enable_checkpointing": False, "enable_progress_bar": False,
+        "enable_model_summary": False, "default_root_dir": root, "num_sanity_val_steps": 1,
+        **options,
+    }  # fmt: skip
+    return pl.Trainer(callbacks=[LightningCallback(bus), *extra], **settings)
+
+
+def fit(root: Path, bus: EventBus, module: pl.LightningModule | None = None,
+        *extra: pl.Callback, val: bool = True, **options: Any) -> pl.Trainer:  # fmt: skip
+    t = trainer(root, bus, *extra, **options)
+    t.fit(module or Tiny(), loader(), loader(8, 4, seed=1) if val else None)
+    return t
+
+
+# -- order and conformance ----------------------------------------------------------------------
+
+
+def test_fit_trace_is_canonical(tmp_path: Path) -> None:
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    t = fit(tmp_path, bus, Tiny(scheduler=True))
+    names = rec.names
+    assert_canonical_order(names)
+    assert names[:3] == ["on_pretrain_routine_start", "on_pretrain_routine_end", "on_train_start"]
+    assert names[-2:] == ["on_train_end", "teardown"]
+    # sanity check: no validation before the first epoch; one validation per epoch
+    assert names.index("on_val_start") > names.index("on_train_epoch_start")
+    assert names.count("on_val_start") == 2
+    assert [p.epoch for p in rec.payloads("on_fit_epoch_end")] == [0, 1]
+    assert [(p.epoch, p.batch) for p in rec.payloads("on_train_batch_end")] == [
+        (0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]  # fmt: skip
+    assert [p.step for p in rec.payloads("optimizer_step")] == list(range(6))
+    start = rec.payloads("on_train_start")[0]
+    assert start.source is t
+    assert start.params == {"epochs": 2, "max_epochs": 2, "steps": 3, "steps_per_epoch": 3,
+                            "accumulate_grad_batches": 1}  # fmt: skip
+    # the training part ends before validation, with training metrics only
+    train = rec.payloads("on_train_epoch_end")[0].logs
+    assert "loss" in train and not any(k.startswith("val_") for k in train)
+    val = rec.payloads("on_val_end")[1].logs
+    assert set(val) == {"val_loss"}
+    epoch = rec.payloads("on_fit_epoch_end")[1].logs
+    assert {"loss", "val_loss"} <= set(epoch)
+    assert epoch["val_loss"] == pytest.approx(float(t.callback_metrics["val_loss"]))
+    assert all(isinstance(v, float) for v in epoch.values())
+    batch = rec.payloads("on_train_batch_end")[0].logs
+    assert isinstance(batch["loss"], float)
+    # StepLR(step_size=1, gamma=.5) steps after each epoch: one change, before epoch 1
+    updates = rec.payloads("on_params_update")
+    assert [(u.epoch, u.hyperparams) for u in updates] == [(0, {"lr": pytest.approx(0.05)})]
+    assert names.index("on_params_update") < names.index("on_train_epoch_start", 10)
+
+
+def test_check_adapter(tmp_path: Path) -> None:
+    runs = iter(range(100))
+
+    def run(bus: EventBus) -> None:
+        fit(tmp_path / str(next(runs)), bus)
+
+    check_adapter(run)
+
+
+def test_train_loss_alias_and_no_validation(tmp_path: Path) -> None:
+    bus = EventBus(check_order=True)
+    history = History()
+    bus.attach(history)
+    rec = Recorder(bus)
+    fit(tmp_path, bus, Tiny(train_name="train_loss"), val=False)
+    assert "on_val_start" not in rec.names
+    assert history.epoch == [0, 1]
+    assert set(history.history) >= {"loss", "train_loss"}
+    assert history.history["loss"] == history.history["train_loss"]
+
+
+def test_gradient_accumulation(tmp_path: Path) -> None:
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    fit(tmp_path, bus, Tiny(), val=False, accumulate_grad_batches=2)
+    assert_canonical_order(rec.names)
+    steps = [(p.epoch, p.batch, p.step) for p in rec.payloads("optimizer_step")]
+    # 3 batches per epoch: a step after batch 1 and after the last batch (2)
+    assert steps == [(0, 1, 0), (0, 2, 1), (1, 1, 2), (1, 2, 3)]
+    assert len(rec.payloads("on_train_batch_end")) == 6
+
+
+# -- built-in subscribers --------------------------------------------------------------------
+
+
+def test_history_csv_and_early_stopping(tmp_path: Path) -> None:
+    bus = EventBus(check_order=True)
+    history = History()
+    bus.attach(history)
+    path = tmp_path / "log.csv"
+    bus.attach(CSVLogger(path))
+    t = fit(tmp_path, bus, max_epochs=3)
+    assert history.epoch == [0, 1, 2]
+    assert {"loss", "val_loss"} <= set(history.history)
+    assert history.history["val_loss"][-1] == pytest.approx(float(t.callback_metrics["val_loss"]))
+    rows = list(csv.DictReader(path.open()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert float(rows[-1]["val_loss"]) == pytest.approx(history.history["val_loss"][-1])
+
+    # our EarlyStopping: patience 0 with an impossible min_delta stops after epoch 1
+    bus2 = EventBus(check_order=True)
+    rec = Recorder(bus2)
+    bus2.attach(EarlyStopping(monitor="val_loss", patience=0, min_delta=1e9))
+    t2 = fit(tmp_path / "es", bus2, max_epochs=5)
+    assert [p.epoch for p in rec.payloads("on_fit_epoch_end")] == [0, 1]
+    assert rec.names[-2:] == ["on_train_end", "teardown"]
+    assert t2.should_stop
+
+
+def test_lightning_early_stopping_and_checkpoint_beside_ours(tmp_path: Path) -> None:
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    stopper = LightningEarlyStopping(monitor="val_loss", patience=0, min_delta=1e9)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    fit(tmp_path, bus, Tiny(), stopper, ckpt, max_epochs=5, enable_checkpointing=True)
+    assert stopper.stopped_epoch == 1
+    assert [p.epoch for p in rec.payloads("on_fit_epoch_end")] == [0, 1]
+    saves = rec.payloads("on_model_save")
+    assert saves, "ModelCheckpoint's files were not reported"
+    for save in saves:
+        assert Path(save.path).exists() or save.epoch == 0  # top-1 replaces the older file
+    assert any(Path(s.path).name == "last.ckpt" for s in saves)
+    assert {s.epoch for s in saves} == {0, 1}
+    assert Path(ckpt.best_model_path).exists()
+
+
+# -- control and failure --------------------------------------------------------------------
+
+
+def test_request_stop(tmp_path: Path) -> None:
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    bus.subscribe("on_train_batch_end", lambda p: bus.request_stop("enough"))
+    t = fit(tmp_path, bus, max_epochs=5)
+    assert t.should_stop
+    assert [p.epoch for p in rec.payloads("on_fit_epoch_end")] == [0]
+    assert len(rec.payloads("on_train_batch_end")) == 1
+    assert rec.names[-2:] == ["on_train_end", "teardown"]
+
+
+def test_failing_subscriber(tmp_path: Path) -> None:
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+
+    def boom(payload: Any) -> None:
+        raise KeyError("subscriber broke")
+
+    bus.subscribe("on_val_end", boom)
+    with pytest.raises(SubscriberError) as info:
+        fit(tmp_path, bus)
+    assert isinstance(info.value.original, KeyError)
+    assert "on_val_end" in str(info.value)
+    assert rec.names[-1] == "teardown" and rec.names.count("teardown") == 1
+    assert "subscriber broke" in (rec.payloads("teardown")[0].error or "")
+
+
+def test_failing_training_step(tmp_path: Path) -> None:
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    with pytest.raises(ValueError, match="training_step broke"):
+        fit(tmp_path, bus, Tiny(fail_at=4))
+    assert rec.names[-1] == "teardown"
+    teardown = rec.payloads("teardown")[0]
+    assert "training_step broke" in (teardown.error or "")
+    assert teardown.epoch == 1
+    assert_canonical_order(rec.names)
+
+
+def test_failing_data(tmp_path: Path) -> None:
+    class Broken(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+        def __len__(self) -> int:
+            return 8
+
+        def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+            if index == 5:
+                raise RuntimeError("data broke")
+            return torch.randn(FEATURES), torch.randn(1)
+
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    t = trainer(tmp_path, bus)
+    data = DataLoader(Broken(), batch_size=4)
+    with pytest.raises(RuntimeError, match="data broke"):
+        t.fit(Tiny(), data)
+    assert rec.names[-1] == "teardown"
+    assert "data broke" in (rec.payloads("teardown")[0].error or "")
+
+
+# -- validate, test, predict ------------------------------------------------------------------
+
+
+def test_validate_test_predict(tmp_path: Path) -> None:
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    t = trainer(tmp_path, bus)
+    module = Tiny()
+    t.validate(module, loader(8, 4), verbose=False)
+    t.test(module, loader(8, 4), verbose=False)
+    outputs = t.predict(module, loader(8, 4))
+    assert rec.names == [
+        "on_val_start", "on_val_batch_start", "on_val_batch_end", "on_val_batch_start",
+        "on_val_batch_end", "on_val_end",
+        "on_val_start", "on_val_batch_start", "on_val_batch_end", "on_val_batch_start",
+        "on_val_batch_end", "on_val_end",
+        "on_predict_start", "on_predict_batch_start", "on_predict_batch_end",
+        "on_predict_batch_start", "on_predict_batch_end", "on_predict_end",
+    ]  # fmt: skip
+    ends = rec.payloads("on_val_end")
+    assert set(ends[0].logs) == {"val_loss"} and set(ends[1].logs) == {"test_loss"}
+    assert ends[0].source is t
+    predicted = [p.outputs for p in rec.payloads("on_predict_batch_end")]
+    assert outputs is not None
+    assert all(torch.equal(a, b) for a, b in zip(predicted, outputs, strict=True))
+
+
+def test_keras_names_hear_lightning(tmp_path: Path) -> None:
+    bus = EventBus(check_order=True)
+    heard: list[str] = []
+    bus.subscribe("on_epoch_end", lambda p: heard.append(f"epoch {p.epoch}"))
+    bus.subscribe("on_test_end", lambda p: heard.append("test"))
+    fit(tmp_path, bus, val=False)
+    trainer(tmp_path, bus).validate(Tiny(), loader(8, 4), verbose=False)
+    assert heard == ["epoch 0", "epoch 1", "test"]
