@@ -1,0 +1,265 @@
+"""The Hugging Face Trainer adapter with real transformers, offline, on CPU (issue #13)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _hf_support import Boom, Data, NetworkGuard, Tiny, make_trainer
+from transformers import Trainer
+
+from eventhooks import EventBus, SubscriberError
+from eventhooks.adapters.transformers import TransformersCallback, train
+from eventhooks.callbacks import CSVLogger, EarlyStopping, EventLog, History
+from eventhooks.testing import Recorder, assert_canonical_order, check_adapter
+
+
+@pytest.fixture(autouse=True)
+def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[NetworkGuard]:
+    """No network, and nothing written into the working directory."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    with NetworkGuard().active() as guard:
+        yield guard
+    assert not guard.attempts
+    assert list(cwd.iterdir()) == []
+
+
+def epoch_block(names: list[str]) -> list[str]:
+    start = names.index("on_train_epoch_start")
+    return names[start : names.index("on_fit_epoch_end", start) + 1]
+
+
+def test_trace_is_canonical_with_accumulation_evaluation_and_saving(tmp_path: Path) -> None:
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    saved: list[tuple[str, bool]] = []
+    bus.subscribe("on_model_save", lambda p: saved.append((str(p.path), Path(p.path).is_dir())))
+    keras_epochs: list[int] = []
+    bus.subscribe("on_epoch_end", lambda p: keras_epochs.append(p.epoch))  # a Keras name
+    trainer = make_trainer(tmp_path / "out", bus)
+    trainer.train()
+    names = rec.names
+    assert_canonical_order(names)
+    assert names[:4] == ["on_pretrain_routine_start", "on_pretrain_routine_end",
+                         "on_train_start", "on_params_update"]  # fmt: skip
+    assert names[-2:] == ["on_train_end", "teardown"]
+    # 20 examples, batches of 4, accumulation 2: 5 micro-batches, optimizer steps after 2, 2, 1
+    block = epoch_block(names)
+    assert block[:8] == [
+        "on_train_epoch_start",
+        "on_train_batch_start", "on_train_batch_end",  # accumulated: no step
+        "on_train_batch_start", "optimizer_step", "on_before_zero_grad", "on_params_update",
+        "on_train_batch_end",
+    ]  # fmt: skip
+    assert block[-8:] == [
+        "on_train_epoch_end", "on_val_start", "on_val_batch_start", "on_val_batch_end",
+        "on_val_batch_start", "on_val_batch_end", "on_val_end", "on_fit_epoch_end",
+    ]  # fmt: skip
+    assert [p.batch for p in rec.payloads("on_train_batch_start")] == [0, 1, 2, 3, 4] * 2
+    assert [p.step for p in rec.payloads("optimizer_step")] == [0, 1, 2, 3, 4, 5]
+    assert [p.epoch for p in rec.payloads("optimizer_step")] == [0, 0, 0, 1, 1, 1]
+    ends = rec.payloads("on_fit_epoch_end")
+    assert [p.epoch for p in ends] == keras_epochs == [0, 1]
+    for p in ends:
+        assert isinstance(p.logs["loss"], float) and isinstance(p.logs["val_loss"], float)
+        assert {"learning_rate", "grad_norm"} <= set(p.logs)
+        assert not any(k.startswith("eval_") or k == "epoch" for k in p.logs)
+        assert p.source is trainer
+    assert [p.logs["val_loss"] for p in rec.payloads("on_val_end")] == [
+        p.logs["val_loss"] for p in ends
+    ]
+    out = tmp_path / "out"
+    assert saved == [(str(out / "checkpoint-3"), True), (str(out / "checkpoint-6"), True)]
+    assert names.index("on_model_save") > names.index("on_fit_epoch_end")
+    lrs = [p.hyperparams["learning_rate"] for p in rec.payloads("on_params_update")]
+    assert lrs[0] == pytest.approx(0.1) and lrs == sorted(lrs, reverse=True)  # linear decay
+    params = ends[0].params or {}
+    assert params["num_train_epochs"] == 2 and params["max_steps"] == 6
+    assert params["gradient_accumulation_steps"] == 2
+    assert rec.payloads("teardown")[0].error is None
+    assert rec.payloads("on_train_end")[0].logs["train_loss"] > 0
+
+
+def test_check_adapter_passes(tmp_path: Path) -> None:
+    runs = iter(range(100))
+
+    def run(bus: EventBus) -> object:
+        return train(make_trainer(tmp_path / f"run{next(runs)}", bus), bus)
+
+    seen = check_adapter(run)
+    assert "optimizer_step" in seen.emitted and "on_val_end" in seen.emitted
+
+
+def test_add_callback_and_logging_each_epoch(tmp_path: Path) -> None:
+    """Added after construction, with HF's own per-epoch logging: the same epochs and logs."""
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    trainer = make_trainer(tmp_path, logging_strategy="epoch", save_strategy="no")
+    trainer.add_callback(TransformersCallback(bus))
+    trainer.train()
+    ends = rec.payloads("on_fit_epoch_end")
+    assert [p.epoch for p in ends] == [0, 1]
+    assert all("loss" in p.logs and "val_loss" in p.logs for p in ends)
+    assert ends[0].source is trainer
+    assert "on_model_save" not in rec.names
+
+
+def test_batch_logs_carry_the_logged_loss(tmp_path: Path) -> None:
+    bus = EventBus()
+    logs: list[dict[str, Any]] = []
+    bus.subscribe("on_train_batch_end", lambda p: logs.append(dict(p.logs)))
+    make_trainer(tmp_path, bus, logging_steps=1, eval_strategy="no", save_strategy="no").train()
+    logged = [entry for entry in logs if entry]
+    assert len(logs) == 10 and len(logged) == 6  # one log per optimizer step
+    assert all(isinstance(e["loss"], float) and "learning_rate" in e for e in logged)
+
+
+def test_history_csv_event_log(tmp_path: Path) -> None:
+    bus = EventBus()
+    history = History()
+    bus.attach(history)
+    bus.attach(CSVLogger(tmp_path / "log.csv"))
+    bus.attach(EventLog(tmp_path / "events.jsonl"))
+    train(make_trainer(tmp_path / "out", bus, epochs=3), bus)
+    assert history.epoch == [0, 1, 2]
+    assert len(history.history["loss"]) == 3 and len(history.history["val_loss"]) == 3
+    with open(tmp_path / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert [float(r["val_loss"]) for r in rows] == pytest.approx(history.history["val_loss"])
+    lines = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    events = [line.get("event") for line in lines]
+    assert events.count("on_fit_epoch_end") == 3 and events[-1] == "teardown"
+
+
+def test_early_stopping_stops_training(tmp_path: Path) -> None:
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    stopper = EarlyStopping(monitor="val_loss", patience=0, min_delta=1e9)
+    bus.attach(stopper)
+    trainer = make_trainer(tmp_path, bus, epochs=5)
+    trainer.train()
+    assert [p.epoch for p in rec.payloads("on_fit_epoch_end")] == [0, 1]
+    assert stopper.stopped_epoch == 1
+    assert trainer.state.global_step == 6
+    assert rec.names[-2:] == ["on_train_end", "teardown"]
+
+
+def test_request_stop_in_a_batch_stops_after_that_step(tmp_path: Path) -> None:
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    bus.subscribe("optimizer_step", lambda p: bus.request_stop("enough"))
+    trainer = make_trainer(tmp_path, bus, epochs=3)
+    trainer.train()
+    assert trainer.state.global_step == 1
+    assert [p.epoch for p in rec.payloads("on_fit_epoch_end")] == [0]
+    assert rec.names[-2:] == ["on_train_end", "teardown"]
+
+
+def test_subscriber_error_aborts_training_with_teardown(tmp_path: Path) -> None:
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+
+    def broken(payload: Any) -> None:
+        raise ValueError("subscriber broke")
+
+    bus.subscribe("on_fit_epoch_end", broken)
+    trainer = make_trainer(tmp_path, bus, epochs=3)
+    with pytest.raises(SubscriberError) as info:
+        trainer.train()  # plain train(): the callback emits the teardown itself
+    assert "broken" in str(info.value) and "on_fit_epoch_end" in str(info.value)
+    assert isinstance(info.value.original, ValueError)
+    assert rec.names.count("teardown") == 1 and rec.names[-1] == "teardown"
+    assert "subscriber broke" in (rec.payloads("teardown")[0].error or "")
+    assert trainer.state.global_step == 3  # the first epoch only
+    assert_canonical_order(rec.names)
+
+
+@pytest.mark.parametrize("fail_at", [3, 12])
+def test_forward_failure_ends_with_one_teardown_and_the_same_error(
+    tmp_path: Path, fail_at: int
+) -> None:
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    trainer = make_trainer(tmp_path, bus, model=Tiny(fail_at=fail_at))
+    with pytest.raises(Boom) as info:
+        train(trainer, bus)
+    assert rec.names.count("teardown") == 1 and rec.names[-1] == "teardown"
+    down = rec.payloads("teardown")[0]
+    assert down.exception is info.value
+    assert "on_train_end" not in rec.names
+    assert_canonical_order(rec.names)
+
+
+def test_plain_train_failure_is_silent_until_abort(tmp_path: Path) -> None:
+    """HF calls nothing on failure: without train(), the callback's abort() ends the run."""
+    bus = EventBus()
+    rec = Recorder(bus)
+    callback = TransformersCallback(bus)
+    trainer = make_trainer(tmp_path, model=Tiny(fail_at=2))
+    trainer.add_callback(callback)
+    with pytest.raises(Boom) as info:
+        trainer.train()
+    assert "teardown" not in rec.names
+    callback.abort(info.value)
+    callback.abort(info.value)
+    assert rec.names.count("teardown") == 1
+
+
+def test_failure_before_training_begins_still_tears_down(tmp_path: Path) -> None:
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    trainer = make_trainer(tmp_path, bus, train_data=False)
+    with pytest.raises(ValueError) as info:
+        train(trainer, bus)
+    assert rec.names == ["teardown"]
+    assert rec.payloads("teardown")[0].exception is info.value
+    assert rec.payloads("teardown")[0].source is trainer
+
+
+def test_train_reuses_the_callback_and_passes_train_kwargs(tmp_path: Path) -> None:
+    bus = EventBus()
+    rec = Recorder(bus)
+    trainer = make_trainer(tmp_path, bus)
+    result = train(trainer, bus, ignore_keys_for_eval=[])
+    assert result.global_step == 6
+    assert sum(isinstance(c, TransformersCallback) for c in trainer.callback_handler.callbacks) == 1
+    assert rec.names.count("teardown") == 1
+
+
+def test_evaluate_and_predict_are_sessions_of_their_own(tmp_path: Path) -> None:
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    trainer: Trainer = make_trainer(tmp_path, bus, save_strategy="no")
+    trainer.train()
+    rec.clear()
+    metrics = trainer.evaluate()
+    trainer.predict(Data(6, seed=2))
+    assert rec.names == [
+        "on_val_start", "on_val_batch_start", "on_val_batch_end", "on_val_batch_start",
+        "on_val_batch_end", "on_val_end",
+        "on_predict_start", "on_predict_batch_start", "on_predict_batch_end",
+        "on_predict_batch_start", "on_predict_batch_end", "on_predict_end",
+    ]  # fmt: skip
+    val_end = rec.payloads("on_val_end")[0]
+    assert val_end.logs["loss"] == pytest.approx(metrics["eval_loss"])
+    assert val_end.epoch is None and val_end.source is trainer
+    assert rec.payloads("on_predict_start")[0].source is trainer
+
+
+def test_importing_eventhooks_does_not_import_transformers() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, eventhooks, eventhooks.callbacks, eventhooks.testing, eventhooks.adapters;"
+        "assert 'transformers' not in sys.modules and 'accelerate' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})
