@@ -167,7 +167,7 @@ class TransformersCallback(TrainerCallback):
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState,
                        control: TrainerControl, **kw: Any) -> None:  # fmt: skip
-        trainer = self.trainer if self.trainer is not None else _caller()[0]
+        trainer = _caller()[0] or self.trainer
         start = math.floor(state.epoch + 1e-9) if state.epoch else None
         self.run = self.last = Run(self.bus, source=trainer, params=_params(args, state),
                                    initial_epoch=start)  # fmt: skip
@@ -176,6 +176,7 @@ class TransformersCallback(TrainerCallback):
 
         def begin(run: Run) -> None:
             run.open()
+            run.step = state.global_step  # a resumed run does not start at step 0
             run.train_start()
             self._lr_changed(run, kw.get("optimizer"))
 

@@ -263,3 +263,44 @@ def test_importing_eventhooks_does_not_import_transformers() -> None:
         "assert 'transformers' not in sys.modules and 'accelerate' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})
+
+
+def test_resumed_run_starts_at_its_epoch_and_step(tmp_path: Path) -> None:
+    first = EventBus()
+    train(make_trainer(tmp_path, first, epochs=1), first)
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    train(make_trainer(tmp_path, bus, epochs=2), bus,
+          resume_from_checkpoint=str(tmp_path / "checkpoint-3"))  # fmt: skip
+    assert rec.payloads("on_train_start")[0].epoch == 1
+    assert [p.epoch for p in rec.payloads("on_fit_epoch_end")] == [1]
+    assert [p.step for p in rec.payloads("optimizer_step")] == [3, 4, 5]
+    assert [str(p.path) for p in rec.payloads("on_model_save")] == [
+        str(tmp_path / "checkpoint-6")
+    ]
+
+
+def test_evaluations_inside_an_epoch_emit_nothing_but_join_its_logs(tmp_path: Path) -> None:
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    trainer = make_trainer(tmp_path, bus, eval_strategy="steps", eval_steps=2,
+                           save_strategy="steps", save_steps=2, eval_on_start=True)  # fmt: skip
+    trainer.train()
+    assert "on_val_start" not in rec.names
+    ends = rec.payloads("on_fit_epoch_end")
+    assert [p.epoch for p in ends] == [0, 1]
+    assert all("val_loss" in p.logs and "loss" in p.logs for p in ends)
+    saves = rec.payloads("on_model_save")
+    assert [Path(p.path).name for p in saves] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    assert [p.epoch for p in saves] == [0, 1, 1]
+    assert_canonical_order(rec.names)
+
+
+def test_max_steps_ends_inside_an_epoch(tmp_path: Path) -> None:
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    make_trainer(tmp_path, bus, epochs=3, max_steps=4).train()
+    assert [p.epoch for p in rec.payloads("on_fit_epoch_end")] == [0, 1]
+    assert len(rec.payloads("optimizer_step")) == 4
+    assert rec.payloads("on_fit_epoch_end")[0].params["max_steps"] == 4
+    assert rec.names[-2:] == ["on_train_end", "teardown"]
