@@ -36,46 +36,17 @@ the next hook of ours, once it exists (the next epoch's start, or ``on_train_end
 
 from __future__ import annotations
 
-import math
-import os
-from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import ModelCheckpoint
 
 from eventhooks import EventBus
 from eventhooks import events as ev
 from eventhooks.lifecycle import Prediction, Run, Validation
 
+from . import _lightning_logs as lg
+
 __all__ = ["LightningCallback"]
-
-
-def _float(value: Any) -> float | None:
-    try:
-        number = float(value.item() if hasattr(value, "item") else value)
-    except (TypeError, ValueError, RuntimeError):
-        return None
-    return number
-
-
-def _floats(metrics: Mapping[str, Any]) -> dict[str, float]:
-    out = {}
-    for key, value in metrics.items():
-        number = _float(value)
-        if number is not None:
-            out[key] = number
-    return out
-
-
-def _val_name(key: str) -> str:
-    if key.startswith("val_"):
-        return key
-    return "val_" + (key[4:] if key.startswith("val/") else key)
-
-
-def _context(trainer: pl.Trainer) -> dict[str, Any]:
-    return {"source": trainer, "rank": trainer.global_rank, "world_size": trainer.world_size}
 
 
 class LightningCallback(pl.Callback):
@@ -111,71 +82,26 @@ class LightningCallback(pl.Callback):
         if self.bus.stop_requested and self._live() is not None:
             trainer.should_stop = True
 
-    def _train_logs(self, trainer: pl.Trainer) -> dict[str, float]:
-        logs = _floats({k: v for k, v in trainer.callback_metrics.items()
-                        if k not in self._val_keys})  # fmt: skip
-        if "loss" not in logs:
-            for alias in ("train_loss", "train/loss"):
-                if alias in logs:
-                    logs["loss"] = logs[alias]
-                    break
-        return logs
-
-    def _learn_val_keys(self, trainer: pl.Trainer) -> None:
-        """At a validation's end: the names of what it logged, as ``callback_metrics`` has
-        them (``name``, ``name_epoch``...), from the validation loop's own results."""
-        metrics = trainer.callback_metrics
-        results: Any = getattr(trainer, "_results", None)
-        try:
-            logged = set(results.metrics(False)["callback"])
-        except (AttributeError, KeyError, TypeError):  # another Lightning: what changed
-            before = self._before_val
-            logged = {k for k, v in metrics.items()
-                      if k not in before or _float(before[k]) != _float(v)}  # fmt: skip
-        self._val_keys |= logged
-
     def _val_logs(self, trainer: pl.Trainer, fit: bool) -> dict[str, float]:
-        metrics = trainer.callback_metrics
-        logs = _floats({k: v for k, v in metrics.items() if k in self._val_keys})
-        return {_val_name(k): v for k, v in logs.items()} if fit else logs
+        logs = lg.floats(trainer.callback_metrics, self._val_keys)
+        return {lg.val_name(k): v for k, v in logs.items()} if fit else logs
 
     def _epoch_logs(self, trainer: pl.Trainer) -> dict[str, float]:
-        logs = self._train_logs(trainer)
-        val = self._val_logs(trainer, fit=True) if self._val_keys else {}
-        return {**logs, **val}
+        return {**lg.train_logs(trainer, self._val_keys), **self._val_logs(trainer, fit=True)}
 
     def _report_saves(self, trainer: pl.Trainer) -> None:
         """``on_model_save`` for each ModelCheckpoint file written since the last look."""
         run = self._live()
-        if run is None or not self.bus.listening(ev.on_model_save, epoch=run.epoch):
-            return
-        for callback in trainer.checkpoint_callbacks:
-            if not isinstance(callback, ModelCheckpoint):
-                continue
-            paths = {*callback.best_k_models, callback.best_model_path, callback.last_model_path}
-            for path in sorted(p for p in paths if p):
-                try:
-                    mtime = os.stat(path).st_mtime_ns
-                except OSError:
-                    continue
-                if self._saved.get(path) != mtime:
-                    self._saved[path] = mtime
-                    run.model_save(path, run.logs)
-
-    def _learning_rates(self, trainer: pl.Trainer) -> dict[str, float]:
-        groups = [g for opt in trainer.optimizers for g in opt.param_groups]
-        rates = [_float(g.get("lr")) for g in groups]
-        if len(rates) == 1:
-            return {"lr": rates[0]} if rates[0] is not None else {}
-        return {f"lr_{i}": r for i, r in enumerate(rates) if r is not None}
+        if run is not None and self.bus.listening(ev.on_model_save, epoch=run.epoch):
+            for path in lg.checkpoints(trainer, self._saved):
+                run.model_save(path, run.logs)
 
     def _lr_changed(self, trainer: pl.Trainer, run: Run) -> None:
-        if not self.bus.listening(ev.on_params_update):
-            return
-        rates = self._learning_rates(trainer)
-        if rates != self._lrs:
-            self._lrs = rates
-            run.params_update(rates)
+        if self.bus.listening(ev.on_params_update):
+            rates = lg.learning_rates(trainer)
+            if rates != self._lrs:
+                self._lrs = rates
+                run.params_update(rates)
 
     # -- fit ----------------------------------------------------------------------------------
 
@@ -183,23 +109,16 @@ class LightningCallback(pl.Callback):
         if stage == "fit":
             self._val_keys, self._saved, self._lrs = set(), {}, {}
             self._val = None
-            self.run = Run(self.bus, **_context(trainer))
+            self.run = Run(self.bus, **lg.context(trainer))
             self.run.open()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if (run := self._live()) is None:
             return
-        params: dict[str, Any] = {
-            "epochs": trainer.max_epochs, "max_epochs": trainer.max_epochs,
-            "accumulate_grad_batches": trainer.accumulate_grad_batches,
-        }  # fmt: skip
-        batches = trainer.num_training_batches
-        if isinstance(batches, int) or (isinstance(batches, float) and math.isfinite(batches)):
-            params["steps"] = params["steps_per_epoch"] = int(batches)
         run.initial_epoch = trainer.current_epoch
-        run.ready(params=params)
+        run.ready(params=lg.params(trainer))
         run.train_start()
-        self._lrs = self._learning_rates(trainer)
+        self._lrs = lg.learning_rates(trainer)
         self._check_stop(trainer)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -241,10 +160,7 @@ class LightningCallback(pl.Callback):
             return
         logs = None
         if run.hears(ev.on_train_batch_end):
-            logs = self._train_logs(trainer)
-            loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
-            if (number := _float(loss)) is not None:
-                logs["loss"] = number
+            logs = {**lg.train_logs(trainer, self._val_keys), **lg.output_logs(outputs)}
         run.batch_end(logs)
         self._check_stop(trainer)
 
@@ -252,7 +168,7 @@ class LightningCallback(pl.Callback):
         if (run := self._live()) is None or not run.in_epoch:
             return
         if run.allows(ev.on_train_epoch_end):  # this epoch did not validate
-            run.train_epoch_end(self._train_logs(trainer))
+            run.train_epoch_end(lg.train_logs(trainer, self._val_keys))
         self._report_saves(trainer)  # saved at on_validation_end (validation every n epochs)
         run.epoch_end(self._epoch_logs(trainer))
         self._check_stop(trainer)
@@ -283,12 +199,12 @@ class LightningCallback(pl.Callback):
         run = self._live()
         if run is not None and run.in_epoch:  # the epoch's validation: its training part ended
             if run.allows(ev.on_train_epoch_end):
-                run.train_epoch_end(self._train_logs(trainer))
+                run.train_epoch_end(lg.train_logs(trainer, self._val_keys))
             self._report_saves(trainer)
             self._val = run.validation()
         elif run is None:  # trainer.validate: a session of its own, metrics as logged
             self._val_keys = set()
-            self._val = Validation(self.bus, **_context(trainer))
+            self._val = Validation(self.bus, **lg.context(trainer))
         else:
             return  # a validation outside the run's epochs: not reported
         self._val.open()
@@ -308,13 +224,11 @@ class LightningCallback(pl.Callback):
         if self._val is not None:
             logs = None
             if self.bus.listening(ev.on_val_batch_end, batch=self._val.batch):
-                logs = _floats(outputs) if isinstance(outputs, Mapping) else {}
-                if not isinstance(outputs, Mapping) and (number := _float(outputs)) is not None:
-                    logs["loss"] = number
+                logs = lg.output_logs(outputs)
             self._val.batch_end(logs)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._learn_val_keys(trainer)
+        self._val_keys |= lg.logged_in_validation(trainer, self._before_val)
         if trainer.sanity_checking:
             return
         val, self._val = self._val, None
@@ -324,7 +238,7 @@ class LightningCallback(pl.Callback):
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._before_val, self._val_keys = dict(trainer.callback_metrics), set()
-        self._val = Validation(self.bus, **_context(trainer)).open()
+        self._val = Validation(self.bus, **lg.context(trainer)).open()
 
     def on_test_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int,
@@ -340,13 +254,13 @@ class LightningCallback(pl.Callback):
                                      dataloader_idx)  # fmt: skip
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._learn_val_keys(trainer)
+        self._val_keys |= lg.logged_in_validation(trainer, self._before_val)
         val, self._val = self._val, None
         if val is not None:
             val.end(self._val_logs(trainer, fit=False))
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._predict = Prediction(self.bus, **_context(trainer)).open()
+        self._predict = Prediction(self.bus, **lg.context(trainer)).open()
 
     def on_predict_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int,

@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import os
 import socket
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +26,8 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from eventhooks import EventBus, SubscriberError
 from eventhooks.adapters.lightning import LightningCallback
-from eventhooks.callbacks import CSVLogger, EarlyStopping, History
+from eventhooks.callbacks import CSVLogger, EarlyStopping, EventLog, History
+from eventhooks.eventlog import read_log
 from eventhooks.testing import Recorder, assert_canonical_order, check_adapter
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -349,3 +352,58 @@ def test_keras_names_hear_lightning(tmp_path: Path) -> None:
     fit(tmp_path, bus, val=False)
     trainer(tmp_path, bus).validate(Tiny(), loader(8, 4), verbose=False)
     assert heard == ["epoch 0", "epoch 1", "test"]
+
+
+class TwoOptimizers(pl.LightningModule):
+    """Manual optimization: two optimizers, both stepped each batch (a GAN's shape)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.a = nn.Linear(FEATURES, 1)
+        self.b = nn.Linear(FEATURES, 1)
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        for opt, layer in zip(self.optimizers(), (self.a, self.b), strict=True):
+            loss = nn.functional.mse_loss(layer(x), y)
+            opt.zero_grad()
+            self.manual_backward(loss)
+            opt.step()
+            self.log("loss", loss)
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.a.parameters(), lr=0.1), torch.optim.Adam(self.b.parameters())
+
+
+def test_two_optimizers_manual_optimization(tmp_path: Path) -> None:
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    fit(tmp_path, bus, TwoOptimizers(), val=False)
+    assert_canonical_order(rec.names)
+    steps = [(p.epoch, p.batch, p.step) for p in rec.payloads("optimizer_step")]
+    assert steps == [(e, b, 2 * (3 * e + b) + i) for e in (0, 1) for b in range(3) for i in (0, 1)]
+    assert [p.epoch for p in rec.payloads("on_fit_epoch_end")] == [0, 1]
+
+
+def test_event_log(tmp_path: Path) -> None:
+    bus = EventBus(check_order=True)
+    path = tmp_path / "events.jsonl"
+    bus.attach(EventLog(path))
+    rec = Recorder(bus)
+    fit(tmp_path, bus)
+    records = read_log(path).records
+    assert [r.event.name for r in records] == rec.names
+    ends = [r.fields for r in records if r.event.name == "on_fit_epoch_end"]
+    assert [f["epoch"] for f in ends] == [0, 1]
+    assert "val_loss" in ends[-1]["logs"] and "loss" in ends[-1]["logs"]
+
+
+def test_no_eventhooks_module_imports_lightning() -> None:
+    code = (
+        "import sys, pkgutil, importlib, eventhooks, eventhooks.adapters as a\n"
+        "import eventhooks.callbacks, eventhooks.testing, eventhooks.cli\n"
+        "assert not any(m.split('.')[0] in ('lightning', 'pytorch_lightning') for m in "
+        "sys.modules), 'lightning imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

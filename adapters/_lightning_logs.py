@@ -1,0 +1,113 @@
+"""What :class:`~eventhooks.adapters.lightning.LightningCallback` reads off a Lightning
+``Trainer``: metrics as floats, learning rates, the run's params, ModelCheckpoint's files."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+
+def to_float(value: Any) -> float | None:
+    """A number (a one-element tensor included) as a float; None for anything else."""
+    try:
+        return float(value.item() if hasattr(value, "item") else value)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+
+
+def floats(metrics: Mapping[str, Any], keys: Iterable[str] | None = None) -> dict[str, float]:
+    """The entries of ``metrics`` that are numbers (only ``keys``, if given), as floats."""
+    out = {}
+    for key in metrics if keys is None else keys:
+        if key in metrics and (number := to_float(metrics[key])) is not None:
+            out[key] = number
+    return out
+
+
+def val_name(key: str) -> str:
+    """A validation metric's name inside a fit: ``val_*`` (``val/x`` -> ``val_x``)."""
+    if key.startswith("val_"):
+        return key
+    return "val_" + (key[4:] if key.startswith("val/") else key)
+
+
+def train_logs(trainer: pl.Trainer, val_keys: set[str]) -> dict[str, float]:
+    """What the module logged in training, as floats; ``loss`` from ``train_loss`` if need be."""
+    metrics = trainer.callback_metrics
+    logs = floats(metrics, [k for k in metrics if k not in val_keys])
+    if "loss" not in logs:
+        for alias in ("train_loss", "train/loss"):
+            if alias in logs:
+                logs["loss"] = logs[alias]
+                break
+    return logs
+
+
+def logged_in_validation(trainer: pl.Trainer, before: Mapping[str, Any]) -> set[str]:
+    """At a validation's end: the names its metrics have in ``callback_metrics`` (``name``,
+    ``name_epoch``...), from the validation loop's own results (``trainer._results``, the
+    active loop's); failing that, what changed since ``before`` (its start)."""
+    results: Any = getattr(trainer, "_results", None)
+    try:
+        return set(results.metrics(False)["callback"])
+    except (AttributeError, KeyError, TypeError):
+        metrics = trainer.callback_metrics
+        return {k for k, v in metrics.items()
+                if k not in before or to_float(before[k]) != to_float(v)}  # fmt: skip
+
+
+def learning_rates(trainer: pl.Trainer) -> dict[str, float]:
+    """``lr`` (one parameter group in all), else ``lr_0``, ``lr_1``... over every optimizer."""
+    rates = [to_float(g.get("lr")) for opt in trainer.optimizers for g in opt.param_groups]
+    if len(rates) == 1:
+        return {"lr": rates[0]} if rates[0] is not None else {}
+    return {f"lr_{i}": r for i, r in enumerate(rates) if r is not None}
+
+
+def params(trainer: pl.Trainer) -> dict[str, Any]:
+    """The run's parameters; ``epochs``/``steps`` also under Keras' names (progress bars)."""
+    found: dict[str, Any] = {
+        "epochs": trainer.max_epochs, "max_epochs": trainer.max_epochs,
+        "accumulate_grad_batches": trainer.accumulate_grad_batches,
+    }  # fmt: skip
+    batches = trainer.num_training_batches
+    if isinstance(batches, int) or (isinstance(batches, float) and math.isfinite(batches)):
+        found["steps"] = found["steps_per_epoch"] = int(batches)
+    return found
+
+
+def checkpoints(trainer: pl.Trainer, seen: dict[str, int]) -> list[str]:
+    """The files Lightning's ModelCheckpoint callbacks wrote (or rewrote) since ``seen``
+    (path -> mtime, updated here), existing now."""
+    written = []
+    for callback in trainer.checkpoint_callbacks:
+        if not isinstance(callback, ModelCheckpoint):
+            continue
+        paths = {*callback.best_k_models, callback.best_model_path, callback.last_model_path}
+        for path in sorted(p for p in paths if p):
+            try:
+                mtime = os.stat(path).st_mtime_ns
+            except OSError:
+                continue
+            if seen.get(path) != mtime:
+                seen[path] = mtime
+                written.append(path)
+    return written
+
+
+def context(trainer: pl.Trainer) -> dict[str, Any]:
+    """A session's context: the Trainer, and the process' place under DDP."""
+    return {"source": trainer, "rank": trainer.global_rank, "world_size": trainer.world_size}
+
+
+def output_logs(outputs: Any) -> dict[str, float]:
+    """A step's returned value as logs: a dict's numbers, or a lone loss as ``loss``."""
+    if isinstance(outputs, Mapping):
+        return floats(outputs)
+    number = to_float(outputs)
+    return {} if number is None else {"loss": number}
