@@ -197,16 +197,18 @@ class LightningCallback(pl.Callback):
         if trainer.sanity_checking:
             return
         run = self._live()
-        if run is not None and run.in_epoch:  # the epoch's validation: its training part ended
+        if run is None:  # trainer.validate: a session of its own, metrics as logged
+            self._val_keys = set()
+            self._val = Validation(self.bus, **lg.context(trainer))
+        elif run.in_epoch and (
+            trainer.fit_loop.epoch_loop.batch_progress.is_last_batch or trainer.should_stop
+        ):  # the epoch's validation: its training part ended
             if run.allows(ev.on_train_epoch_end):
                 run.train_epoch_end(lg.train_logs(trainer, self._val_keys))
             self._report_saves(trainer)
             self._val = run.validation()
-        elif run is None:  # trainer.validate: a session of its own, metrics as logged
-            self._val_keys = set()
-            self._val = Validation(self.bus, **lg.context(trainer))
-        else:
-            return  # a validation outside the run's epochs: not reported
+        else:  # mid-epoch (val_check_interval < 1), or outside the epochs: not reported
+            return
         self._val.open()
         self._check_stop(trainer)
 

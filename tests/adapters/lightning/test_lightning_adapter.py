@@ -407,3 +407,28 @@ def test_no_eventhooks_module_imports_lightning() -> None:
         "sys.modules), 'lightning imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_validation_twice_per_epoch(tmp_path: Path) -> None:
+    """``val_check_interval=0.5``: the mid-epoch validation is not reported (batches go on
+    after it); the one at the epoch's end is the epoch's."""
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    history = History()
+    bus.attach(history)
+    t = fit(tmp_path, bus, Tiny(), val_check_interval=0.5, max_epochs=2)
+    assert_canonical_order(rec.names)
+    ends = rec.payloads("on_val_end")
+    assert [p.epoch for p in ends] == [0, 1]
+    assert len(rec.payloads("on_train_batch_end")) == 6
+    assert history.epoch == [0, 1] and len(history.history["val_loss"]) == 2
+    assert history.history["val_loss"][-1] == pytest.approx(float(t.callback_metrics["val_loss"]))
+
+
+def test_validation_every_other_epoch(tmp_path: Path) -> None:
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    fit(tmp_path, bus, Tiny(), check_val_every_n_epoch=2, max_epochs=4)
+    assert [p.epoch for p in rec.payloads("on_val_end")] == [1, 3]
+    logs = [p.logs for p in rec.payloads("on_fit_epoch_end")]
+    assert "val_loss" not in logs[0] and "val_loss" in logs[1]
