@@ -116,6 +116,7 @@ class TransformersCallback(TrainerCallback):
         self.last: Run | None = None  # the last run begun (in progress or closed)
         self.session: Session | None = None  # a standalone evaluate() or predict()
         self.val: Validation | None = None  # the epoch's validation in progress
+        self._loader: Any = None  # the standalone session's data loader
         self._pending = False  # a step's last micro-batch awaits its batch_end
         self._closing = False  # on_epoch_end came: the epoch's log and evaluation follow
         self._log_due = self._eval_due = False
@@ -169,8 +170,10 @@ class TransformersCallback(TrainerCallback):
                        control: TrainerControl, **kw: Any) -> None:  # fmt: skip
         trainer = _caller()[0] or self.trainer
         start = math.floor(state.epoch + 1e-9) if state.epoch else None
-        self.run = self.last = Run(self.bus, source=trainer, params=_params(args, state),
-                                   initial_epoch=start)  # fmt: skip
+        self.run = self.last = Run(
+            self.bus, source=trainer, params=_params(args, state), initial_epoch=start,
+            rank=max(int(args.process_index), 0), world_size=max(int(args.world_size), 1),
+        )  # fmt: skip
         self._pending = self._closing = False
         self._logs, self._summary, self._lr = {}, {}, None
 
@@ -306,9 +309,9 @@ class TransformersCallback(TrainerCallback):
 
     def on_prediction_step(self, args: TrainingArguments, state: TrainerState,
                            control: TrainerControl, **kw: Any) -> None:  # fmt: skip
-        self._guard(control, self._prediction_step)
+        self._guard(control, self._prediction_step, kw.get("eval_dataloader"))
 
-    def _prediction_step(self) -> None:
+    def _prediction_step(self, loader: Any) -> None:
         run = self._live()
         session: Session | None
         if run is not None:
@@ -320,10 +323,10 @@ class TransformersCallback(TrainerCallback):
                 self.val.open()
             session = self.val
         else:
-            if self.session is None:
+            if self.session is None or loader is not self._loader:  # else one that failed
                 trainer, kind = _caller(("evaluate", "predict"))
                 made = Prediction if kind == "predict" else Validation
-                self.session = made(self.bus, source=trainer).open()
+                self.session, self._loader = made(self.bus, source=trainer).open(), loader
             session = self.session
         session.batch_start()  # HF calls back once, after the batch: both moments here
         session.batch_end()

@@ -304,3 +304,24 @@ def test_max_steps_ends_inside_an_epoch(tmp_path: Path) -> None:
     assert len(rec.payloads("optimizer_step")) == 4
     assert rec.payloads("on_fit_epoch_end")[0].params["max_steps"] == 4
     assert rec.names[-2:] == ["on_train_end", "teardown"]
+
+
+def test_an_evaluate_that_failed_does_not_swallow_the_next(tmp_path: Path) -> None:
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    model = Tiny()
+    trainer = make_trainer(tmp_path, bus, model=model)
+    trainer.evaluate()
+    model.fail_at = model.calls + 2  # the second batch of the next evaluation fails
+    with pytest.raises(Boom):
+        trainer.evaluate()
+    model.fail_at = None
+    trainer.evaluate()
+    assert rec.names.count("on_val_start") == 3 and rec.names.count("on_val_end") == 2
+    assert rec.names[-6:] == [
+        "on_val_start", "on_val_batch_start", "on_val_batch_end", "on_val_batch_start",
+        "on_val_batch_end", "on_val_end",
+    ]  # fmt: skip
+    assert [p.batch for p in rec.payloads("on_val_batch_end")][-2:] == [0, 1]
+    start = rec.payloads("on_val_start")[0]
+    assert start.params is None and start.rank == 0 and start.source is trainer
