@@ -13,7 +13,7 @@ import pytest
 from _hf_support import Boom, Data, NetworkGuard, Tiny, make_trainer
 from transformers import Trainer
 
-from eventhooks import EventBus, SubscriberError
+from eventhooks import Callback, EventBus, SubscriberError
 from eventhooks.adapters.transformers import TransformersCallback, train
 from eventhooks.callbacks import CSVLogger, EarlyStopping, EventLog, History
 from eventhooks.testing import Recorder, assert_canonical_order, check_adapter
@@ -325,3 +325,53 @@ def test_an_evaluate_that_failed_does_not_swallow_the_next(tmp_path: Path) -> No
     assert [p.batch for p in rec.payloads("on_val_batch_end")][-2:] == [0, 1]
     start = rec.payloads("on_val_start")[0]
     assert start.params is None and start.rank == 0 and start.source is trainer
+
+
+class KerasNames(Callback):
+    """Connected under Keras names only: records (name, epoch, batch)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, Any, Any]] = []
+
+    def _note(self, name: str, payload: Any) -> None:
+        self.seen.append((name, getattr(payload, "epoch", None), getattr(payload, "batch", None)))
+
+    def on_train_begin(self, payload: Any) -> None:
+        self._note("on_train_begin", payload)
+
+    def on_epoch_begin(self, payload: Any) -> None:
+        self._note("on_epoch_begin", payload)
+
+    def on_train_batch_begin(self, payload: Any) -> None:
+        self._note("on_train_batch_begin", payload)
+
+    def on_test_begin(self, payload: Any) -> None:
+        self._note("on_test_begin", payload)
+
+    def on_test_end(self, payload: Any) -> None:
+        self._note("on_test_end", payload)
+
+    def on_epoch_end(self, payload: Any) -> None:
+        self._note("on_epoch_end", payload)
+
+    def on_predict_begin(self, payload: Any) -> None:
+        self._note("on_predict_begin", payload)
+
+
+def test_keras_names_hear_the_matching_moments(tmp_path: Path) -> None:
+    bus = EventBus(check_order=True)
+    keras = KerasNames()
+    bus.attach(keras)
+    trainer = make_trainer(tmp_path, bus, save_strategy="no", n_train=8)
+    trainer.train()
+    trainer.predict(Data(4))
+    assert keras.seen == [
+        ("on_train_begin", None, None),
+        ("on_epoch_begin", 0, None), ("on_train_batch_begin", 0, 0),
+        ("on_train_batch_begin", 0, 1), ("on_test_begin", 0, None), ("on_test_end", 0, None),
+        ("on_epoch_end", 0, None),
+        ("on_epoch_begin", 1, None), ("on_train_batch_begin", 1, 0),
+        ("on_train_batch_begin", 1, 1), ("on_test_begin", 1, None), ("on_test_end", 1, None),
+        ("on_epoch_end", 1, None),
+        ("on_predict_begin", None, None),
+    ]  # fmt: skip
