@@ -15,9 +15,11 @@ Hugging Face                             lifecycle (:mod:`eventhooks.lifecycle`)
                                          learning rate as ``on_params_update``
 ``on_epoch_begin``                       ``epoch_start(floor(state.epoch))`` (0-based)
 ``on_step_begin``                        ``batch_start`` (the step's first micro-batch)
-``on_substep_end``                       ``batch_end`` then ``batch_start`` (gradient
-                                         accumulation: a batch without a step)
-``on_pre_optimizer_step``                nothing (eventhooks has no "before the step" moment)
+``on_substep_end``                       ``batch_end`` (gradient accumulation: a batch
+                                         without a step); the next micro-batch, which has
+                                         no hook, starts at the step's next hook
+``on_pre_optimizer_step``                (that ``batch_start``; eventhooks has no "before
+                                         the step" moment)
 ``on_optimizer_step``                    ``optimizer_step`` (``step`` = ``global_step``
                                          before it), ``on_before_zero_grad``
 ``on_step_end``                          ``on_params_update`` if the learning rate changed;
@@ -118,6 +120,7 @@ class TransformersCallback(TrainerCallback):
         self.val: Validation | None = None  # the epoch's validation in progress
         self._loader: Any = None  # the standalone session's data loader
         self._pending = False  # a step's last micro-batch awaits its batch_end
+        self._next = False  # a micro-batch of the step follows: its batch_start is due
         self._closing = False  # on_epoch_end came: the epoch's log and evaluation follow
         self._log_due = self._eval_due = False
         self._logs: dict[str, float] = {}  # the epoch's logs so far
@@ -149,7 +152,8 @@ class TransformersCallback(TrainerCallback):
             run.close(error)
 
     def _flush(self, logs: dict[str, float] | None = None) -> None:
-        run = self._live()
+        """End the step's last batch; forget a micro-batch that never came (a stop)."""
+        run, self._next = self._live(), False
         if self._pending and run is not None:
             self._pending = False
             run.batch_end(logs)
@@ -174,7 +178,7 @@ class TransformersCallback(TrainerCallback):
             self.bus, source=trainer, params=_params(args, state), initial_epoch=start,
             rank=max(int(args.process_index), 0), world_size=max(int(args.world_size), 1),
         )  # fmt: skip
-        self._pending = self._closing = False
+        self._pending = self._closing = self._next = False
         self._logs, self._summary, self._lr = {}, {}, None
 
         def begin(run: Run) -> None:
@@ -210,8 +214,19 @@ class TransformersCallback(TrainerCallback):
             self._guard(control, self._substep_end, run)
 
     def _substep_end(self, run: Run) -> None:
+        self._start_due(run)
         run.batch_end()
-        run.batch_start()
+        self._next = True  # HF goes on with the next micro-batch, unless asked to stop
+
+    def _start_due(self, run: Run) -> None:
+        if self._next:
+            self._next = False
+            run.batch_start()
+
+    def on_pre_optimizer_step(self, args: TrainingArguments, state: TrainerState,
+                              control: TrainerControl, **kw: Any) -> None:  # fmt: skip
+        if self._next and (run := self._live()) is not None:
+            self._guard(control, self._start_due, run)
 
     def on_optimizer_step(self, args: TrainingArguments, state: TrainerState,
                           control: TrainerControl, **kw: Any) -> None:  # fmt: skip
@@ -220,6 +235,7 @@ class TransformersCallback(TrainerCallback):
             self._guard(control, self._optimizer_step, run)
 
     def _optimizer_step(self, run: Run) -> None:
+        self._start_due(run)
         run.optimizer_step()
         run.zero_grad()  # HF clears the gradients right after the scheduler's step
 
@@ -229,6 +245,7 @@ class TransformersCallback(TrainerCallback):
             self._guard(control, self._step_end, run, kw.get("optimizer"))
 
     def _step_end(self, run: Run, optimizer: Any) -> None:
+        self._start_due(run)
         self._lr_changed(run, optimizer)
         self._pending = True  # batch_end waits for this step's on_log, if one comes
 

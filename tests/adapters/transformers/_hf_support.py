@@ -18,7 +18,7 @@ from typing import Any
 _HOME = Path(tempfile.mkdtemp(prefix="eventhooks-hf-"))
 atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 for _name in ("HF_HOME", "HF_DATASETS_CACHE", "TRANSFORMERS_CACHE", "TORCHINDUCTOR_CACHE_DIR"):
-    os.environ.setdefault(_name, str(_HOME / _name.lower()))
+    os.environ[_name] = str(_HOME / _name.lower())
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"

@@ -375,3 +375,17 @@ def test_keras_names_hear_the_matching_moments(tmp_path: Path) -> None:
         ("on_epoch_end", 1, None),
         ("on_predict_begin", None, None),
     ]  # fmt: skip
+
+
+def test_stop_after_an_accumulated_micro_batch(tmp_path: Path) -> None:
+    """A stop requested at a micro-batch without a step: HF never runs the next one."""
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    bus.subscribe("on_train_batch_end", lambda p: bus.request_stop("now"))
+    trainer = make_trainer(tmp_path, bus, epochs=3)
+    trainer.train()
+    assert trainer.state.global_step == 0
+    assert [p.batch for p in rec.payloads("on_train_batch_start")] == [0]
+    assert [p.epoch for p in rec.payloads("on_fit_epoch_end")] == [0]
+    assert rec.names[-2:] == ["on_train_end", "teardown"]
+    assert_canonical_order(rec.names)
