@@ -78,9 +78,18 @@ class LightningCallback(pl.Callback):
         run = self.run
         return run if run is not None and not run.closed else None
 
-    def _check_stop(self, trainer: pl.Trainer) -> None:
-        if self.bus.stop_requested and self._live() is not None:
-            trainer.should_stop = True
+    def _check_stop(self, trainer: pl.Trainer, *, epoch_end: bool = False) -> None:
+        """A stop request becomes ``trainer.should_stop``: at once on one process; under DDP
+        at the epoch's end, decided by every rank together (any rank asking stops all), so
+        that no rank stops alone and leaves the others waiting in a collective."""
+        if self._live() is None:
+            return
+        if trainer.world_size == 1:
+            if self.bus.stop_requested:
+                trainer.should_stop = True
+        elif epoch_end:  # every rank comes here at the same point of the epoch
+            if trainer.strategy.reduce_boolean_decision(self.bus.stop_requested, all=False):
+                trainer.should_stop = True
 
     def _val_logs(self, trainer: pl.Trainer, fit: bool) -> dict[str, float]:
         logs = lg.floats(trainer.callback_metrics, self._val_keys)
@@ -171,7 +180,7 @@ class LightningCallback(pl.Callback):
             run.train_epoch_end(lg.train_logs(trainer, self._val_keys))
         self._report_saves(trainer)  # saved at on_validation_end (validation every n epochs)
         run.epoch_end(self._epoch_logs(trainer))
-        self._check_stop(trainer)
+        self._check_stop(trainer, epoch_end=True)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if (run := self._live()) is None:

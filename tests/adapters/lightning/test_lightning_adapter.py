@@ -7,6 +7,7 @@ A tiny LightningModule on random tensors; every Trainer writes under ``tmp_path`
 from __future__ import annotations
 
 import csv
+import json
 import os
 import socket
 import subprocess
@@ -432,3 +433,88 @@ def test_validation_every_other_epoch(tmp_path: Path) -> None:
     assert [p.epoch for p in rec.payloads("on_val_end")] == [1, 3]
     logs = [p.logs for p in rec.payloads("on_fit_epoch_end")]
     assert "val_loss" not in logs[0] and "val_loss" in logs[1]
+
+
+# -- DDP: two real CPU processes (gloo on the loopback interface) -------------------------------
+
+DDP_SCRIPT = """
+import json, sys, warnings
+from pathlib import Path
+import lightning.pytorch as pl, torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from eventhooks import EventBus
+from eventhooks.adapters.lightning import LightningCallback
+from eventhooks.callbacks import CSVLogger
+from eventhooks.testing import Recorder
+
+warnings.filterwarnings("ignore")
+out = Path(sys.argv[1])
+
+class Tiny(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(4, 1)
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.mse_loss(self.layer(x), y)
+        self.log("loss", loss, sync_dist=True)
+        return loss
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+bus = EventBus(check_order=True)
+rec = Recorder(bus)
+bus.attach(CSVLogger(out / "log.csv"))
+rank0: list[int] = []
+bus.subscribe("on_fit_epoch_end", lambda p: rank0.append(p.rank), rank=0)
+def stop(payload):
+    if payload.rank == 1 and payload.epoch == 1 and payload.batch == 0:
+        bus.request_stop("rank 1 asks")
+bus.subscribe("on_train_batch_end", stop)
+trainer = pl.Trainer(
+    max_epochs=5, accelerator="cpu", devices=2, strategy="ddp", logger=False,
+    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    default_root_dir=out, callbacks=[LightningCallback(bus)],
+)
+data = TensorDataset(torch.randn(16, 4), torch.randn(16, 1))
+trainer.fit(Tiny(), DataLoader(data, batch_size=4))
+rank = trainer.global_rank
+(out / f"trace-{rank}.json").write_text(json.dumps({
+    "names": rec.names,
+    "places": sorted({(p.rank, p.world_size) for _, p in rec.records}),
+    "epochs": [p.epoch for p in rec.payloads("on_fit_epoch_end")],
+    "batches": len(rec.payloads("on_train_batch_end")),
+    "rank0": rank0,
+}))
+if torch.distributed.is_initialized():  # else gloo's threads abort the interpreter's exit
+    torch.distributed.destroy_process_group()
+"""
+
+
+def test_ddp_two_processes(tmp_path: Path) -> None:
+    script = tmp_path / "ddp_fit.py"
+    script.write_text(DDP_SCRIPT)
+    with socket.socket() as probe:  # a free port on the loopback interface (bind only)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           "PL_DISABLE_FORK": "1"}  # fmt: skip
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK"):
+        env.pop(name, None)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], env=env, cwd=tmp_path,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    traces = [json.loads((tmp_path / f"trace-{r}.json").read_text()) for r in (0, 1)]
+    for rank, trace in enumerate(traces):
+        assert_canonical_order(trace["names"])
+        assert trace["places"] == [[rank, 2]]  # every payload: rank and world_size
+        # rank 1 asked to stop in epoch 1: both ranks finish that epoch, then stop together
+        assert trace["epochs"] == [0, 1]
+        assert trace["batches"] == 4  # 16 samples, 2 ranks, batches of 4: 2 per epoch
+        assert trace["names"][-2:] == ["on_train_end", "teardown"]
+    assert traces[0]["rank0"] == [0, 0] and traces[1]["rank0"] == []
+    rows = list(csv.DictReader((tmp_path / "log.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]  # rank 0 only writes
