@@ -254,7 +254,7 @@ class TransformersCallback(TrainerCallback):
         if (run := self._live()) is None:
             return
         control.should_log = True  # the epoch's loss, even under logging_steps
-        last = getattr(self.trainer or run.context.source, "_globalstep_last_logged", -1)
+        last = getattr(run.context.source, "_globalstep_last_logged", -1)
         self._log_due = state.global_step > last
         self._eval_due = bool(control.should_evaluate)
         self._guard(control, self._epoch_trained, run)
