@@ -18,16 +18,28 @@ sanity-check validation                         nothing (not an epoch's validati
 ``on_before_zero_grad``                         ``zero_grad``
 ``on_before_optimizer_step``                    ``optimizer_step`` (``step`` counts these: an
                                                 accumulating batch has none)
-first non-sanity ``on_validation_start``        ``train_epoch_end`` (training metrics), then
-                                                ``run.validation()`` (``val_*`` metrics)
+the epoch's ``on_validation_start``              ``train_epoch_end`` (training metrics), then
+(the last batch's, or after a stop)             ``run.validation()`` (``val_*`` metrics);
+                                                a mid-epoch one (``val_check_interval < 1``)
+                                                is not reported
 ``on_train_epoch_end``                          ``train_epoch_end`` if no validation ran,
                                                 checkpoints written at ``on_validation_end``,
                                                 ``epoch_end`` (training and ``val_*`` metrics)
 ``on_train_end``                                last checkpoints, ``train_end``
 ``teardown(stage="fit")``                       ``teardown``
 ``on_exception``                                ``teardown`` carrying the error
-``trainer.validate`` / ``test`` / ``predict``   a :class:`Validation` / :class:`Prediction`
+``trainer.validate`` / ``test`` / ``predict``   a :class:`Validation` (metrics as logged) /
+                                                a :class:`Prediction` (``predict_step``'s
+                                                outputs at ``on_predict_batch_end``)
 ==============================================  ===============================================
+
+Logs are floats read from ``trainer.callback_metrics``. Validation metrics are told from
+training ones by what the validation loop logged (learnt at each validation's end, the sanity
+check's included); inside a fit they are named ``val_*`` (``val_loss`` stays, ``acc`` becomes
+``val_acc``, ``val/x`` becomes ``val_x``). ``loss`` is added from ``train_loss`` (or
+``train/loss``) when the module logs no ``loss``. Learning rates (``lr``, or ``lr_0``,
+``lr_1``... over every optimizer's parameter groups) are compared at each batch's and epoch's
+start: a change is ``on_params_update``.
 
 ``ModelCheckpoint`` is always moved last by Lightning and writes in its own
 ``on_train_epoch_end``, after ours: its file is reported (``on_model_save``, with the path) at
@@ -54,9 +66,16 @@ class LightningCallback(pl.Callback):
 
     ``fit`` is a run: payloads carry the ``Trainer`` as ``source``, its ``global_rank`` and
     ``world_size``, and ``params`` (``epochs``/``max_epochs``, ``steps``/``steps_per_epoch``
-    when the loader has a length, ``accumulate_grad_batches``). ``bus.request_stop()`` sets
-    ``trainer.should_stop`` (which Lightning ignores before ``min_epochs``). Any failure of the
-    fit reaches ``teardown`` through Lightning's ``on_exception``; Lightning re-raises it.
+    when the loader has a length, ``accumulate_grad_batches``).
+
+    ``bus.request_stop()`` sets ``trainer.should_stop`` after the hook that asked (Lightning
+    ignores it before ``min_epochs``, as for its own callbacks). Under DDP the ranks decide at
+    each epoch's end, together: a stop asked on any rank stops every rank after that epoch.
+
+    Any failure of the fit (a subscriber, ``training_step``, the data) reaches ``teardown``
+    through Lightning's ``on_exception``, and Lightning re-raises it unchanged (a
+    ``KeyboardInterrupt`` is Lightning's ``SystemExit(1)``; ``teardown`` carries the
+    interrupt). The sanity-check validation is not reported.
     """
 
     def __init__(self, bus: EventBus) -> None:

@@ -270,6 +270,15 @@ def test_request_stop(tmp_path: Path) -> None:
     assert rec.names[-2:] == ["on_train_end", "teardown"]
 
 
+def test_request_stop_waits_for_min_epochs(tmp_path: Path) -> None:
+    """Lightning ignores ``should_stop`` before ``min_epochs``: so does a stop request."""
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    bus.subscribe("on_fit_epoch_end", lambda p: bus.request_stop("enough"))
+    fit(tmp_path, bus, max_epochs=5, min_epochs=2)
+    assert [p.epoch for p in rec.payloads("on_fit_epoch_end")] == [0, 1]
+
+
 def test_failing_subscriber(tmp_path: Path) -> None:
     bus = EventBus(check_order=True)
     rec = Recorder(bus)
@@ -281,7 +290,7 @@ def test_failing_subscriber(tmp_path: Path) -> None:
     with pytest.raises(SubscriberError) as info:
         fit(tmp_path, bus)
     assert isinstance(info.value.original, KeyError)
-    assert "on_val_end" in str(info.value)
+    assert "on_val_end" in str(info.value) and "boom" in str(info.value)
     assert rec.names[-1] == "teardown" and rec.names.count("teardown") == 1
     assert "subscriber broke" in (rec.payloads("teardown")[0].error or "")
 
