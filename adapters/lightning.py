@@ -163,8 +163,7 @@ class LightningCallback(pl.Callback):
     ) -> None:
         if (run := self._live()) is None:
             return
-        if trainer.checkpoint_callbacks:  # a checkpoint every N training steps
-            self._report_saves(trainer)
+        self._report_saves(trainer)  # a checkpoint every N training steps
         run.batch_start(batch_idx)
         self._lr_changed(trainer, run)  # a step-wise scheduler stepped after the last batch
 

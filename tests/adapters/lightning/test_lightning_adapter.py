@@ -242,6 +242,8 @@ def test_history_csv_and_early_stopping(tmp_path: Path) -> None:
 def test_lightning_early_stopping_and_checkpoint_beside_ours(tmp_path: Path) -> None:
     bus = EventBus(check_order=True)
     rec = Recorder(bus)
+    exists: list[bool] = []
+    bus.subscribe("on_model_save", lambda p: exists.append(Path(p.path).is_file()))
     stopper = LightningEarlyStopping(monitor="val_loss", patience=0, min_delta=1e9)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     fit(tmp_path, bus, Tiny(), stopper, ckpt, max_epochs=5, enable_checkpointing=True)
@@ -249,8 +251,7 @@ def test_lightning_early_stopping_and_checkpoint_beside_ours(tmp_path: Path) -> 
     assert [p.epoch for p in rec.payloads("on_fit_epoch_end")] == [0, 1]
     saves = rec.payloads("on_model_save")
     assert saves, "ModelCheckpoint's files were not reported"
-    for save in saves:
-        assert Path(save.path).exists() or save.epoch == 0  # top-1 replaces the older file
+    assert exists == [True] * len(saves)  # each file exists when it is reported
     assert any(Path(s.path).name == "last.ckpt" for s in saves)
     assert {s.epoch for s in saves} == {0, 1}
     assert Path(ckpt.best_model_path).exists()
@@ -527,3 +528,16 @@ def test_ddp_two_processes(tmp_path: Path) -> None:
     assert traces[0]["rank0"] == [0, 0] and traces[1]["rank0"] == []
     rows = list(csv.DictReader((tmp_path / "log.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [0, 1]  # rank 0 only writes
+
+
+def test_resume_from_checkpoint(tmp_path: Path) -> None:
+    """A fit resumed from Lightning's checkpoint starts at its epoch (``initial_epoch``)."""
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    fit(tmp_path, EventBus(), Tiny(), ckpt, enable_checkpointing=True)
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    t = trainer(tmp_path, bus, max_epochs=3)
+    t.fit(Tiny(), loader(), loader(8, 4, seed=1), ckpt_path=ckpt.last_model_path)
+    assert rec.payloads("on_train_start")[0].epoch == 2
+    assert [p.epoch for p in rec.payloads("on_fit_epoch_end")] == [2]
+    assert rec.names[-2:] == ["on_train_end", "teardown"]
