@@ -1,0 +1,109 @@
+"""What the Hugging Face adapter adds to a real ``Trainer.train()`` (target: at most 2%).
+
+A small MLP (64-256-256-10) on random tensors, CPU, one thread, steps of about a millisecond:
+without the adapter, and with ``TransformersCallback`` and three subscribers (History,
+CSVLogger and a reader of batch logs). Runs are interleaved, their order rotating, and the
+medians compared; a second plain run is the noise control.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HOME = Path(tempfile.mkdtemp(prefix="eventhooks-bench-hf-"))
+for _name in ("HF_HOME", "HF_DATASETS_CACHE", "TORCHINDUCTOR_CACHE_DIR"):
+    os.environ.setdefault(_name, str(HOME / _name.lower()))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import torch  # noqa: E402
+from _timing import table  # noqa: E402
+from torch import nn  # noqa: E402
+from transformers import Trainer, TrainingArguments  # noqa: E402
+
+from eventhooks import EventBus, events  # noqa: E402
+from eventhooks.adapters.transformers import TransformersCallback  # noqa: E402
+from eventhooks.callbacks import CSVLogger, History  # noqa: E402
+
+ROUNDS = 7
+STEPS = 300
+
+
+class Mlp(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256),
+                                 nn.ReLU(), nn.Linear(256, 10))  # fmt: skip
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.net(x)
+        return {"loss": nn.functional.cross_entropy(logits, labels), "logits": logits}
+
+
+class Data(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
+    def __init__(self, n: int) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 64, generator=generator)
+        self.y = torch.randint(0, 10, (n,), generator=generator)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"x": self.x[i], "labels": self.y[i]}
+
+
+def trainer(out: Path, callbacks: list[Any]) -> Trainer:
+    args = TrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=32, num_train_epochs=1,
+        report_to=[], use_cpu=True, save_strategy="no", eval_strategy="no",
+        logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
+    )  # fmt: skip
+    return Trainer(model=Mlp(), args=args, train_dataset=Data(32 * STEPS), callbacks=callbacks)
+
+
+def timed(with_adapter: bool, out: Path) -> float:
+    callbacks: list[Any] = []
+    if with_adapter:
+        bus = EventBus()
+        bus.attach(History())
+        bus.attach(CSVLogger(out / "log.csv"))
+        bus.subscribe(events.on_train_batch_end, lambda p: p.logs.get("loss"))
+        callbacks = [TransformersCallback(bus)]
+    run = trainer(out, callbacks)
+    start = time.perf_counter()
+    run.train()
+    return (time.perf_counter() - start) / STEPS * 1e3
+
+
+def main() -> str:
+    torch.set_num_threads(1)
+    variants = {"plain `Trainer.train()`": False, "plain again (noise control)": False,
+                "with the adapter and 3 subscribers": True}  # fmt: skip
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(ROUNDS):
+            for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+                times[name].append(timed(variants[name], Path(tmp) / f"{round_}-{len(name)}"))
+    base = statistics.median(times[names[0]])
+    rows = [(name, f"{statistics.median(t):.3f}", f"{statistics.median(t) / base - 1:+.2%}")
+            for name, t in times.items()]  # fmt: skip
+    text = table(
+        f"Hugging Face Trainer: {STEPS} steps of an MLP 64-256-256-10, batch 32, 1 thread "
+        f"(median of {ROUNDS} rotating rounds)",
+        ("run", "ms per step", "added"),
+        rows,
+    )
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
