@@ -1,0 +1,110 @@
+"""What the Lightning adapter adds to a real ``Trainer.fit`` (targets: 2%, and 0.5% with
+nobody listening).
+
+A small MLP (64-256-256-10) on random tensors, CPU, one thread, steps of about a millisecond:
+a plain fit, a fit with an empty ``lightning.Callback`` (what any callback costs in
+Lightning's own dispatch), with ``LightningCallback`` and nobody listening, and with it and
+three subscribers (History, CSVLogger and a reader of batch logs). Runs are interleaved, their
+order rotating, and the medians compared; a second plain fit is the noise control.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from _timing import table
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from eventhooks import EventBus, events
+from eventhooks.adapters.lightning import LightningCallback
+from eventhooks.callbacks import CSVLogger, History
+
+ROUNDS = 7
+STEPS = 300
+
+
+class Mlp(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256),
+                                 nn.ReLU(), nn.Linear(256, 10))  # fmt: skip
+
+    def training_step(self, batch: Any, index: int) -> torch.Tensor:
+        x, y = batch
+        loss = nn.functional.cross_entropy(self.net(x), y)
+        self.log("loss", loss)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def loader() -> DataLoader[Any]:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(32 * STEPS, 64, generator=generator)
+    y = torch.randint(0, 10, (32 * STEPS,), generator=generator)
+    return DataLoader(TensorDataset(x, y), batch_size=32)
+
+
+def timed(variant: str, out: Path, data: DataLoader[Any]) -> float:
+    callbacks: list[pl.Callback] = []
+    if variant == "empty":
+        callbacks = [pl.Callback()]
+    elif variant != "plain":
+        bus = EventBus()
+        if variant == "busy":
+            bus.attach(History())
+            bus.attach(CSVLogger(out / "log.csv"))
+            bus.subscribe(events.on_train_batch_end, lambda p: p.logs.get("loss"))
+        callbacks = [LightningCallback(bus)]
+    trainer = pl.Trainer(
+        max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=out,
+        callbacks=callbacks,
+    )  # fmt: skip
+    start = time.perf_counter()
+    trainer.fit(Mlp(), data)
+    return (time.perf_counter() - start) / STEPS * 1e3
+
+
+def main() -> str:
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")  # Lightning's advice on dataloader workers
+    variants = {
+        "plain `Trainer.fit`": "plain",
+        "plain again (noise control)": "plain",
+        "an empty `lightning.Callback` (Lightning's own dispatch)": "empty",
+        "`LightningCallback`, nobody listening": "quiet",
+        "`LightningCallback` and 3 subscribers, one reading batch logs": "busy",
+    }
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    names, data = list(variants), loader()
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(ROUNDS):
+            for i, name in enumerate(names[round_ % len(names):] + names[: round_ % len(names)]):
+                where = Path(tmp) / f"{round_}-{i}"
+                times[name].append(timed(variants[name], where, data))
+    base = statistics.median(times[names[0]])
+    rows = [(name, f"{statistics.median(t):.3f}", f"{statistics.median(t) / base - 1:+.2%}")
+            for name, t in times.items()]  # fmt: skip
+    text = table(
+        f"Lightning: fit of {STEPS} steps, MLP 64-256-256-10, batch 32, 1 thread "
+        f"(median of {ROUNDS} rotating rounds)",
+        ("run", "ms per step", "added"),
+        rows,
+    )
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
