@@ -64,3 +64,22 @@ def table(title: str, header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> s
     lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def rotating(runs: dict[str, Callable[[int], float]], rounds: int) -> dict[str, list[float]]:
+    """Each run's result over ``rounds`` (it is given the round's number), their order
+    rotating every round so that every run sits in every position equally often."""
+    names = list(runs)
+    found: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(rounds):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            found[name].append(runs[name](round_))
+    return found
+
+
+def added(times: dict[str, list[float]]) -> list[tuple[str, str, str]]:
+    """Rows of (run, median, added over the first run's median) for a table."""
+    base = statistics.median(next(iter(times.values())))
+    return [(name, f"{statistics.median(t):.3f}", f"{statistics.median(t) / base - 1:+.2%}")
+            for name, t in times.items()]  # fmt: skip

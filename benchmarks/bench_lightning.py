@@ -10,16 +10,18 @@ order rotating, and the medians compared; a second plain fit is the noise contro
 
 from __future__ import annotations
 
-import statistics
+import atexit
+import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from _timing import table
+from _timing import added, rotating, table
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -86,16 +88,13 @@ def main() -> str:
         "`LightningCallback`, nobody listening": "quiet",
         "`LightningCallback` and 3 subscribers, one reading batch logs": "busy",
     }
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    names, data = list(variants), loader()
-    with tempfile.TemporaryDirectory() as tmp:
-        for round_ in range(ROUNDS):
-            for i, name in enumerate(names[round_ % len(names):] + names[: round_ % len(names)]):
-                where = Path(tmp) / f"{round_}-{i}"
-                times[name].append(timed(variants[name], where, data))
-    base = statistics.median(times[names[0]])
-    rows = [(name, f"{statistics.median(t):.3f}", f"{statistics.median(t) / base - 1:+.2%}")
-            for name, t in times.items()]  # fmt: skip
+    data, tmp = loader(), Path(tempfile.mkdtemp(prefix="eventhooks-bench-pl-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+
+    def run(variant: str) -> Callable[[int], float]:
+        return lambda round_: timed(variant, tmp / f"{round_}-{variant}-{time.time_ns()}", data)
+
+    rows = added(rotating({name: run(v) for name, v in variants.items()}, ROUNDS))
     text = table(
         f"Lightning: fit of {STEPS} steps, MLP 64-256-256-10, batch 32, 1 thread "
         f"(median of {ROUNDS} rotating rounds)",

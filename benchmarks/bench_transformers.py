@@ -8,21 +8,24 @@ medians compared; a second plain run is the noise control.
 
 from __future__ import annotations
 
+import atexit
 import os
-import statistics
+import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 HOME = Path(tempfile.mkdtemp(prefix="eventhooks-bench-hf-"))
+atexit.register(shutil.rmtree, HOME, ignore_errors=True)
 for _name in ("HF_HOME", "HF_DATASETS_CACHE", "TORCHINDUCTOR_CACHE_DIR"):
     os.environ.setdefault(_name, str(HOME / _name.lower()))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import torch  # noqa: E402
-from _timing import table  # noqa: E402
+from _timing import added, rotating, table  # noqa: E402
 from torch import nn  # noqa: E402
 from transformers import Trainer, TrainingArguments  # noqa: E402
 
@@ -86,15 +89,12 @@ def main() -> str:
     torch.set_num_threads(1)
     variants = {"plain `Trainer.train()`": False, "plain again (noise control)": False,
                 "with the adapter and 3 subscribers": True}  # fmt: skip
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    names = list(variants)
-    with tempfile.TemporaryDirectory() as tmp:
-        for round_ in range(ROUNDS):
-            for name in names[round_ % len(names):] + names[: round_ % len(names)]:
-                times[name].append(timed(variants[name], Path(tmp) / f"{round_}-{len(name)}"))
-    base = statistics.median(times[names[0]])
-    rows = [(name, f"{statistics.median(t):.3f}", f"{statistics.median(t) / base - 1:+.2%}")
-            for name, t in times.items()]  # fmt: skip
+    tmp = HOME / "runs"
+
+    def run(adapter: bool) -> Callable[[int], float]:
+        return lambda round_: timed(adapter, tmp / f"{round_}-{adapter}-{time.time_ns()}")
+
+    rows = added(rotating({name: run(v) for name, v in variants.items()}, ROUNDS))
     text = table(
         f"Hugging Face Trainer: {STEPS} steps of an MLP 64-256-256-10, batch 32, 1 thread "
         f"(median of {ROUNDS} rotating rounds)",
