@@ -127,6 +127,10 @@ def _worker(
         if dist.is_initialized():
             dist.destroy_process_group()
         (out / f"rank{rank}.json").write_text(json.dumps(result))
+    # Everything the test checks is written: leave without the interpreter's teardown, where
+    # gloo's threads sometimes abort the process ("terminate called without an active
+    # exception") on a loaded machine, a failure of exit, not of what is tested.
+    os._exit(0)
 
 
 def _free_port() -> int:
