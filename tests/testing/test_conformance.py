@@ -158,7 +158,7 @@ def test_ultralytics_adapter_conforms(tmp_path: Any) -> None:
                     plots=False, device="cpu", workers=0, project=str(tmp_path / "runs"),
                     name=f"run{next(runs)}", verbose=False)  # fmt: skip
 
-    from _yolo_support import NetworkGuard
+    from _network import NetworkGuard
 
     with NetworkGuard().active() as guard:
         seen = check_adapter(yolo_run)

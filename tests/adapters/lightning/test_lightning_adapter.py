@@ -13,13 +13,14 @@ import socket
 import subprocess
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import pytest
 import torch
+from _network import NetworkGuard
 from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
@@ -38,28 +39,12 @@ warnings.filterwarnings("ignore", ".*is deprecated.*", category=DeprecationWarni
 FEATURES = 4
 
 
-class NetworkAttempt(OSError):
-    """Raised instead of opening a connection or resolving a name."""
-
-
 @pytest.fixture(autouse=True)
-def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+def no_network() -> Iterator[list[str]]:
     """Every connection or name lookup fails the test (and is recorded)."""
-    attempts: list[str] = []
-
-    def refuse(what: str) -> Callable[..., Any]:
-        def refused(*args: Any, **kwargs: Any) -> Any:
-            attempts.append(what)
-            raise NetworkAttempt(f"network access attempted during a test: {what}")
-
-        return refused
-
-    for name in ("connect", "connect_ex"):
-        monkeypatch.setattr(socket.socket, name, refuse(f"socket.{name}"))
-    for name in ("create_connection", "getaddrinfo"):
-        monkeypatch.setattr(socket, name, refuse(name))
-    yield attempts
-    assert not attempts, f"network access attempted: {attempts}"
+    with NetworkGuard().active() as guard:
+        yield guard.attempts
+    assert not guard.attempts, f"network access attempted: {guard.attempts}"
 
 
 @pytest.fixture(autouse=True)

@@ -8,10 +8,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import socket
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,40 +28,6 @@ from transformers import Trainer, TrainingArguments  # noqa: E402
 
 from eventhooks import EventBus  # noqa: E402
 from eventhooks.adapters.transformers import TransformersCallback  # noqa: E402
-
-
-class NetworkAttempt(OSError):
-    """Raised instead of opening a connection or resolving a name."""
-
-
-class NetworkGuard:
-    """Makes every connection and name lookup fail, and records who tried (``attempts``)."""
-
-    def __init__(self) -> None:
-        self.attempts: list[str] = []
-
-    def _refuse(self, what: str) -> Any:
-        def refuse(*args: Any, **kwargs: Any) -> Any:
-            self.attempts.append(f"{what}{args[1:2]!r}")
-            raise NetworkAttempt(f"network access attempted during a test: {what}{args[1:2]!r}")
-
-        return refuse
-
-    @contextmanager
-    def active(self) -> Iterator[NetworkGuard]:
-        saved = {
-            (socket.socket, "connect"): socket.socket.connect,
-            (socket.socket, "connect_ex"): socket.socket.connect_ex,
-            (socket, "create_connection"): socket.create_connection,
-            (socket, "getaddrinfo"): socket.getaddrinfo,
-        }
-        try:
-            for owner, name in saved:
-                setattr(owner, name, self._refuse(name))
-            yield self
-        finally:
-            for (owner, name), original in saved.items():
-                setattr(owner, name, original)
 
 
 class Tiny(nn.Module):

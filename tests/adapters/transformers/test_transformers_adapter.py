@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _hf_support import Boom, Data, NetworkGuard, Tiny, make_trainer
+from _hf_support import Boom, Data, Tiny, make_trainer
+from _network import NetworkGuard
 from transformers import Trainer
 
 from eventhooks import Callback, EventBus, SubscriberError

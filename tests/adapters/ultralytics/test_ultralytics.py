@@ -24,8 +24,9 @@ from typing import Any, cast
 
 import pytest
 import torch
+from _network import NetworkAttempt, NetworkGuard
 from _yolo_data import classification_dataset, detection_dataset, predict_images
-from _yolo_support import EpochFile, NativeTrace, NetworkAttempt, NetworkGuard
+from _yolo_support import EpochFile, NativeTrace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from ultralytics import YOLO
@@ -886,9 +887,9 @@ def test_forwarders_pickle_and_come_back_to_the_live_bus() -> None:
 
 CHILD = """
 import importlib, json, pickle, pkgutil, sys
-sys.path.insert(0, {tests!r})
+sys.path[:0] = [{tests!r}, {shared!r}]
 import eventhooks, eventhooks.adapters
-from _yolo_support import NetworkGuard
+from _network import NetworkGuard
 
 # 1. Every eventhooks module imports without importing ultralytics.
 for pkg in (eventhooks, eventhooks.adapters):
@@ -929,8 +930,10 @@ def child(tmp_path_factory: pytest.TempPathFactory, cls_data: Path) -> ChildRun:
                   if isinstance(fn, Forwarder)}  # fmt: skip
     blob = tmp / "forwarders.pkl"
     blob.write_bytes(pickle.dumps(forwarders))
-    script = CHILD.format(tests=str(TESTS), blob=str(blob), data=str(cls_data),
-                          args=train_args(tmp / "runs"))  # fmt: skip
+    script = CHILD.format(
+        tests=str(TESTS), shared=str(TESTS.parents[1]), blob=str(blob), data=str(cls_data),
+        args=train_args(tmp / "runs"),
+    )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     tagged = [line.partition(" ") for line in proc.stdout.splitlines()]
