@@ -6,14 +6,19 @@ deep-learning framework. Takes a few seconds on one core.
 
 from __future__ import annotations
 
+import os
+import shlex
+import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._cli_replay import replay_command
 from .bus import EventBus
 from .callbacks import CSVLogger, EarlyStopping, EventLog, History, ModelCheckpoint, ProgressBar
-from .plot import MissingExtraError, plot_history
+from .plot import MissingExtraError
 
 
 def dataset(seed: int, n: int = 1200, dim: int = 8, classes: int = 3) -> tuple[Any, ...]:
@@ -101,23 +106,57 @@ def run_demo(
     if plot:
         png = folder / "curves.png"
         try:
-            plot_history(history.history, png, epochs=history.epoch, title="eventhooks demo")
+            # What `eventhooks plot events.jsonl -o curves.png` draws, from the same log.
+            replay_command(str(files["events"]), plot=png, summary=False)
             files["plot"] = png
         except MissingExtraError as exc:
             result.notes.append(f"plot skipped: {exc}")
     return result
 
 
+def eventhooks_command() -> str:
+    """How to type the ``eventhooks`` command that is running, so a printed command can be
+    pasted as shown: ``eventhooks`` if that name on PATH is this script, else the script
+    next to ``sys.executable`` (``.venv/bin/eventhooks``, relative when below the working
+    folder), else ``<python> -m eventhooks``."""
+    folder = Path(sys.executable).parent
+    script = folder / ("eventhooks.exe" if os.name == "nt" else "eventhooks")
+    if not script.is_file():
+        return f"{shlex.quote(sys.executable)} -m eventhooks"
+    on_path = shutil.which("eventhooks")
+    if on_path is not None and _same_file(on_path, script):
+        return "eventhooks"
+    absolute = Path(os.path.abspath(script))
+    try:
+        relative = absolute.relative_to(os.path.abspath(os.getcwd()))
+    except ValueError:
+        return shlex.quote(str(absolute))
+    return shlex.quote(str(relative) if relative.parent != Path() else f"./{relative}")
+
+
+def _same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def report(result: DemoResult) -> str:
-    """The lines ``eventhooks demo`` prints."""
+    """The lines ``eventhooks demo`` prints; epochs numbered from 0, as in the payloads, the
+    CSV and the plot."""
     h, early = result.history, result.early
     last = {k: v[-1] for k, v in h.history.items()}
     metrics = "  ".join(f"{k}={v:.4f}" for k, v in sorted(last.items()))
-    lines = [f"trained {len(h.epoch)} epochs: {metrics}"]
+    span = f"epochs 0-{h.epoch[-1]}" if len(h.epoch) > 1 else "epoch 0"
+    lines = [
+        f"trained {len(h.epoch)} epochs ({span}, numbered from 0 as in the CSV and the plot): "
+        f"{metrics}"
+    ]
     if early.stopped_epoch is not None:
         lines.append(
-            f"early stopping at epoch {early.stopped_epoch + 1}; weights restored from "
-            f"epoch {(early.best_epoch or 0) + 1} (val_loss={early.best:.4f})"
+            f"early stopping after epoch {early.stopped_epoch}: {early.monitor} did not "
+            f"improve for {early.patience} epochs; weights restored from epoch "
+            f"{early.best_epoch} ({early.monitor}={early.best:.4f})"
         )
     labels = {"csv": "CSV log", "events": "event log", "checkpoint": "best model",
               "plot": "training curves"}  # fmt: skip
@@ -126,5 +165,9 @@ def report(result: DemoResult) -> str:
         if path.exists():
             lines.append(f"  {labels[key]:<16} {path}")
     lines.extend(result.notes)
-    lines.append(f"replay it: eventhooks replay {result.files['events']} --csv replayed.csv")
+    command = eventhooks_command()
+    log = shlex.quote(str(result.files["events"]))
+    replayed = shlex.quote(str(result.folder / "replayed.csv"))
+    lines.append(f"replay it:  {command} replay {log} --csv {replayed}")
+    lines.append(f"plot it:    {command} plot {log} --monitor val_accuracy")
     return "\n".join(lines)

@@ -67,13 +67,36 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     replay.add_argument("log", help="an event log (.jsonl) written by EventLog")
     replay.add_argument("--csv", metavar="PATH", help="write the epochs as CSVLogger does")
-    replay.add_argument("--plot", metavar="PATH", help="draw the training curves to a PNG")
+    replay.add_argument("--plot", metavar="PNG", help="draw the training curves to a PNG")
+    _plot_options(replay)
 
-    plot = sub.add_parser("plot", help="training curves of an event log as a PNG")
+    plot = sub.add_parser(
+        "plot", help="training curves of an event log as a PNG",
+        description="Training curves of an event log's last run: one panel per metric with "
+        "its validation twin, the learning rates together, the best epoch marked.",
+    )  # fmt: skip
     plot.add_argument("log", help="an event log (.jsonl) written by EventLog")
-    plot.add_argument("-o", "--output", metavar="PNG", required=True, help="the PNG to write")
-    plot.add_argument("--title", help="figure title (default: the log's name)")
+    plot.add_argument(
+        "-o", "--output", metavar="PNG", help="the PNG to write (default: beside the log, "
+        "its name ending in .png instead of .jsonl)",
+    )  # fmt: skip
+    _plot_options(plot)
     return parser
+
+
+def _plot_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--title", help="figure title (default: the log's folder and name, and the run's date)"
+    )
+    parser.add_argument(
+        "--monitor", metavar="METRIC",
+        help="mark this metric's best epoch (default: val_loss, else loss)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--mode", choices=("auto", "min", "max"), default="auto",
+        help="whether the monitored metric is better lower (min) or higher (max); auto: "
+        "from its name, as EarlyStopping decides",
+    )  # fmt: skip
 
 
 def _positive(text: str) -> int:
@@ -123,15 +146,22 @@ def _schema(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     from ._cli_replay import replay_log
 
-    replayed = replay_log(args.log, csv=args.csv, plot=args.plot)
+    replayed = replay_log(
+        args.log, csv=args.csv, plot=args.plot, title=args.title, monitor=args.monitor,
+        mode=args.mode,
+    )  # fmt: skip
     print(replayed.text)  # its last line says how the log ends early, if it does
     return 0 if replayed.incomplete is None else EXIT_INCOMPLETE
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from ._cli_replay import replay_command
+    from ._cli_replay import default_plot_path, replay_command
 
-    print(replay_command(args.log, plot=args.output, title=args.title, summary=False))
+    output = args.output if args.output is not None else default_plot_path(args.log)
+    print(replay_command(
+        args.log, plot=output, title=args.title, monitor=args.monitor, mode=args.mode,
+        summary=False,
+    ))  # fmt: skip
     return 0
 
 

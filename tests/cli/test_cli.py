@@ -99,8 +99,8 @@ def test_unknown_event_is_a_one_line_error(capsys: Any) -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [[], ["bogus"], ["demo", "--epochs", "0"], ["demo", "--epochs", "x"], ["plot", "log.jsonl"],
-     ["replay"], ["schema", "a", "b"]],
+    [[], ["bogus"], ["demo", "--epochs", "0"], ["demo", "--epochs", "x"], ["plot"],
+     ["plot", "log.jsonl", "--mode", "best"], ["replay"], ["schema", "a", "b"]],
 )  # fmt: skip
 def test_bad_arguments_are_one_line_usage_errors(capsys: Any, argv: list[str]) -> None:
     code, _, err = run(capsys, *argv)
