@@ -25,6 +25,10 @@ ErrorPolicy = Literal["raise", "warn", "disable"]
 a :class:`SubscriberError`; ``warn`` logs and delivery goes on; ``disable`` logs and
 disconnects the subscriber after ``max_failures`` failures."""
 
+Overflow = Literal["wait", "drop"]
+"""What a background subscription does when its bus's queue is full: ``wait`` (the emitting
+thread waits; nothing is lost) or ``drop`` (the event is not delivered to it, and counted)."""
+
 Handler = Callable[[Any], object]
 
 #: One sequence for every connection of every bus: "connection order" across all styles.
@@ -45,6 +49,13 @@ class Options:
     batch events, by this subscription's deliveries elsewhere). ``when`` is a predicate on the
     payload; ``rank`` delivers only on that distributed rank. ``weak=True`` holds the
     subscriber by weak reference. ``errors``/``max_failures`` override the bus's policy.
+
+    ``background=True`` runs the subscriber on the bus's worker thread (see
+    :mod:`eventhooks._background`); ``None``, the default, lets an attached object choose by
+    its ``background`` class attribute (the trackers say ``True``), else it is False.
+    ``overflow`` is what a background handoff does when the queue is full: ``"wait"`` (the
+    emitting thread waits, nothing is lost) or ``"drop"`` (the event is dropped for this
+    subscriber and counted in ``Subscription.dropped``).
     """
 
     priority: int | float = 0
@@ -55,6 +66,8 @@ class Options:
     weak: bool = False
     errors: ErrorPolicy | None = None
     max_failures: int | None = None
+    background: bool | None = None
+    overflow: Overflow = "wait"
 
     def __post_init__(self) -> None:
         priority = self.priority
@@ -82,6 +95,10 @@ class Options:
             )
         if not isinstance(self.weak, bool):
             raise TypeError(f"weak= must be True or False, got {self.weak!r}")
+        if self.background is not None and not isinstance(self.background, bool):
+            raise TypeError(f"background= must be True or False, got {self.background!r}")
+        if self.overflow not in ("wait", "drop"):
+            raise ValueError(f"overflow= must be 'wait' or 'drop', got {self.overflow!r}")
 
     @property
     def filtered(self) -> bool:
@@ -107,6 +124,8 @@ class OptionArgs(TypedDict, Generic[PayloadT], total=False):
     weak: bool
     errors: ErrorPolicy | None
     max_failures: int | None
+    background: bool | None
+    overflow: Overflow
 
 
 def make_options(options: Options | None, changes: OptionArgs[Any]) -> Options:
@@ -145,8 +164,8 @@ class Subscription:
     """
 
     __slots__ = (
-        "__weakref__", "_bus", "_fired", "_fn", "_lock", "_owner", "_ref", "count", "event",
-        "failures", "label", "live", "marks", "options", "seq",
+        "__weakref__", "_bus", "_fired", "_fn", "_lock", "_owner", "_ref", "count", "dropped",
+        "event", "failures", "label", "live", "marks", "options", "seq",
     )  # fmt: skip
 
     def __init__(
@@ -172,6 +191,7 @@ class Subscription:
         self.seq = next(connection_seq)
         self.count = 0
         self.failures = 0
+        self.dropped = 0  # background, overflow="drop": events not delivered for a full queue
         self.live = True  # False once disconnected: an emit in progress skips it
         self._fired = False
         self._lock = threading.Lock() if options.filtered else None
@@ -205,7 +225,14 @@ class Subscription:
     @property
     def direct(self) -> bool:
         """Whether the bus may call the subscriber itself, skipping this wrapper."""
-        return self._ref is None and not self.marks and self._lock is None
+        return self._ref is None and not self.marks and self._lock is None and not (
+            self.options.background
+        )
+
+    @property
+    def background(self) -> bool:
+        """Whether the subscriber runs on the bus's worker thread."""
+        return self.options.background is True
 
     @property
     def target(self) -> Handler | None:

@@ -13,6 +13,10 @@ blinker-style as ``receiver(bus, payload=payload)``. The bus uses blinker's publ
 
 **Nothing lost.** A failing subscriber does not keep the event from the ones after it; the
 error policy (``raise``, ``warn``, ``disable``) is applied once everyone has been called.
+
+**Background.** A ``background=True`` subscription stands in its route as a handoff to the
+bus's worker thread (:mod:`eventhooks._background`); ``teardown``'s route ends with a wait
+for that worker, so a run's teardown returns once its background subscribers are done.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from pydantic import BaseModel, ValidationError
 
 from . import events as ev
 from . import registry as _registry
+from ._background import DEFAULT_QUEUE_SIZE, Worker, snapshot
 from ._grammar import FULL, NOWHERE, SESSION_STARTS, Automaton
 from ._subscription import (
     Attachment,
@@ -94,7 +99,11 @@ class _Route:
 
     __slots__ = ("calls", "entries", "event", "stale", "validate")
 
-    def __init__(self, event: Event[Any], entries: tuple[Any, ...], silent: bool) -> None:
+    def __init__(
+        self, event: Event[Any], entries: tuple[Any, ...], silent: bool, bus: EventBus
+    ) -> None:
+        if event is ev.teardown and bus._drains:  # the run ends once its background work is done
+            entries = (*entries, _Drain(bus))
         self.event = event
         self.validate = event._validate
         self.entries = entries
@@ -102,6 +111,9 @@ class _Route:
         calls: list[Any] = []
         direct: set[int] = set()
         for entry in entries:
+            if isinstance(entry, Subscription) and entry.background:
+                calls.append(_Handoff(bus, entry))
+                continue
             fn = entry.target if isinstance(entry, Subscription) and entry.direct else None
             # Each callable appears once, so a failure is traced to its subscription.
             if fn is not None and id(fn) not in direct:
@@ -150,6 +162,45 @@ class _Relay:
             raise _PlainFailures(self, failed)
 
 
+class _Handoff:
+    """Stands in a route for a background subscription: queues a snapshot for the worker.
+
+    The ``every=``/``once=`` filters are asked first, so a skipped batch costs no copy.
+    """
+
+    __slots__ = ("bus", "sub")
+
+    def __init__(self, bus: EventBus, sub: Subscription) -> None:
+        self.bus, self.sub = bus, sub
+
+    def __call__(self, payload: Any) -> None:
+        sub = self.sub
+        if sub._lock is not None and not sub.would_deliver(
+            getattr(payload, "batch", None), getattr(payload, "epoch", None)
+        ):
+            return
+        self.bus._worker_of().put(sub, snapshot(payload))
+
+
+class _Drain:
+    """Last in ``teardown``'s route when it has background subscribers: waits for them."""
+
+    __slots__ = ("bus",)
+    live = True
+    label = "eventhooks background drain"
+
+    def __init__(self, bus: EventBus) -> None:
+        self.bus = bus
+
+    def would_deliver(self, batch: int | None, epoch: int | None) -> bool:
+        return True
+
+    def __call__(self, payload: Any) -> None:
+        worker = self.bus._worker
+        if worker is not None:
+            worker.drain()
+
+
 class _EventSignal(blinker.Signal):
     """An event's blinker signal: tells its bus when a receiver connects or disconnects."""
 
@@ -183,10 +234,17 @@ class EventBus:
         max_failures: int = 3,
         registry: _registry.Registry | None = None,
         check_order: bool | Iterable[str] = False,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
     ) -> None:
         if errors not in ("raise", "warn", "disable"):
             raise ValueError(f"errors= must be 'raise', 'warn' or 'disable', got {errors!r}")
         make_options(None, {"max_failures": max_failures})  # the same check as a subscription's
+        if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
+            raise ValueError(f"queue_size= must be a positive int, got {queue_size!r}")
+        self.queue_size = queue_size
+        self._worker: Worker | None = None  # started by the first background handoff
+        self._pending: list[SubscriberError] = []  # background failures not yet raised
+        self._drains = False  # whether teardown waits for the worker: once a background sub came
         self.errors: ErrorPolicy = errors
         self.max_failures = max_failures
         self.registry = registry or _registry.default
@@ -335,8 +393,9 @@ class EventBus:
         """Connect ``fn(payload)`` to ``event`` and return the subscription (its undo handle).
 
         Options (:class:`Options`: ``priority``, ``every``, ``once``, ``when``, ``rank``,
-        ``weak``, ``errors``, ``max_failures``) are given as keywords or bundled in
-        ``options``; keywords override the bundle. ``label`` names the subscriber in errors.
+        ``weak``, ``errors``, ``max_failures``, ``background``, ``overflow``) are given as
+        keywords or bundled in ``options``; keywords override the bundle. ``label`` names the
+        subscriber in errors.
         """
         return self._connect(self._learn(event), fn, make_options(options, changes), label=label)
 
@@ -349,6 +408,9 @@ class EventBus:
         return sub
 
     def _add(self, sub: Subscription) -> None:
+        if sub.background and not self._drains:
+            self._drains = True
+            self._publish(ev.teardown)
         if sub.live:  # not undone meanwhile (a change queued behind another)
             subs = [e for e in self._routes[sub.event].entries if isinstance(e, Subscription)]
             self._publish(sub.event, tuple(sorted((*subs, sub), key=_delivery_order)))
@@ -441,9 +503,12 @@ class EventBus:
         and an ``on_*`` method that names no event is an :class:`UnknownEventError` (mark a
         helper with :func:`eventhooks.not_a_hook`). For any other object, every callable
         attribute named like an event. A method under a Keras name and one under its
-        Ultralytics twin both run, the Ultralytics one first.
+        Ultralytics twin both run, the Ultralytics one first. ``background`` left unset
+        follows the object's own ``background`` class attribute (True for the trackers).
         """
         bundle = make_options(options, changes)
+        if bundle.background is None and getattr(type(obj), "background", None) is True:
+            bundle = dataclasses.replace(bundle, background=True)
         is_callback = getattr(obj, "__eventhooks_callback__", False) is True
         if is_callback:
             self._refuse_misspelt_hooks(obj)
@@ -610,12 +675,12 @@ class EventBus:
         old = self._routes.get(event)
         if entries is None:
             entries = old.entries if old is not None else ()
-        subs = tuple(e for e in entries if not isinstance(e, _Relay))
+        subs: tuple[Any, ...] = tuple(e for e in entries if isinstance(e, Subscription))
         signal = self._signals.get(event)
         if signal is not None and signal.receivers:
             subs = (*subs, signal.relay)
         silent = None in self._muted or event in self._muted
-        route = self._routes[event] = _Route(event, subs, silent)
+        route = self._routes[event] = _Route(event, subs, silent, self)
         fast = route if route.calls else _NOBODY
         for key in (event, *event.names):
             self._fast[key] = fast
@@ -682,6 +747,8 @@ class EventBus:
                 if route.stale:  # a change during this emit: check who is still live
                     break
             else:
+                if self._pending:  # a background subscriber failed under "raise"
+                    self._raise_pending()
                 return payload
         except Exception as exc:
             self._deliver_rest(route, call, payload, exc)
@@ -732,6 +799,8 @@ class EventBus:
             raise
         if failures:
             self._apply_policies(route.event, failures)
+        if self._pending:
+            self._raise_pending()
 
     def _apply_policies(self, event: Event[Any], failures: list[tuple[Any, Exception]]) -> None:
         """Log, count and disable as each failed subscriber's policy says; then raise the
@@ -802,6 +871,64 @@ class EventBus:
             error.add_note(f"eventhooks: {bad}")
             return self.emit_teardown(error, **_facts_of(fields))
 
+    # -- background delivery ----------------------------------------------------------------
+
+    def _worker_of(self) -> Worker:
+        worker = self._worker
+        if worker is None:
+            with self._lock:
+                worker = self._worker
+                if worker is None:
+                    worker = self._worker = Worker(self, self.queue_size)
+        return worker
+
+    def _background_failed(self, sub: Subscription, exc: BaseException) -> None:
+        """On the worker: a background subscriber failed. Its policy applies there; a
+        ``raise`` is kept for the emitting side's next emit (or ``flush``)."""
+        if not isinstance(exc, Exception):  # SystemExit and the like, on a worker thread
+            error = RuntimeError(f"{type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            exc = error
+        try:
+            self._apply_policies(sub.event, [(sub, exc)])
+        except SubscriberError as failed:
+            with self._lock:
+                self._pending.append(failed)
+
+    def _raise_pending(self) -> None:
+        """Raise the first background failure kept for the emitting side; log the others."""
+        worker = self._worker
+        if worker is not None and worker.on_worker:  # the worker's own nested emits: not here
+            return
+        with self._lock:
+            pending, self._pending = self._pending, []
+        if not pending:
+            return
+        repeats: dict[str, int] = {}  # a failing sink fails again on each queued event
+        for later in pending[1:]:
+            repeats[str(later)] = repeats.get(str(later), 0) + 1
+        for text, times in repeats.items():
+            log.warning("%s (%d time%s in the background after the one raised)",
+                        text, times, "" if times == 1 else "s")  # fmt: skip
+        raise pending[0]
+
+    def flush(self) -> None:
+        """Wait until every background subscriber has handled every event emitted so far;
+        then raise a background failure not yet raised (its policy being ``raise``)."""
+        worker = self._worker
+        if worker is not None:
+            worker.drain()
+        if self._pending:
+            self._raise_pending()
+
+    def close(self) -> None:
+        """:meth:`flush`, then end the worker thread (a later background emit starts one)."""
+        worker = self._worker
+        if worker is not None:
+            worker.close()
+        if self._pending:
+            self._raise_pending()
+
     # -- flow control -----------------------------------------------------------------------
 
     def request_stop(self, reason: str | None = None) -> None:
@@ -845,6 +972,7 @@ class EventBus:
             "errors": self.errors,
             "max_failures": self.max_failures,
             "check_order": self.check_order,
+            "queue_size": self.queue_size,
             "stop": (self._stop, self._stop_reason),
             "subscriptions": subscriptions,
         }
@@ -853,6 +981,7 @@ class EventBus:
         self.__init__(  # type: ignore[misc]
             errors=state["errors"], max_failures=state["max_failures"],
             check_order=state.get("check_order", False),
+            queue_size=state.get("queue_size", DEFAULT_QUEUE_SIZE),
         )
         self._stop, self._stop_reason = state["stop"]
         for name, fn, options, owner, label, marks, count, fired in state["subscriptions"]:
