@@ -54,15 +54,21 @@ def is_learning_rate(key: str) -> bool:
 
 
 def panel_of(key: str) -> str:
-    """The panel a metric key is drawn in: its name without a training or validation prefix
+    """The panel a metric key is drawn in: its name without training or validation prefixes
     (``val_loss`` and ``loss`` -> ``loss``; ``train/box_loss`` and ``val/box_loss`` ->
-    ``box_loss``), or :data:`LR_PANEL` for a learning rate."""
-    if is_learning_rate(key):
+    ``box_loss``), or :data:`LR_PANEL` for a learning rate. A key and its twin always share
+    a panel: ``panel_of("val_" + k) == panel_of(k)``, and so for ``val/``/``train/``."""
+    base = key
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in (*_VAL_PREFIXES, *_TRAIN_PREFIXES):
+            if base.startswith(prefix) and len(base) > len(prefix):
+                base, stripped = base[len(prefix) :], True
+                break
+    if is_learning_rate(key) or is_learning_rate(base):
         return LR_PANEL
-    for prefix in (*_VAL_PREFIXES, *_TRAIN_PREFIXES):
-        if key.startswith(prefix) and len(key) > len(prefix):
-            return key[len(prefix) :]
-    return key
+    return base
 
 
 def panels(keys: Sequence[str]) -> dict[str, list[str]]:
@@ -151,6 +157,8 @@ class Panel:
     best_label: str | None = None
     #: epochs at which a vertical best-epoch line is drawn
     best_lines: list[float] = field(default_factory=list)
+    #: the legend's entries, in order
+    legend: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -250,7 +258,9 @@ def figure(
         ax.set_ylabel(name)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        # Explicit labels: matplotlib leaves out of a legend any label that starts with "_".
+        handles = [line for line in ax.get_lines() if line.get_gid() != "best-epoch"]
+        ax.legend(handles, [str(h.get_label()) for h in handles], fontsize="small")
     for index in range(len(groups), rows * columns):
         axes[index // columns][index % columns].remove()  # the last row's empty cells
     if title:
@@ -283,9 +293,11 @@ def layout(fig: Figure) -> Layout:
                 best, best_label = (float(xs[0]), float(ys[0])), str(line.get_label())
             elif gid == "best-epoch":
                 best_lines.append(float(xs[0]))
+        legend = ax.get_legend()
+        entries = [text.get_text() for text in legend.get_texts()] if legend else []
         found.append(Panel(
             ax.get_title(), ax.get_xlabel(), ax.get_ylabel(), spec.rowspan.start,
-            spec.colspan.start, lines, best, best_label, best_lines,
+            spec.colspan.start, lines, best, best_label, best_lines, entries,
         ))  # fmt: skip
     width, height = fig.get_size_inches() * _DPI
     return Layout(round(width), round(height), fig.get_suptitle(), rows, columns, found)

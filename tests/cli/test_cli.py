@@ -183,6 +183,86 @@ def test_demo_reports_where_everything_is(
     assert "trained 2 epochs" in out
 
 
+def test_demo_numbers_epochs_from_0_like_its_csv_and_plot(
+    capsys: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The report's epochs are the CSV's and the plot's: 0-based, as the payloads."""
+    from matplotlib.figure import Figure
+
+    from eventhooks import plot
+
+    figures: list[Figure] = []
+    real = plot.figure
+
+    def spy(*args: Any, **kwargs: Any) -> Figure:
+        figures.append(real(*args, **kwargs))
+        return figures[-1]
+
+    monkeypatch.setattr(plot, "figure", spy)
+    code, out, err = run(capsys, "demo", "--out", str(tmp_path / "run"), "--seed", "0")
+    assert code == 0, err
+    rows = [line.split(",") for line in (tmp_path / "run" / "history.csv").read_text().splitlines()]
+    epochs = [int(row[0]) for row in rows[1:]]
+    val_loss = [float(row[rows[0].index("val_loss")]) for row in rows[1:]]
+    best = epochs[val_loss.index(min(val_loss))]
+    assert epochs[0] == 0 and len(epochs) < 40  # it stopped early
+    lines = out.splitlines()
+    assert lines[0].startswith(
+        f"trained {len(epochs)} epochs (epochs 0-{epochs[-1]}, numbered from 0 as in the CSV "
+        "and the plot): "
+    )
+    assert lines[1] == (
+        f"early stopping after epoch {epochs[-1]}: val_loss did not improve for 3 epochs; "
+        f"weights restored from epoch {best} (val_loss={min(val_loss):.4f})"
+    )
+    # curves.png: the same epochs on its x axis, and that best epoch marked.
+    (fig,) = figures
+    shown = plot.layout(fig)
+    assert png_size(tmp_path / "run" / "curves.png") == (shown.width, shown.height)
+    panel = {p.title: p for p in shown.panels}
+    assert [x for x, _ in panel["loss"].lines["val_loss"]] == epochs
+    assert panel["loss"].best == (best, min(val_loss))
+    assert shown.title.startswith("run/events.jsonl, ")
+
+
+def test_every_command_the_demo_prints_runs_as_shown(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [str(SCRIPT), "demo", "--out", "my run", "--epochs", "3"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    commands = {
+        line.split(":", 1)[0]: line.split(":", 1)[1].strip()
+        for line in done.stdout.splitlines()
+        if line.startswith(("replay it:", "plot it:"))
+    }
+    assert set(commands) == {"replay it", "plot it"}
+    for command in commands.values():
+        assert command.startswith(f"{SCRIPT} ") or command.startswith("eventhooks ")
+        pasted = subprocess.run(command, shell=True, capture_output=True, text=True, cwd=tmp_path)
+        assert pasted.returncode == 0, (command, pasted.stderr)
+    assert (tmp_path / "my run" / "replayed.csv").read_bytes() == (
+        tmp_path / "my run" / "history.csv"
+    ).read_bytes()
+    assert png_size(tmp_path / "my run" / "events.png")[0] > 100
+
+
+def test_the_demo_names_the_command_as_it_can_be_typed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from eventhooks._cli_demo import eventhooks_command
+
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.chdir(SCRIPT.parent.parent.parent)  # the folder holding .venv
+    assert eventhooks_command() == str(Path(SCRIPT.parent.parent.name, "bin", "eventhooks"))
+    monkeypatch.chdir(SCRIPT.parent)
+    assert eventhooks_command() == "./eventhooks"
+    monkeypatch.chdir(tmp_path)  # not below: the absolute path
+    assert eventhooks_command() == str(SCRIPT)
+    monkeypatch.setenv("PATH", str(SCRIPT.parent))  # `eventhooks` on PATH is this script
+    assert eventhooks_command() == "eventhooks"
+
+
 # -- replay and plot -------------------------------------------------------------------------
 
 
