@@ -64,6 +64,15 @@ _settings.mkdir(parents=True)
     )
 )
 
+# MLflow (PRODUCT.md §4): no telemetry host looked up, no "View run" URL printed, no INFO logs,
+# and an HTTP client that gives up on a dead server after one retry instead of seven.
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+os.environ["MLFLOW_LOGGING_LEVEL"] = "WARNING"
+os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "1"
+os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
+os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "30"
+
 
 def _copy_font() -> None:
     """Ultralytics downloads Arial.ttf unless it finds one: give it matplotlib's DejaVu."""

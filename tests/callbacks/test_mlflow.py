@@ -1,0 +1,570 @@
+"""MLflowLogger against a real local store (sqlite) and a real ``mlflow server`` on 127.0.0.1.
+
+Results are read back with ``MlflowClient``. Every test runs under a network guard that lets
+the loopback through and fails on anything else. The server is started once per session in a
+temporary folder, in its own process group, and that group is ended (PRODUCT.md §4).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import posixpath
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from _network import NetworkGuard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from mlflow import MlflowClient
+from mlflow.entities import Run as MlflowRun
+from mlflow.utils.validation import path_not_unique, validate_param_and_metric_name
+
+from eventhooks import EventBus, SubscriberError, events
+from eventhooks.adapters.numpy import NumpyTrainer
+from eventhooks.callbacks import History, ModelCheckpoint
+from eventhooks.callbacks.mlflow_logger import (
+    MAX_KEY_LENGTH,
+    MAX_PARAM_LENGTH,
+    MLflowLogger,
+    flatten_params,
+    mlflow_name,
+)
+from eventhooks.lifecycle import Run
+from eventhooks.plot import MissingExtraError
+
+SERVER_START_TIMEOUT = 90.0
+
+
+# -- stores ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the local store and its artifacts live (the tests run from here: a sqlite
+    store puts artifacts under ``<cwd>/mlruns``)."""
+    return tmp_path_factory.mktemp("mlflow-local")
+
+
+@pytest.fixture(autouse=True)
+def _in_store_dir(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(store_dir)
+
+
+@pytest.fixture(autouse=True)
+def guard() -> Iterator[NetworkGuard]:
+    """Loopback only: any other connection or name lookup fails the test."""
+    with NetworkGuard(allow_loopback=True).active() as guard:
+        yield guard
+    assert guard.attempts == [], f"network access beyond loopback: {guard.attempts}"
+
+
+@pytest.fixture(scope="session")
+def local_uri(store_dir: Path) -> str:
+    return f"sqlite:///{store_dir / 'mlflow.db'}"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _end_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the server's process group (its job consumers too), then SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@pytest.fixture(scope="session")
+def server_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``mlflow server`` on 127.0.0.1 (a free port), started in a temp folder."""
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    env = {
+        **os.environ,
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+        "MLFLOW_LOGGING_LEVEL": "WARNING",
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    mlflow_cli = Path(sys.executable).parent / "mlflow"
+    command = [
+        str(mlflow_cli), "server", "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    out, err = open(folder / "stdout.txt", "wb"), open(folder / "stderr.txt", "wb")
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        command, cwd=folder, env=env, stdout=out, stderr=err, start_new_session=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with NetworkGuard(allow_loopback=True).active() as guard:
+            while True:
+                if proc.poll() is not None:
+                    problem = f"exited with code {proc.returncode}"
+                    break
+                if time.monotonic() - started > SERVER_START_TIMEOUT:
+                    problem = f"did not answer /health within {SERVER_START_TIMEOUT:.0f} s"
+                    break
+                try:
+                    with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                        if answer.status == 200:
+                            problem = ""
+                            break
+                except OSError:
+                    time.sleep(0.25)
+        assert guard.attempts == [], guard.attempts
+        if problem:
+            err.flush()
+            stderr = (folder / "stderr.txt").read_text(errors="replace")[-4000:]
+            pytest.fail(f"mlflow server {problem}: {' '.join(command)}\nstderr:\n{stderr}")
+        print(f"\nmlflow server answered /health after {time.monotonic() - started:.1f} s")
+        yield url
+    finally:
+        _end_group(proc)
+        out.close()
+        err.close()
+
+
+@pytest.fixture(params=["local", "server"])
+def uri(request: pytest.FixtureRequest) -> str:
+    name = "local_uri" if request.param == "local" else "server_uri"
+    return str(request.getfixturevalue(name))
+
+
+def _experiment() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+# -- reading back ------------------------------------------------------------------------------
+
+
+def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def _artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
+    found: set[str] = set()
+    for item in client.list_artifacts(run_id, path):
+        if item.is_dir:
+            found |= _artifacts(client, run_id, item.path)
+        else:
+            found.add(item.path)
+    return found
+
+
+def _only_run(client: MlflowClient, experiment: str) -> MlflowRun:
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+# -- data --------------------------------------------------------------------------------------
+
+
+def blobs(seed: int, n: int = 120, dim: int = 4, classes: int = 3) -> tuple[Any, ...]:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0.0, 3.0, size=(classes, dim))
+    y = rng.integers(0, classes, size=n)
+    x = centers[y] + rng.normal(0.0, 1.0, size=(n, dim))
+    cut = n * 3 // 4
+    return x[:cut], y[:cut], x[cut:], y[cut:]
+
+
+# -- a NumPy run -------------------------------------------------------------------------------
+
+
+def test_a_numpy_run_is_one_mlflow_run_with_what_history_recorded(uri: str, tmp_path: Path) -> None:
+    bus = EventBus()
+    history = History()
+    experiment = _experiment()
+    logger = MLflowLogger(uri, experiment, "numpy-run", tags={"team": "vision"})
+    for cb in (history, logger, ModelCheckpoint(tmp_path / "ckpt-{epoch:02d}.npz")):
+        bus.attach(cb)
+    x, y, xv, yv = blobs(0)
+    trainer = NumpyTrainer(bus=bus, hidden=(8,), seed=0)
+    trainer.fit(x, y, epochs=3, batch_size=16, validation_data=(xv, yv))
+    # after the run: a save and an export go to the run just ended
+    trainer.save(tmp_path / "final.npz")
+    trainer.export(tmp_path / "model.json")
+
+    client = MlflowClient(uri)
+    run = _only_run(client, experiment)
+    assert run.info.run_id == logger.run_id and logger.run_ids == [logger.run_id]
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "numpy-run"
+    assert run.data.tags["team"] == "vision"
+    assert run.data.tags["eventhooks.trainer"] == "eventhooks.adapters.numpy.NumpyTrainer"
+    assert run.data.params == {"verbose": "0", "epochs": "3", "steps": "6", "batch_size": "16"}
+    assert set(run.data.metrics) == set(history.history)
+    for key, values in history.history.items():
+        assert _history(client, run.info.run_id, key) == list(enumerate(values)), key
+    assert _artifacts(client, run.info.run_id) == {
+        "checkpoints/ckpt-01.npz", "checkpoints/ckpt-02.npz", "checkpoints/ckpt-03.npz",
+        "checkpoints/final.npz", "exports/model.json",
+    }  # fmt: skip
+    # no batch logging asked: the logger does not even hear training batches
+    assert not bus.listening(events.on_train_batch_end)
+
+
+def test_every_n_batches_logs_batch_metrics_with_the_global_step(uri: str) -> None:
+    bus = EventBus()
+    logger = MLflowLogger(uri, _experiment(), log_every_n_batches=2)
+    bus.attach(logger)
+    seen: list[dict[str, float]] = []
+    bus.on(events.on_train_batch_end)(lambda p: seen.append(dict(p.logs)))
+    x, y, _, _ = blobs(1)  # 90 samples, batches of 16: 6 a epoch
+    NumpyTrainer(bus=bus, hidden=(8,), seed=0).fit(x, y, epochs=2, batch_size=16)
+    assert len(seen) == 12
+    client = MlflowClient(uri)
+    assert logger.run_id is not None
+    expected = [(step, seen[step]["loss"]) for step in range(1, 12, 2)]
+    assert _history(client, logger.run_id, "batch/loss") == expected
+    assert [s for s, _ in _history(client, logger.run_id, "loss")] == [0, 1]
+
+
+# -- failures ----------------------------------------------------------------------------------
+
+
+def test_a_run_failed_by_a_subscriber_is_failed_with_its_error(uri: str, tmp_path: Path) -> None:
+    bus = EventBus()  # errors="raise"
+    experiment = _experiment()
+    logger = MLflowLogger(uri, experiment)
+    bus.attach(logger)
+
+    @bus.on(events.on_fit_epoch_end)
+    def explode(payload: Any) -> None:
+        if payload.epoch == 1:
+            raise RuntimeError("disk full at epoch 1")
+
+    x, y, _, _ = blobs(2)
+    with pytest.raises(SubscriberError, match="disk full"):
+        NumpyTrainer(bus=bus, hidden=(8,), seed=0).fit(x, y, epochs=4, batch_size=32)
+    client = MlflowClient(uri)
+    run = _only_run(client, experiment)
+    assert run.info.status == "FAILED"
+    error = run.data.tags["eventhooks.error"]
+    assert "disk full at epoch 1" in error
+    assert [s for s, _ in _history(client, run.info.run_id, "loss")] == [0, 1]
+    assert _artifacts(client, run.info.run_id) == {"error.txt"}
+    downloaded = client.download_artifacts(run.info.run_id, "error.txt", str(tmp_path))
+    report = Path(downloaded).read_text()
+    assert "Traceback" in report and "disk full at epoch 1" in report and "explode" in report
+
+
+def test_a_run_refused_in_its_pretrain_routine_is_failed_with_its_params(
+    local_uri: str,
+) -> None:
+    bus = EventBus()
+    experiment = _experiment()
+    bus.attach(MLflowLogger(local_uri, experiment))
+    x, y, _, _ = blobs(3)
+    with pytest.raises(ValueError, match="y"):
+        NumpyTrainer(bus=bus, hidden=(8,), seed=0).fit(x, y[:-5], epochs=2)
+    run = _only_run(MlflowClient(local_uri), experiment)
+    assert run.info.status == "FAILED"
+    assert run.data.metrics == {}
+    assert run.data.params["epochs"] == "2" and run.data.params["steps"] == "None"
+    assert "ValueError" in run.data.tags["eventhooks.error"]
+
+
+def test_ctrl_c_marks_the_run_killed(local_uri: str) -> None:
+    bus = EventBus()
+    logger = MLflowLogger(local_uri, _experiment())
+    bus.attach(logger)
+
+    @bus.on(events.on_train_epoch_end)
+    def interrupt(payload: Any) -> None:
+        raise KeyboardInterrupt
+
+    x, y, _, _ = blobs(4)
+    with pytest.raises(KeyboardInterrupt):
+        NumpyTrainer(bus=bus, hidden=(8,), seed=0).fit(x, y, epochs=2)
+    assert logger.run_id is not None
+    assert MlflowClient(local_uri).get_run(logger.run_id).info.status == "KILLED"
+
+
+# -- ranks, threads, nesting -------------------------------------------------------------------
+
+
+def test_rank_other_than_zero_logs_nothing(local_uri: str, tmp_path: Path) -> None:
+    bus = EventBus()
+    experiment = _experiment()
+    logger = MLflowLogger(local_uri, experiment, log_every_n_batches=1)
+    bus.attach(logger)
+    (tmp_path / "w.bin").write_bytes(b"0")
+    with Run(bus, params={"lr": 0.1}, rank=1, world_size=2) as run:
+        for _ in run.epochs(2):
+            run.batch_start()
+            run.batch_end({"loss": 1.0})
+            run.model_save(tmp_path / "w.bin")
+            run.epoch_end({"loss": 1.0})
+    assert logger.run_id is None and logger.run_ids == []
+    assert MlflowClient(local_uri).get_experiment_by_name(experiment) is None
+
+
+def test_runs_on_another_thread_than_the_first_and_leave_a_users_fluent_run_alone(
+    local_uri: str,
+) -> None:
+    import mlflow
+
+    bus = EventBus()
+    experiment = _experiment()
+    logger = MLflowLogger(local_uri, experiment)
+    bus.attach(logger)
+    x, y, _, _ = blobs(5)
+    trainer = NumpyTrainer(bus=bus, hidden=(8,), seed=0)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(local_uri)
+    try:
+        with mlflow.start_run() as mine:
+            trainer.fit(x, y, epochs=1)  # on this thread: the client is made here
+            failures: list[BaseException] = []
+
+            def train() -> None:
+                try:
+                    trainer.fit(x, y, epochs=2)
+                except BaseException as exc:
+                    failures.append(exc)
+
+            worker = threading.Thread(target=train)
+            worker.start()
+            worker.join(60)
+            assert failures == []
+            active = mlflow.active_run()
+            assert active is not None and active.info.run_id == mine.info.run_id
+    finally:
+        mlflow.set_tracking_uri(previous)
+    client = MlflowClient(local_uri)
+    assert len(logger.run_ids) == 2 and mine.info.run_id not in logger.run_ids
+    for run_id, epochs in zip(logger.run_ids, (1, 2), strict=True):
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED"
+        assert len(_history(client, run_id, "loss")) == epochs
+    assert client.get_run(mine.info.run_id).data.metrics == {}
+
+
+def test_a_run_started_inside_a_run_is_a_child_run(local_uri: str) -> None:
+    bus = EventBus()
+    logger = MLflowLogger(local_uri, _experiment())
+    bus.attach(logger)
+    with Run(bus, params={"outer": 1}) as outer:
+        for _ in outer.epochs(1):
+            with Run(bus, params={"inner": 2}) as inner:
+                for _ in inner.epochs(1):
+                    inner.epoch_end({"loss": 2.0})
+            outer.epoch_end({"loss": 1.0})
+    client = MlflowClient(local_uri)
+    first, second = (client.get_run(r) for r in logger.run_ids)
+    assert second.data.tags["mlflow.parentRunId"] == first.info.run_id
+    assert first.data.params == {"outer": "1"} and second.data.params == {"inner": "2"}
+    assert first.data.metrics == {"loss": 1.0} and second.data.metrics == {"loss": 2.0}
+    assert {first.info.status, second.info.status} == {"FINISHED"}
+
+
+# -- a framework -------------------------------------------------------------------------------
+
+
+def test_a_pytorch_run(local_uri: str, tmp_path: Path) -> None:
+    import torch
+
+    from eventhooks.adapters.torch import fit
+
+    def data(n: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(n * 8, 4, generator=g)
+        y = (x[:, 0] > 0).long()
+        return [(x[i : i + 8], y[i : i + 8]) for i in range(0, len(x), 8)]
+
+    bus = EventBus()
+    history = History()
+    experiment = _experiment()
+    logger = MLflowLogger(local_uri, experiment, log_every_n_batches=3)
+    bus.attach(history)
+    bus.attach(logger)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    fit(model, opt, torch.nn.CrossEntropyLoss(), data(3, 0), epochs=2, bus=bus,
+        val_loader=data(2, 1), checkpoint_dir=tmp_path)  # fmt: skip
+    client = MlflowClient(local_uri)
+    run = _only_run(client, experiment)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["epochs"] == "2" and run.data.params["steps"] == "3"
+    assert set(history.history) <= set(run.data.metrics)
+    for key, values in history.history.items():
+        assert _history(client, run.info.run_id, key) == list(enumerate(values)), key
+    assert [s for s, _ in _history(client, run.info.run_id, "batch/loss")] == [2, 5]
+    assert _artifacts(client, run.info.run_id) == {"checkpoints/last.pt"}
+
+
+# -- names, params, the extra ------------------------------------------------------------------
+
+
+def _mlflow_accepts(name: str) -> bool:
+    """MLflow's own checks of a metric, param or tag name (``mlflow.utils.validation``)."""
+    valid = validate_param_and_metric_name(name)  # type: ignore[no-untyped-call]
+    resolves = path_not_unique(name)  # type: ignore[no-untyped-call]
+    return bool(valid) and not resolves
+
+
+@given(st.text(max_size=300))
+def test_every_name_becomes_one_mlflow_accepts_and_valid_ones_stay(name: str) -> None:
+    safe = mlflow_name(name)
+    assert _mlflow_accepts(safe) and len(safe) <= MAX_KEY_LENGTH
+    assert mlflow_name(safe) == safe
+    if _mlflow_accepts(name) and len(name) <= MAX_KEY_LENGTH:
+        assert safe == name
+
+
+@given(st.sampled_from(["", ".", "..", "/", "a//b", "/a", "a/", "../x", "a/./b", "..a", "a:b"]))
+def test_names_that_would_resolve_to_other_paths(name: str) -> None:
+    assert _mlflow_accepts(mlflow_name(name))
+
+
+_leaf = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+_tree = st.recursive(
+    st.dictionaries(st.text(alphabet="abc_", min_size=1, max_size=4), _leaf, max_size=4),
+    lambda inner: st.dictionaries(
+        st.text(alphabet="abc_", min_size=1, max_size=4), inner | _leaf, max_size=4
+    ),
+    max_leaves=12,
+)
+
+
+def _leaves(tree: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[str, Any]]:
+    if isinstance(tree, dict) and tree:
+        for key, value in tree.items():
+            yield from _leaves(value, (*path, key))
+    elif path:
+        yield "/".join(path), tree
+
+
+@given(_tree)
+def test_nested_params_flatten_to_one_string_per_leaf(params: dict[str, Any]) -> None:
+    flat = flatten_params(params)
+    assert flat == {key: str(value) for key, value in _leaves(params)}
+
+
+@given(st.text(min_size=1, max_size=5), st.integers(1, 50))
+def test_long_param_values_are_cut_to_mlflows_limit(chunk: str, over: int) -> None:
+    value = (chunk * (MAX_PARAM_LENGTH + over))[: MAX_PARAM_LENGTH + over]
+    (logged,) = flatten_params({"long": value}).values()
+    assert len(logged) == MAX_PARAM_LENGTH and logged.endswith("...")
+
+
+_metric_names = st.text(min_size=0, max_size=40) | st.sampled_from(
+    ["val acc%", "train/box_loss", "lr/pg0", "a//b", "..x", "loss?", "loss!"]
+)
+
+
+@given(st.dictionaries(_metric_names, st.floats(allow_nan=False, allow_infinity=False), max_size=6))
+@settings(max_examples=15, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_metric_names_reach_a_real_store(local_uri: str, logs: dict[str, float]) -> None:
+    bus = EventBus()
+    logger = MLflowLogger(local_uri, "names", log_params=False)
+    bus.attach(logger)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with Run(bus) as run:
+            for _ in run.epochs(1):
+                run.epoch_end(logs)
+    assert logger.run_id is not None
+    logged = MlflowClient(local_uri).get_run(logger.run_id).data.metrics
+    names = {key: logger.renamed.get(key, key) for key in logs}
+    assert len(set(names.values())) == len(logs)
+    assert logged == {names[key]: value for key, value in logs.items()}
+
+
+def test_params_mlflow_refuses_as_given_are_logged_renamed_and_cut(local_uri: str) -> None:
+    bus = EventBus()
+    logger = MLflowLogger(local_uri, _experiment())
+    bus.attach(logger)
+    params = {"optim": {"lr": 0.1, "betas": (0.9, 0.99)}, "why?": "x" * 7000, "s": "a\ud800",
+              "empty": {}, **{f"p{i}": i for i in range(150)}}  # fmt: skip
+    with pytest.warns(UserWarning, match="'why\\?' is logged as 'why_'"):
+        with Run(bus, params=params) as run:
+            for _ in run.epochs(1):
+                run.epoch_end({"loss": math.nan, "big": math.inf})
+    assert logger.run_id is not None
+    data = MlflowClient(local_uri).get_run(logger.run_id).data
+    # a NaN loss is kept; MLflow stores an infinity as the largest double
+    assert math.isnan(data.metrics["loss"]) and data.metrics["big"] == sys.float_info.max
+    logged = data.params
+    assert len(logged) == 155
+    assert logged["optim/lr"] == "0.1" and logged["optim/betas"] == "(0.9, 0.99)"
+    assert logged["why_"] == "x" * (MAX_PARAM_LENGTH - 3) + "..."
+    assert logged["s"] == "a?" and logged["empty"] == "{}" and logged["p149"] == "149"
+
+
+def test_a_folder_checkpoint_is_logged_as_a_folder(local_uri: str, tmp_path: Path) -> None:
+    bus = EventBus()
+    logger = MLflowLogger(local_uri, _experiment(), artifact_location=str(tmp_path / "art"))
+    bus.attach(logger)
+    folder = tmp_path / "checkpoint-6"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "model.bin").write_bytes(b"1")
+    (folder / "sub" / "config.json").write_text("{}")
+    with Run(bus) as run:
+        for _ in run.epochs(1):
+            run.model_save(folder)
+            run.model_save(tmp_path / "gone.pt")  # never written: warned, not logged
+            run.epoch_end({"loss": 0.5})
+    assert logger.run_id is not None
+    client = MlflowClient(local_uri)
+    assert _artifacts(client, logger.run_id) == {
+        posixpath.join("checkpoints/checkpoint-6", p) for p in ("model.bin", "sub/config.json")
+    }
+    assert (tmp_path / "art").is_dir()  # the experiment's artifact_location
+
+
+def test_the_logger_runs_in_the_background_by_default() -> None:
+    assert MLflowLogger.background is True
+
+
+def test_mlflow_missing_is_a_missing_extra_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+    with pytest.raises(MissingExtraError, match=r"pip install 'eventhooks\[mlflow\]'"):
+        MLflowLogger()
+
+
+def test_importing_the_module_does_not_import_mlflow() -> None:
+    program = (
+        "import sys, eventhooks.callbacks.mlflow_logger as m; "
+        "assert 'mlflow' not in sys.modules, 'mlflow imported'; "
+        "m.MLflowLogger(); assert 'mlflow' in sys.modules"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_bad_batch_interval_is_refused() -> None:
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="log_every_n_batches"):
+            MLflowLogger(log_every_n_batches=bad)  # type: ignore[arg-type]
