@@ -20,30 +20,47 @@ from ._monitor import rank_path, writes_here
 TRAIN = "train"
 VALIDATION = "validation"
 
-#: A learning-rate key (``lr``, ``lr/pg1``, Lightning's ``lr_0``, HF's ``learning_rate``) is
-#: written as ``learning_rate...``: Keras' name, whatever the framework called it.
+#: A learning-rate key (``lr``, ``lr/pg1``, Lightning's ``lr_0`` and ``lr-Adam``, HF's
+#: ``learning_rate``) is written as ``learning_rate...``: Keras' name, whatever the framework's.
 _LR_NAMES = ("lr", "learning_rate")
+
+#: Prefixes of a metric's validation twin and of its training twin, stripped once.
+_VAL_PREFIXES = ("val_", "val/")
+_TRAIN_PREFIXES = ("train_", "train/")
 
 
 def _lr_tag(name: str) -> str | None:
     """``learning_rate`` + the rest of a learning-rate key, else None."""
     for base in _LR_NAMES:
-        if name == base or name.startswith((base + "/", base + "_")):
+        if name == base or name.startswith((base + "/", base + "_", base + "-")):
             return "learning_rate" + name[len(base) :]
+    return None
+
+
+def _strip(key: str, prefixes: tuple[str, ...]) -> str | None:
+    for prefix in prefixes:
+        if key.startswith(prefix) and len(key) > len(prefix):
+            return key[len(prefix) :]
     return None
 
 
 def preferred(key: str) -> tuple[str, str]:
     """Where a log key goes when nothing else claims its tag: ``(run folder, name)``.
 
-    ``val_x`` and ``val/x`` go to the validation run as ``x``; ``train/x`` to the train run
-    as ``x``; every other key to the train run as itself; a learning rate in the train run
-    is named ``learning_rate...`` (``lr/pg0`` -> ``learning_rate/pg0``).
+    ``val_x`` and ``val/x`` go to the validation run as ``x``; ``train_x`` and ``train/x`` to
+    the train run as ``x``; every other key to the train run as itself; a learning rate in the
+    train run is named ``learning_rate...`` (``lr/pg0`` -> ``learning_rate/pg0``).
     """
-    if key.startswith(("val_", "val/")):
-        return VALIDATION, key[4:]
-    name = key[6:] if key.startswith("train/") else key
+    name = _strip(key, _VAL_PREFIXES)
+    if name is not None:
+        return VALIDATION, name
+    name = _strip(key, _TRAIN_PREFIXES) or key
     return TRAIN, _lr_tag(name) or name
+
+
+def _secondary(key: str) -> bool:
+    """A twin named by a prefix other than Keras' ``val_``: it yields a contested tag."""
+    return _strip(key, ("val/", *_TRAIN_PREFIXES)) is not None
 
 
 def _clean(tag: str) -> str:
@@ -54,10 +71,10 @@ def _clean(tag: str) -> str:
 class _Layout:
     """Log key -> (run folder, tag) for one run, fixed when the key is first seen.
 
-    Keys without a ``train/``/``val/`` prefix are placed first, so ``loss`` keeps
-    ``epoch_loss`` when an epoch also has ``train/loss`` (which then keeps its full name,
-    ``epoch_train/loss``). Two keys never share a tag: a later claimant falls back to its
-    full key, then to ``<full key> (2)``, ``(3)``...
+    Keras' keys (``x``, ``val_x``) are placed first, so ``loss`` keeps ``epoch_loss`` when an
+    epoch also has ``train/loss`` or ``train_loss`` (which then keep their full names,
+    ``epoch_train/loss``), and ``val_loss`` keeps it over ``val/loss``. Two keys never share
+    a tag: a later claimant falls back to its full key, then to ``<full key> (2)``, ``(3)``...
     """
 
     def __init__(self, prefix: str) -> None:
@@ -68,7 +85,7 @@ class _Layout:
     def place(self, logs: Mapping[str, float]) -> dict[str, dict[str, float]]:
         """The logs as ``{run: {tag: value}}``."""
         new = [key for key in logs if key not in self.where]
-        new.sort(key=lambda key: key.startswith(("train/", "val/")))  # stable
+        new.sort(key=_secondary)  # stable: Keras' keys first
         for key in new:
             self.where[key] = self._assign(key)
         runs: dict[str, dict[str, float]] = {}
@@ -126,43 +143,56 @@ class TensorBoard(Callback):
     It runs on the bus's background worker by default (``background = True``: ``bus.attach``
     honours it; ``bus.attach(tb, background=False)`` keeps it on the training thread).
 
+    Args:
+        log_dir: the folder of the run folders (``{rank}`` in it becomes the process rank).
+        update_freq: ``"epoch"`` (epoch scalars only), or ``N``/``"batch"`` (N = 1): also
+            every N-th training batch's logs, as Keras' ``update_freq``.
+        all_ranks: write on every rank, not only rank 0 (put ``{rank}`` in ``log_dir``).
+        all_hyperparams: write every hyper-parameter ``on_params_update`` announces
+            (``momentum`` -> ``epoch_momentum``), not only learning rates.
+        flush_secs: how often the writer's thread flushes on its own (TensorBoard's default
+            120 s); files are also flushed at every epoch's end.
+
     **Layout.** Two run folders, ``<log_dir>/train`` and ``<log_dir>/validation``, so a
     metric's training and validation twins are one chart in TensorBoard:
 
     * each epoch's logs (``on_fit_epoch_end``), ``step`` = the epoch (0-based, as payloads),
-      as ``epoch_<name>``: ``loss`` -> train ``epoch_loss``, ``val_loss`` -> validation
-      ``epoch_loss``. Ultralytics keys: ``train/box_loss`` -> train ``epoch_box_loss``,
-      ``val/box_loss`` -> validation ``epoch_box_loss``; any other key (``metrics/mAP50(B)``,
-      ``fitness``) -> train ``epoch_<key>``. A learning rate is ``epoch_learning_rate`` (``lr``,
-      ``learning_rate``), ``epoch_learning_rate/pg1`` (``lr/pg1``), ``epoch_learning_rate_0``
-      (``lr_0``). When two keys would share a tag (Ultralytics' ``loss`` and ``train/loss``),
-      the one without a ``train/``/``val/`` prefix keeps it and the other keeps its full key
-      (train ``epoch_train/loss``); :attr:`tags` says where each key of the run went.
-    * ``update_freq=N`` (or ``"batch"``, N = 1): every N-th training batch's logs, under the
-      same mapping as ``batch_<name>``, ``step`` = the number of training batches of the run
-      ended so far (1 for the first: Keras' train step counter). Payloads carry no run-wide
-      batch count (``batch`` restarts each epoch; ``step`` counts optimizer steps, fewer under
-      gradient accumulation), so it is counted here.
+      as ``epoch_<name>``: ``val_x`` and ``val/x`` -> validation ``epoch_x``; ``train_x`` and
+      ``train/x`` -> train ``epoch_x``; any other key -> train ``epoch_<key>``. So ``loss``
+      and ``val_loss`` are train and validation ``epoch_loss``, Ultralytics' ``train/box_loss``
+      and ``val/box_loss`` train and validation ``epoch_box_loss``, its ``metrics/mAP50(B)``
+      train ``epoch_metrics/mAP50(B)``. A learning rate is named as Keras names it:
+      ``epoch_learning_rate`` (``lr``, ``learning_rate``), ``epoch_learning_rate/pg1``
+      (``lr/pg1``), ``epoch_learning_rate_0`` (Lightning's ``lr_0``). When two keys would
+      share a tag (Ultralytics' ``loss`` and ``train/loss``, ``val_loss`` and ``val/loss``),
+      Keras' key (``loss``, ``val_loss``) keeps it and the other keeps its full key (train
+      ``epoch_train/loss``, validation ``epoch_val/loss``); a key keeps its tag for the whole
+      run, and :attr:`tags` says where each key went.
+    * with ``update_freq``: the batch logs (``on_train_batch_end``) under the same mapping as
+      ``batch_<name>``, ``step`` = the number of training batches of the run ended so far (1
+      for the first: Keras' train step counter). Payloads carry no run-wide batch count
+      (``batch`` restarts each epoch; ``step`` counts optimizer steps, fewer under gradient
+      accumulation), so it is counted here. With ``update_freq="epoch"`` the callback does not
+      subscribe to batches at all, so trainers build no batch logs for it.
     * learning rates from ``on_params_update`` (``lr``, ``lr/pg1``, ``learning_rate``...): the
       latest value announced before an epoch's end is that epoch's train
       ``epoch_learning_rate...`` (what Keras writes: the optimizer's rate at the epoch's end),
-      unless the epoch's logs have that tag already. Adapters announce changes, so the curve
-      starts at the first announcement (PyTorch and Lightning announce no initial rate: their
-      first point is the epoch after the first change). With ``update_freq`` the batch steps
-      also get ``batch_learning_rate...``. ``all_hyperparams=True`` writes the other announced
-      hyper-parameters too (``momentum`` -> ``epoch_momentum``).
+      unless the epoch's logs have that tag already (their value is History's). Adapters
+      announce changes, so the curve starts at the first announcement (the PyTorch, Lightning
+      and NumPy adapters announce no initial rate: an epoch scheduler's first point is epoch
+      1). With ``update_freq`` each written batch step also gets ``batch_learning_rate...``.
     * the run's ``params`` at ``on_train_start``, as a markdown table in the text plugin: tag
       ``params`` of the train run, step 0 (nothing when the trainer gives no params).
 
     Scalars are ``simple_value`` summaries, so ``EventAccumulator.Tags()["scalars"]`` lists
     them; like every TensorBoard scalar they are float32.
 
-    **Files.** A folder's event file is created when the first value for it comes; every
-    open file is flushed at each ``on_fit_epoch_end`` and closed at ``on_train_end`` or
-    ``teardown`` (a failed run's values written so far stay readable). Another run on the same
-    callback writes new event files into the same folders, as Keras does, with steps from 0
-    again: give each run its own ``log_dir`` to compare runs side by side. Only rank 0 writes
-    unless ``all_ranks=True`` (put ``{rank}`` in ``log_dir`` then).
+    **Files.** A folder's event file is created when its first value comes; every open file
+    is flushed at each ``on_fit_epoch_end`` and closed at ``on_train_end`` or ``teardown`` (a
+    failed run's values written so far stay readable). Another run on the same callback writes
+    new event files into the same folders, as Keras does, with steps from 0 again: give each
+    run its own ``log_dir`` to compare runs side by side. Only rank 0 writes unless
+    ``all_ranks=True``.
 
     Not written (Keras' other options): histograms, images, graphs, embeddings, profiles,
     ``evaluation_<metric>_vs_iterations`` of standalone validations, and TensorBoard's

@@ -333,8 +333,13 @@ def test_preferred_places() -> None:
     assert preferred("train/x") == ("train", "x")
     assert preferred("lr") == ("train", "learning_rate")
     assert preferred("train/lr/pg0") == ("train", "learning_rate/pg0")
+    assert preferred("train_acc") == ("train", "acc")  # Lightning users' twins
+    assert preferred("lr-Adam/pg1") == ("train", "learning_rate-Adam/pg1")
+    assert preferred("lr_0") == ("train", "learning_rate_0")
     assert preferred("lrx") == ("train", "lrx")
     assert preferred("valx") == ("train", "valx")
+    assert preferred("val_") == ("train", "val_")  # nothing left to name: kept whole
+    assert preferred("train/") == ("train", "train/")
 
 
 # st.text() includes lone surrogates: not UTF-8, yet a tag (written as "\\udcxx" text)
