@@ -27,11 +27,12 @@ waits for room in its own queue and ``flush`` does not wait for itself.
 from __future__ import annotations
 
 import atexit
-import collections
 import logging
 import os
+import queue
 import threading
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -54,69 +55,75 @@ def snapshot(payload: Any) -> Any:
 
 
 class Worker:
-    """One bus's background thread and its queue of ``(subscription, payload)`` to deliver."""
+    """One bus's background thread and its queue of ``(subscription, payload)`` to deliver.
+
+    The queue is a C :class:`queue.SimpleQueue`, so a handoff is a lock and an append and the
+    worker sleeps in C between events. ``_queued`` counts handoffs (under ``_lock``, with the
+    append), ``_done`` deliveries (written by the worker alone); their difference is what is
+    still to do, what a full queue and a drain wait on (``_room``).
+    """
 
     def __init__(self, owner: Any, size: int) -> None:
         self._owner = weakref.ref(owner)  # the bus: told of failures
         self.size = size
-        self._queue: collections.deque[tuple[Subscription, Any]] = collections.deque()
-        self._unfinished = 0  # queued or being delivered
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()  # handoffs, and starting or ending the thread
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._queued = 0
+        self._done = 0
+        self._room = threading.Condition(threading.Lock())  # emits waiting for room, drains
+        self._waiting = 0
         self._thread: threading.Thread | None = None
-        self._closing = False
+        self._ident: int | None = None
         _WORKERS.add(self)
 
     @property
     def on_worker(self) -> bool:
-        return threading.current_thread() is self._thread
+        return threading.get_ident() == self._ident
 
     def put(self, sub: Subscription, payload: Any) -> bool:
         """Queue one delivery; False if it was dropped (a full queue, ``overflow="drop"``)."""
-        on_worker = self.on_worker
-        with self._cond:
-            if not on_worker:  # the worker itself never waits for its own queue
-                while self._closing and self._thread is not None:  # close() under way
-                    self._cond.wait()
-                if len(self._queue) >= self.size:
-                    if sub.options.overflow == "drop":
-                        sub.dropped += 1
-                        return False
-                    while len(self._queue) >= self.size and self._thread is not None:
-                        self._cond.wait()
-            self._queue.append((sub, payload))
-            self._unfinished += 1
+        if self._queued - self._done >= self.size and not self.on_worker:
+            if sub.options.overflow == "drop":
+                with self._lock:
+                    sub.dropped += 1
+                return False
+            self._wait_until(lambda: self._queued - self._done < self.size)
+        with self._lock:
+            self._queued += 1
+            self._queue.put((sub, payload))
             if self._thread is None:
                 self._start()
-            else:
-                self._cond.notify_all()
         return True
 
     def _start(self) -> None:
-        """Start the thread (under the condition's lock). Past interpreter shutdown no thread
-        can start: the caller's thread delivers then (see :func:`_drain_all`)."""
-        self._closing = False
-        thread = threading.Thread(target=self._run, name="eventhooks-background", daemon=True)
+        """Start the thread (under ``_lock``). Past interpreter shutdown no thread can start:
+        :meth:`drain` delivers on the caller's thread then."""
+        previous = self._previous
+        thread = threading.Thread(
+            target=self._run, args=(self._queue, previous), name="eventhooks-background",
+            daemon=True,
+        )  # fmt: skip
         try:
             thread.start()
         except RuntimeError:  # "can't create new thread at interpreter shutdown"
             return
         self._thread = thread
 
-    def _run(self) -> None:
+    _previous: threading.Thread | None = None  # a closed worker's thread, still finishing
+
+    def _run(self, items: queue.SimpleQueue[Any], previous: threading.Thread | None) -> None:
+        if previous is not None:  # close() handed over: the old thread goes first, in order
+            previous.join()
+        self._ident = threading.get_ident()
         while True:
-            with self._cond:
-                while not self._queue:
-                    if self._closing:
-                        self._thread = None
-                        self._cond.notify_all()
-                        return
-                    self._cond.wait()
-                sub, payload = self._queue.popleft()
-                self._cond.notify_all()  # room for a waiting emit
-            self._deliver(sub, payload)
-            with self._cond:
-                self._unfinished -= 1
-                self._cond.notify_all()
+            item = items.get()
+            if item is _STOP:
+                return
+            self._deliver(*item)
+            self._done += 1
+            if self._waiting:
+                with self._room:
+                    self._room.notify_all()
 
     def _deliver(self, sub: Subscription, payload: Any) -> None:
         if not sub.live:  # disconnected (or disabled) since the emit
@@ -131,43 +138,62 @@ class Worker:
             else:
                 bus._background_failed(sub, exc)
 
+    def _wait_until(self, ready: Callable[[], bool]) -> None:
+        with self._room:
+            self._waiting += 1
+            try:
+                while not ready():
+                    if self._thread is None:
+                        return  # no thread to wait for (see drain)
+                    self._room.wait(0.5)  # a timeout only as a safety net
+            finally:
+                self._waiting -= 1
+
     def drain(self) -> None:
         """Wait until everything queued so far has been delivered (not on the worker itself:
         there it returns at once). Without a thread (interpreter shutdown), deliver here."""
         if self.on_worker:
             return
-        with self._cond:
-            if self._thread is None and self._queue:
-                self._start()
-            while self._unfinished and self._thread is not None:
-                self._cond.wait()
-            if not self._unfinished:
-                return
-            stranded = list(self._queue)  # no thread could start: deliver on this one
-            self._queue.clear()
-        for sub, payload in stranded:
-            self._deliver(sub, payload)
-            with self._cond:
-                self._unfinished -= 1
+        target = self._queued
+        self._wait_until(lambda: self._done >= target)
+        if self._done >= target:
+            return
+        with self._lock:  # no thread could start: deliver what is queued on this one
+            if self._thread is None:
+                while True:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    self._deliver(*item)
+                    self._done += 1
 
     def close(self) -> None:
         """Drain, then end the thread (a later handoff starts a new one)."""
         self.drain()
-        with self._cond:
-            thread = self._thread
-            self._closing = True
-            self._cond.notify_all()
-        if thread is not None and thread is not threading.current_thread():
+        with self._lock:
+            thread, items = self._thread, self._queue
+            if thread is None:
+                return
+            self._queue = queue.SimpleQueue()
+            self._thread = None
+            self._previous = thread
+            items.put(_STOP)
+        if thread is not threading.current_thread():
             thread.join()
 
     def _after_fork(self) -> None:
         """In a forked child the thread is gone: start afresh (queued items stay the
         parent's)."""
-        self._queue.clear()
-        self._unfinished = 0
-        self._cond = threading.Condition(threading.Lock())
-        self._thread = None
-        self._closing = False
+        self._lock = threading.Lock()
+        self._room = threading.Condition(threading.Lock())
+        self._queue = queue.SimpleQueue()
+        self._queued = self._done = self._waiting = 0
+        self._thread = self._previous = None
+        self._ident = None
+
+
+_STOP = object()  # ends a worker thread (close)
 
 
 _WORKERS: weakref.WeakSet[Worker] = weakref.WeakSet()

@@ -1,0 +1,102 @@
+"""What a slow sink costs a PyTorch loop: called on the training thread, or in the background.
+
+The loop of ``bench_torch`` (a step of about 1 ms, one thread), instrumented, with one
+subscriber to ``on_train_batch_end`` that takes about 1 ms per event, as a tracker's file write
+or HTTP call does (it sleeps: I/O releases the GIL). Foreground, the sink's millisecond is added
+to every step; with ``background=True`` the bus's worker thread takes it, and the run's
+``teardown`` waits for the worker, so the time shown includes draining what is left. The
+sink's own time per event is measured and printed. Runs rotate as in ``bench_torch``.
+
+Run: ``.venv/bin/python benchmarks/bench_background.py``
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import statistics  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
+
+import torch  # noqa: E402
+from _timing import table  # noqa: E402
+from bench_torch import BATCHES, Batches, data, model, plain, rotated  # noqa: E402
+
+from eventhooks import EventBus  # noqa: E402
+from eventhooks.adapters.torch import instrument  # noqa: E402
+
+ROUNDS = 15
+SINK_SECONDS = float(os.environ.get("SINK", "0.001"))
+
+
+class Sink:
+    """A subscriber that takes ~1 ms per event (sleeping, as I/O does), and times itself."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self.total = 0.0
+
+    def __call__(self, payload: Any) -> None:
+        start = time.perf_counter()
+        self.total += payload.logs["loss"]
+        time.sleep(SINK_SECONDS)
+        self.seconds.append(time.perf_counter() - start)
+
+
+def with_sink(batches: Batches, sink: Sink | None, *, background: bool) -> Callable[[], None]:
+    net = model()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    loss_fn = torch.nn.functional.cross_entropy
+    bus = EventBus()
+    if sink is not None:
+        bus.subscribe("on_train_batch_end", sink, background=background)
+
+    def run() -> None:
+        with instrument(bus, opt) as tracked:
+            for _ in tracked.epochs(1):
+                net.train()
+                for x, y in tracked.batches(batches):
+                    opt.zero_grad()
+                    loss = loss_fn(net(x), y)
+                    loss.backward()  # type: ignore[no-untyped-call]
+                    opt.step()
+                    tracked.log(loss=loss)
+
+    return run
+
+
+def main() -> str:
+    torch.set_num_threads(1)
+    batches = data()
+    fore, back = Sink(), Sink()
+    variants = {
+        "plain loop (baseline)": plain(batches),
+        "plain loop again (noise control)": plain(batches),
+        "instrumented, nobody listening": with_sink(batches, None, background=False),
+        "1 ms sink on every batch, foreground": with_sink(batches, fore, background=False),
+        "1 ms sink on every batch, `background=True`": with_sink(batches, back, background=True),
+    }
+    times = {name: statistics.median(t) for name, t in rotated(variants, ROUNDS).items()}
+    base = times["plain loop (baseline)"]
+    rows = [
+        (label, f"{t / BATCHES * 1e3:.3f}", f"{(t / base - 1) * 100:+.2f}%")
+        for label, t in times.items()
+    ]
+    sink_ms = statistics.median(fore.seconds + back.seconds) * 1e3
+    text: str = table(
+        f"A ~1 ms sink per batch, foreground or background: one epoch of {BATCHES} batches "
+        f"(the sink measured {sink_ms:.3f} ms per event; median of {ROUNDS} rounds, "
+        "order rotating)",
+        ("loop", "ms per batch", "added"),
+        rows,
+    )
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
