@@ -144,6 +144,12 @@ class _Session:
             raise OrderError(name, owner._last, FULL.expected(owner._position))
         owner._position, owner._last = nxt, name
 
+    def _drain(self) -> None:
+        """A session on its own (no run around it: a run drains at its teardown) ends once
+        the bus's background subscribers have handled it."""
+        if self._parent is None:
+            self.bus.flush()
+
     def _allowed(self, name: str) -> bool:
         return FULL.step((self._parent or self)._position, name) != NOWHERE
 
@@ -427,6 +433,7 @@ class Validation(_Session):
         """Validation ended, with its metrics (``val_`` keys inside a fit)."""
         self.logs, self._ended = dict(logs or {}), True
         self._emit(ev.on_val_end, epoch=self.epoch, logs=self.logs)
+        self._drain()
 
 
 class Prediction(_Session):
@@ -444,6 +451,7 @@ class Prediction(_Session):
     def end(self) -> None:
         """``on_predict_end``: what leaving the ``with`` normally does."""
         self._emit(ev.on_predict_end)
+        self._drain()
 
 
     def batch_start(self, batch: int | None = None) -> None:
@@ -475,5 +483,6 @@ class Export(_Session):
         if path is not None:
             self.path = path
         self._emit(ev.on_export_end, format=self.format, path=self.path)
+        self._drain()
 
 

@@ -362,3 +362,28 @@ def test_emitting_threads_share_a_background_subscriber_without_loss() -> None:
     assert len(seen) == 4 * 300
     for thread in range(4):  # each thread's events in its order
         assert [b for e, b in seen if e == thread] == list(range(300))
+
+
+def test_a_session_on_its_own_ends_once_its_background_work_is_done() -> None:
+    from eventhooks.lifecycle import Export, Prediction, Validation
+
+    bus = EventBus()
+    gate = threading.Event()
+    seen: list[str] = []
+
+    def slow(p: Any) -> None:
+        gate.wait(0.05)  # never set: each delivery takes 50 ms
+        seen.append(type(p).__name__)
+
+    for event in ("on_val_end", "on_predict_end", "on_export_end"):
+        bus.subscribe(event, slow, background=True)
+    with Validation(bus) as validation:
+        validation.batch_start()
+        validation.batch_end()
+    assert len(seen) == 1
+    with Prediction(bus):
+        pass
+    assert len(seen) == 2
+    with Export(bus, format="onnx") as export:
+        export.path = "model.onnx"
+    assert len(seen) == 3
