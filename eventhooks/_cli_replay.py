@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shlex
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import eventlog, events
 from .bus import EventBus
@@ -13,6 +16,9 @@ from .eventlog import Incomplete
 from .payloads import EpochPayload, RunPayload
 from .plot import epoch_series, plot_series, run_title
 from .replay import emit_records
+
+#: MLflowLogger's warning for a name MLflow refuses (the report lists them instead).
+_RENAMED = r"MLflowLogger: \w+ name .* is logged as "
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,9 @@ def replay_command(
     monitor: str | None = None,
     mode: str = "auto",
     summary: bool = True,
+    tensorboard: str | None = None,
+    mlflow: str | None = None,
+    mlflow_experiment: str | None = None,
 ) -> str:
     """Replay ``log`` into a History (and a CSVLogger, a plot); returns what to print.
 
@@ -44,8 +53,9 @@ def replay_command(
     replayed up to where it ends, and the text's last line says so (see :func:`replay_log`).
     """
     return replay_log(
-        log, csv=csv, plot=plot, title=title, monitor=monitor, mode=mode, summary=summary
-    ).text
+        log, csv=csv, plot=plot, title=title, monitor=monitor, mode=mode, summary=summary,
+        tensorboard=tensorboard, mlflow=mlflow, mlflow_experiment=mlflow_experiment,
+    ).text  # fmt: skip
 
 
 def replay_log(
@@ -57,6 +67,9 @@ def replay_log(
     monitor: str | None = None,
     mode: str = "auto",
     summary: bool = True,
+    tensorboard: str | None = None,
+    mlflow: str | None = None,
+    mlflow_experiment: str | None = None,
 ) -> Replayed:
     """:func:`replay_command` that also tells whether the log ends early.
 
@@ -68,6 +81,15 @@ def replay_log(
     the last run too), titled ``title`` or the log's folder, name and first record's date
     (:func:`~.plot.run_title`), with the best epoch of ``monitor`` marked (default
     ``val_loss``, else ``loss``; ``mode`` as ``EarlyStopping``'s).
+
+    ``tensorboard`` (a folder) and ``mlflow`` (a tracking URI, runs in ``mlflow_experiment``)
+    attach the :class:`~eventhooks.callbacks.tensorboard.TensorBoard` and
+    :class:`~eventhooks.callbacks.mlflow_logger.MLflowLogger` subscribers, so the recorded
+    run lands in the tracker. A killed run's log has no ``teardown`` for its last run: with
+    a tracker attached, one is emitted after the log's last event, carrying an error that
+    says the log ends early (and the last epoch and logs), so that the tracker ends that run
+    as it ends a crashed one (MLflow: ``FAILED``). The count of replayed events leaves it
+    out.
     """
     bus = EventBus()
     history = History()
@@ -90,7 +112,13 @@ def replay_log(
     if csv is not None:
         bus.attach(CSVLogger(csv))
     contents = eventlog.read_log(log, bus.registry)
-    count = emit_records(contents.records, bus)
+    trackers = _Trackers(bus, log, tensorboard, mlflow, mlflow_experiment)
+    with warnings.catch_warnings():
+        # Said once, in the report's MLflow line, instead of a warning per name.
+        warnings.filterwarnings("ignore", _RENAMED, UserWarning)
+        count = emit_records(contents.records, bus)
+        if trackers.attached:
+            _end_cut_run(bus, contents)
     lines: list[str] = []
     if summary:
         within = f" in {len(runs)} runs" if len(runs) > 1 else ""
@@ -110,9 +138,89 @@ def replay_log(
         )  # fmt: skip
         which = f" (the last of {len(drawn)} runs)" if len(drawn) > 1 else ""
         lines.append(f"training curves: {out}{which}")
+    lines.extend(trackers.report())
     if contents.incomplete is not None:
         lines.append(contents.incomplete.reason)
     return Replayed("\n".join(lines), contents.incomplete)
+
+
+def _end_cut_run(bus: EventBus, contents: eventlog.LogContents) -> None:
+    """Emit the ``teardown`` a killed run never wrote: an error saying the log ends early,
+    and the run's last epoch and logs (as a trainer's teardown carries them)."""
+    incomplete = contents.incomplete
+    if incomplete is None or incomplete.open_run is None:
+        return
+    start = incomplete.open_run
+    last = next(
+        (r for r in reversed(contents.records)
+         if r.line >= start and r.event is events.on_fit_epoch_end),
+        None,
+    )  # fmt: skip
+    bus.emit(
+        events.teardown,
+        error=f"RunCutOff: {incomplete}",
+        epoch=last.fields.get("epoch") if last is not None else None,
+        logs=dict(last.fields.get("logs", {})) if last is not None else {},
+    )
+
+
+class _Trackers:
+    """The experiment trackers a replay writes to (imported only when asked for)."""
+
+    def __init__(
+        self,
+        bus: EventBus,
+        log: str,
+        tensorboard: str | None,
+        mlflow: str | None,
+        experiment: str | None,
+    ) -> None:
+        self.tensorboard = tensorboard
+        self.mlflow = mlflow
+        self.mlflow_logger: Any = None
+        # On the replaying thread (background=False): there is no training loop to keep
+        # fast, and a tracker's failure then stops the replay at the event that caused it.
+        if tensorboard is not None:
+            from .callbacks.tensorboard import TensorBoard
+
+            bus.attach(TensorBoard(tensorboard), background=False)
+        if mlflow is not None:
+            from .callbacks.mlflow_logger import MLflowLogger
+
+            self.mlflow_logger = MLflowLogger(
+                mlflow, experiment_name=experiment, run_name=run_title(log, None)
+            )
+            bus.attach(self.mlflow_logger, background=False)
+
+    @property
+    def attached(self) -> bool:
+        return self.tensorboard is not None or self.mlflow is not None
+
+    def report(self) -> list[str]:
+        """One line per tracker: where the run went."""
+        lines = []
+        if self.tensorboard is not None:
+            if Path(self.tensorboard).is_dir():
+                lines.append(
+                    f"TensorBoard: {self.tensorboard} (see it: tensorboard --logdir "
+                    f"{shlex.quote(self.tensorboard)})"
+                )
+            else:
+                lines.append("TensorBoard: no training run in the log: nothing written")
+        logger = self.mlflow_logger
+        if logger is not None:
+            if not logger.run_ids:
+                lines.append("MLflow: no training run in the log: nothing logged")
+            for run_id in logger.run_ids:
+                status = logger.client.get_run(run_id).info.status
+                lines.append(
+                    f"MLflow: run {run_id} ({status}) in experiment {logger.experiment_id} "
+                    f"at {self.mlflow}"
+                )
+            if logger.renamed:
+                names = ", ".join(f"{a!r} -> {b!r}" for a, b in logger.renamed.items())
+                lines.append(f"MLflow: names it refuses were renamed: {names}")
+        return lines
 
 
 def _epoch_table(rows: list[tuple[int, dict[str, float]]]) -> list[str]:

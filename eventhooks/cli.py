@@ -69,6 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--csv", metavar="PATH", help="write the epochs as CSVLogger does")
     replay.add_argument("--plot", metavar="PNG", help="draw the training curves to a PNG")
     _plot_options(replay)
+    replay.add_argument(
+        "--tensorboard", metavar="DIR", help="write the run's scalars as TensorBoard event "
+        "files in DIR (train/ and validation/ runs, as Keras' TensorBoard callback)",
+    )  # fmt: skip
+    replay.add_argument(
+        "--mlflow", metavar="URI", help="log the run to the MLflow tracking URI "
+        "(sqlite:///mlflow.db, http://127.0.0.1:5000...); a crashed or killed run ends FAILED",
+    )  # fmt: skip
+    replay.add_argument(
+        "--mlflow-experiment", metavar="NAME",
+        help="MLflow experiment (default: MLflow's, or MLFLOW_EXPERIMENT_NAME)",
+    )  # fmt: skip
 
     plot = sub.add_parser(
         "plot", help="training curves of an event log as a PNG",
@@ -148,7 +160,8 @@ def _replay(args: argparse.Namespace) -> int:
 
     replayed = replay_log(
         args.log, csv=args.csv, plot=args.plot, title=args.title, monitor=args.monitor,
-        mode=args.mode,
+        mode=args.mode, tensorboard=args.tensorboard, mlflow=args.mlflow,
+        mlflow_experiment=args.mlflow_experiment,
     )  # fmt: skip
     print(replayed.text)  # its last line says how the log ends early, if it does
     return 0 if replayed.incomplete is None else EXIT_INCOMPLETE

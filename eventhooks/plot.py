@@ -117,7 +117,7 @@ def run_title(log: str | os.PathLike[str], started: float | None) -> str:
     The folder is there because a run folder (``runs/20261202-0703/events.jsonl``) names the
     run better than its file does; the date is the log's first record's ``time``.
     """
-    path = Path(log)
+    path = Path(log).absolute()
     name = f"{path.parent.name}/{path.name}" if path.parent.name else path.name
     if started is None:
         return name

@@ -264,7 +264,7 @@ def test_monitor_and_mode_from_the_command_line(
 
 
 def test_the_title_names_the_run_and_its_date(
-    capsys: Any, tmp_path: Path, drawn: list[Figure]
+    capsys: Any, tmp_path: Path, drawn: list[Figure], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     log = write_log(tmp_path / "run7" / "events.jsonl", [{"loss": 1.0}, {"loss": 0.5}])
     first = float(log.read_text().split('"time":', 1)[1].split(",", 1)[0])
@@ -275,7 +275,9 @@ def test_the_title_names_the_run_and_its_date(
     assert layout(drawn[-1]).title == expected
     assert run(capsys, "plot", str(log), "-o", str(tmp_path / "b.png"), "--title", "mine")[0] == 0
     assert layout(drawn[-1]).title == "mine"
-    assert run_title(Path("events.jsonl"), None) == "events.jsonl"
+    monkeypatch.chdir(tmp_path / "run7")  # a relative path is named by its folder too
+    assert run_title(Path("events.jsonl"), None) == "run7/events.jsonl"
+    assert run_title(Path("/events.jsonl"), None) == "events.jsonl"
 
 
 def test_a_one_metric_run_is_one_panel(tmp_path: Path) -> None:
