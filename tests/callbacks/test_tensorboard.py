@@ -78,6 +78,8 @@ def scalars(path: Path) -> dict[str, list[tuple[int, float]]]:
 def texts(path: Path) -> dict[str, list[tuple[int, str]]]:
     """``{tag: [(step, text), ...]}``: the text plugin's summaries of a run folder."""
     acc = accumulator(path)
+    for tag in acc.Tags()["tensors"]:
+        assert acc.SummaryMetadata(tag).plugin_data.plugin_name == "text", tag
     return {
         tag: [(e.step, tensor_util.make_ndarray(e.tensor_proto).item().decode()) for e in
               acc.Tensors(tag)]
