@@ -1,7 +1,8 @@
 """Built-in subscribers: plain :class:`eventhooks.Callback` subclasses, no framework imports.
 
 Each gets everything from payloads (``payload.source`` is the emitting trainer), so it works
-unchanged under every adapter. Attach with ``bus.attach(cb)``.
+unchanged under every adapter. Attach with ``bus.attach(cb)``. The trackers (:class:`TensorBoard`,
+:class:`MLflowLogger`) import their library only when created, and run in the background.
 """
 
 from .checkpoint import ModelCheckpoint
@@ -10,7 +11,9 @@ from .early_stopping import EarlyStopping
 from .event_log import EventLog
 from .history import History
 from .lambda_callback import LambdaCallback
+from .mlflow_logger import MLflowLogger
 from .progress import ProgressBar
+from .tensorboard import TensorBoard
 from .terminate_on_nan import TerminateOnNaN
 
 __all__ = [
@@ -19,7 +22,9 @@ __all__ = [
     "EventLog",
     "History",
     "LambdaCallback",
+    "MLflowLogger",
     "ModelCheckpoint",
     "ProgressBar",
+    "TensorBoard",
     "TerminateOnNaN",
 ]
