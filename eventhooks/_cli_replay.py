@@ -30,8 +30,11 @@ class Replayed:
 
 
 def default_plot_path(log: str | os.PathLike[str]) -> Path:
-    """Where ``eventhooks plot LOG`` writes without ``-o``: ``<log's stem>.png`` beside it."""
-    return Path(log).with_suffix(".png")
+    """Where ``eventhooks plot LOG`` writes without ``-o``: ``<log's stem>.png`` beside it
+    (``<log's name>.png`` if the log's own name ends in ``.png``: never the log itself)."""
+    path = Path(log)
+    png = path.with_suffix(".png")
+    return png if png.name != path.name else path.with_name(path.name + ".png")
 
 
 def replay_command(

@@ -300,6 +300,14 @@ def test_plot_without_output_writes_beside_the_log_and_says_where(
     assert png_size(png)[0] > 100
 
 
+def test_the_default_png_is_never_the_log_itself() -> None:
+    from eventhooks._cli_replay import default_plot_path
+
+    assert default_plot_path("runs/a/events.jsonl") == Path("runs/a/events.png")
+    assert default_plot_path("log") == Path("log.png")
+    assert default_plot_path("odd.png") == Path("odd.png.png")
+
+
 def test_plot_of_a_log_with_two_runs_draws_the_last(
     capsys: Any, tmp_path: Path, drawn: list[Figure]
 ) -> None:
