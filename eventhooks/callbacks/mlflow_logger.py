@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from ..callback import Callback
 from ..payloads import (
@@ -158,6 +158,7 @@ class _OpenRun:
     params: _Names
     logged: dict[str, str] = field(default_factory=dict)  # params as logged (MLflow names)
     started: bool = False  # on_train_start heard
+    saved: dict[str, None] = field(default_factory=dict)  # log_checkpoints="end": paths seen
     batches: int = 0  # training batches heard (the global step of batch metrics)
 
 
@@ -168,7 +169,8 @@ class MLflowLogger(Callback):
       ``on_train_start`` for adapters that start there), in ``experiment_name`` (created if
       missing, with ``artifact_location``) or else in ``MLFLOW_EXPERIMENT_NAME`` /
       ``MLFLOW_EXPERIMENT_ID`` or MLflow's default experiment; named ``run_name`` (or by
-      MLflow), tagged with ``tags`` and ``eventhooks.trainer`` (the emitting trainer's class).
+      MLflow), tagged with ``tags``, ``eventhooks.trainer`` (the emitting trainer's class) and
+      what ``mlflow.start_run`` would add (``mlflow.user``, ``mlflow.source.name``...).
       ``tracking_uri`` None is MLflow's own default (``MLFLOW_TRACKING_URI``...). A
       validation, prediction or export on its own opens no run. A training run started inside
       another (by a subscriber) is an MLflow child run (``mlflow.parentRunId``).
@@ -184,10 +186,14 @@ class MLflowLogger(Callback):
       ``val acc%`` is logged as ``val acc_``), with a warning once, and listed in
       ``renamed``: training is not stopped by a name.
     * **Artifacts**: each ``on_model_save`` path (a file, or a folder) under
-      ``checkpoints/`` (``log_checkpoints=False``: none), each ``on_export_end`` path under
-      ``exports/`` (``log_exports=False``: none). A save or export outside a training run
-      (``trainer.save()`` after ``fit``) goes to the last run, if any. A path gone when the
-      logger gets to it (a background delivery after the file was replaced) is warned about.
+      ``checkpoints/``, each ``on_export_end`` path under ``exports/``
+      (``log_checkpoints=False``, ``log_exports=False``: none). ``log_checkpoints="end"``
+      logs each checkpoint path once, as it is at the run's ``teardown`` (Lightning's
+      ``log_model=True``): a ``last.pt`` rewritten every epoch is uploaded once, and never
+      while it is being rewritten, which in the background (the default) can happen with
+      ``True``. A save or export outside a training run (``trainer.save()`` after ``fit``)
+      goes to the last run, if any (``bus.flush()`` waits for it in the background). A path
+      gone when the logger gets to it is warned about, not logged.
     * **End**: at ``teardown`` the run is ``FINISHED``; a failed one ``FAILED`` (``KILLED``
       for Ctrl-C) with the error as the ``eventhooks.error`` tag (cut at 8,000 characters)
       and, whole with its traceback, as the artifact ``error.txt``.
@@ -212,7 +218,7 @@ class MLflowLogger(Callback):
         log_every_n_batches: int | None = None,
         tags: Mapping[str, Any] | None = None,
         log_params: bool = True,
-        log_checkpoints: bool = True,
+        log_checkpoints: bool | Literal["end"] = True,
         log_exports: bool = True,
         artifact_location: str | None = None,
     ) -> None:
@@ -224,6 +230,11 @@ class MLflowLogger(Callback):
             raise ValueError(
                 f"MLflowLogger: log_every_n_batches must be a positive int or None, "
                 f"got {log_every_n_batches!r}"
+            )
+        if log_checkpoints not in (True, False, "end"):
+            raise ValueError(
+                f"MLflowLogger: log_checkpoints must be True, False or 'end', "
+                f"got {log_checkpoints!r}"
             )
         try:
             import mlflow  # noqa: F401  # fail here, not at the run's first event
@@ -297,7 +308,7 @@ class MLflowLogger(Callback):
         if payload.rank != 0:
             self._runs.append(_OpenRun(None, _Names("metric", {}), _Names("param", {})))
             return
-        tags = {**self.tags, TRAINER_TAG: trainer_name(payload.source)}
+        tags = {**_context_tags(), **self.tags, TRAINER_TAG: trainer_name(payload.source)}
         parent = next((r for r in reversed(self._runs) if r.run_id is not None), None)
         if parent is not None and parent.run_id is not None:
             tags["mlflow.parentRunId"] = parent.run_id
@@ -354,10 +365,13 @@ class MLflowLogger(Callback):
             self.client.log_batch(run.run_id, metrics=metrics[i : i + _METRICS_PER_BATCH],
                                   synchronous=True)  # fmt: skip
 
-    def _artifact(self, path: str | None, folder: str, what: str) -> None:
-        run = self._current()
-        # Outside a training run: the last run (a save or export after fit).
-        run_id = run.run_id if run is not None else None if self._runs else self.run_id
+    def _artifact(
+        self, path: str | None, folder: str, what: str, run_id: str | None = None
+    ) -> None:
+        if run_id is None:
+            run = self._current()
+            # Outside a training run: the last run (a save or export after fit).
+            run_id = run.run_id if run is not None else None if self._runs else self.run_id
         if run_id is None or path is None:
             return
         local = Path(path)
@@ -404,7 +418,12 @@ class MLflowLogger(Callback):
             self._metrics(run, payload.logs, step, "batch/")
 
     def on_model_save(self, payload: CheckpointPayload) -> None:
-        if self.log_checkpoints and payload.rank == 0:
+        if not self.log_checkpoints or payload.rank != 0:
+            return
+        run = self._current()
+        if self.log_checkpoints == "end" and run is not None:
+            run.saved[payload.path] = None
+        else:
             self._artifact(payload.path, CHECKPOINTS, "checkpoint")
 
     def on_export_end(self, payload: ExportPayload) -> None:
@@ -421,6 +440,8 @@ class MLflowLogger(Callback):
         status = "FINISHED"
         try:
             self._params(run, payload.params)
+            for path in run.saved:
+                self._artifact(path, CHECKPOINTS, "checkpoint", run.run_id)
             if payload.error is not None:
                 interrupted = isinstance(payload.exception, KeyboardInterrupt)
                 status = "KILLED" if interrupted else "FAILED"
@@ -429,6 +450,16 @@ class MLflowLogger(Callback):
                 client.log_text(run.run_id, _error_text(payload), ERROR_FILE)
         finally:
             client.set_terminated(run.run_id, status)
+
+
+def _context_tags() -> dict[str, str]:
+    """The tags ``mlflow.start_run`` adds: user, source, git commit..., best effort."""
+    try:
+        from mlflow.tracking.context.registry import resolve_tags
+
+        return {str(k): _param_value(v) for k, v in resolve_tags().items()}
+    except Exception:  # a context provider that fails costs its tags, not the run
+        return {}
 
 
 def _error_text(payload: TeardownPayload) -> str:

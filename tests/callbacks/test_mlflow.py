@@ -221,6 +221,7 @@ def test_a_numpy_run_is_one_mlflow_run_with_what_history_recorded(uri: str, tmp_
     assert run.info.run_name == "numpy-run"
     assert run.data.tags["team"] == "vision"
     assert run.data.tags["eventhooks.trainer"] == "eventhooks.adapters.numpy.NumpyTrainer"
+    assert {"mlflow.user", "mlflow.source.name"} <= set(run.data.tags)  # as start_run adds
     assert run.data.params == {"verbose": "0", "epochs": "3", "steps": "6", "batch_size": "16"}
     assert set(run.data.metrics) == set(history.history)
     for key, values in history.history.items():
@@ -546,6 +547,22 @@ def test_a_folder_checkpoint_is_logged_as_a_folder(local_uri: str, tmp_path: Pat
     assert (tmp_path / "art").is_dir()  # the experiment's artifact_location
 
 
+def test_checkpoints_at_the_end_upload_each_path_once_as_it_ended(
+    local_uri: str, tmp_path: Path
+) -> None:
+    bus = EventBus()
+    logger = MLflowLogger(local_uri, _experiment(), log_checkpoints="end")
+    bus.attach(logger)
+    bus.attach(ModelCheckpoint(tmp_path / "last.npz"))  # the same file every epoch
+    x, y, xv, yv = blobs(8)
+    NumpyTrainer(bus=bus, hidden=(8,), seed=0).fit(x, y, epochs=3, validation_data=(xv, yv))
+    assert logger.run_id is not None
+    client = MlflowClient(local_uri)
+    assert _artifacts(client, logger.run_id) == {"checkpoints/last.npz"}
+    got = client.download_artifacts(logger.run_id, "checkpoints/last.npz", str(tmp_path / "dl"))
+    assert Path(got).read_bytes() == (tmp_path / "last.npz").read_bytes()
+
+
 class _WhereLogger(MLflowLogger):
     """Notes the thread each epoch is logged on."""
 
@@ -607,7 +624,9 @@ def test_importing_the_module_does_not_import_mlflow() -> None:
     assert done.returncode == 0, done.stderr
 
 
-def test_a_bad_batch_interval_is_refused() -> None:
+def test_bad_options_are_refused() -> None:
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="log_every_n_batches"):
             MLflowLogger(log_every_n_batches=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="log_checkpoints"):
+        MLflowLogger(log_checkpoints="best")  # type: ignore[arg-type]
