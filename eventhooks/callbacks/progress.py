@@ -79,9 +79,10 @@ class ProgressBar(Callback):
         # only when the epoch's first loop starts) send fresher params with each epoch.
         self._params = {**self._params, **(payload.params or {})}
         epochs = self._params.get("epochs")
-        of = f"/{epochs}" if epochs else ""
+        # Numbered from 0 as the payloads, the CSV and the plots; the count says how far along.
+        of = f" ({payload.epoch + 1}/{epochs})" if epochs else ""
         self._batches = self._tqdm(
-            total=self._params.get("steps"), desc=f"Epoch {payload.epoch + 1}{of}",
+            total=self._params.get("steps"), desc=f"epoch {payload.epoch}{of}",
             unit="batch", leave=False, position=1,
         )  # fmt: skip
 

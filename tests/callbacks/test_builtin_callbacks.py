@@ -361,7 +361,7 @@ def test_progress_bar_shows_epochs_batches_and_metrics_when_enabled() -> None:
     out = io.StringIO()
     drive_progress(ProgressBar(file=out, disable=False))
     text = out.getvalue()
-    assert "Epoch 1/2" in text and "Epoch 2/2" in text
+    assert "epoch 0 (1/2)" in text and "epoch 1 (2/2)" in text
     assert "2/2" in text and "val_loss=0.75" in text
 
 

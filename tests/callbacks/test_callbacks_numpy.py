@@ -212,5 +212,5 @@ def test_progress_bar_under_the_trainer() -> None:
         x, y, epochs=2, batch_size=30, validation_data=(xv, yv)
     )
     text = out.getvalue()
-    assert "Epoch 2/2" in text and "3/3 [" in text and "val_accuracy=" in text
+    assert "epoch 1 (2/2)" in text and "3/3 [" in text and "val_accuracy=" in text
     assert "| 2/2 [" in text  # the epoch bar finished
