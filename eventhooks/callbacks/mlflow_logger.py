@@ -354,7 +354,7 @@ class MLflowLogger(Callback):
     def _metrics(self, run: _OpenRun, logs: Mapping[str, float], step: int, prefix: str) -> None:
         from mlflow.entities import Metric
 
-        if run.run_id is None:
+        if run.run_id is None or not logs:
             return
         now = int(time.time() * 1000)
         metrics: list[Metric] = [
@@ -396,8 +396,7 @@ class MLflowLogger(Callback):
             self._open(payload)
         top = self._runs[-1]
         top.started = True
-        if top.run_id is not None:
-            self._params(top, payload.params)
+        self._params(top, payload.params)
 
     def on_fit_epoch_end(self, payload: EpochPayload) -> None:
         run = self._current()
@@ -438,13 +437,13 @@ class MLflowLogger(Callback):
             return
         client = self.client
         status = "FINISHED"
-        try:
+        if payload.error is not None:
+            status = "KILLED" if isinstance(payload.exception, KeyboardInterrupt) else "FAILED"
+        try:  # the status is set even when logging what is left fails
             self._params(run, payload.params)
             for path in run.saved:
                 self._artifact(path, CHECKPOINTS, "checkpoint", run.run_id)
             if payload.error is not None:
-                interrupted = isinstance(payload.exception, KeyboardInterrupt)
-                status = "KILLED" if interrupted else "FAILED"
                 error = _storable(payload.error)[:MAX_TAG_LENGTH]
                 client.set_tag(run.run_id, ERROR_TAG, error)
                 client.log_text(run.run_id, _error_text(payload), ERROR_FILE)

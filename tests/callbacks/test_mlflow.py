@@ -425,6 +425,68 @@ def test_a_pytorch_run(local_uri: str, tmp_path: Path) -> None:
     assert _artifacts(client, run.info.run_id) == {"checkpoints/last.pt"}
 
 
+def test_a_lightning_run_then_a_crashed_one(local_uri: str, tmp_path: Path) -> None:
+    import lightning.pytorch as pl
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint as LightningCheckpoint
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from eventhooks.adapters.lightning import LightningCallback
+
+    class Tiny(pl.LightningModule):
+        def __init__(self, fail_at: int | None = None) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+            self.fail_at, self.calls = fail_at, 0
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            self.calls += 1
+            if self.fail_at is not None and self.calls > self.fail_at:
+                raise ValueError("training_step broke")
+            x, y = batch
+            loss = torch.nn.functional.mse_loss(self.layer(x), y)
+            self.log("loss", loss, on_step=False, on_epoch=True)
+            return loss
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            x, y = batch
+            self.log("val_loss", torch.nn.functional.mse_loss(self.layer(x), y))
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def loader(n: int, seed: int) -> DataLoader[Any]:
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn(n, 4, generator=gen)
+        return DataLoader(TensorDataset(x, x[:, :1] * 2), batch_size=4)
+
+    def fit(module: Tiny, *extra: Any) -> None:
+        pl.Trainer(
+            max_epochs=2, accelerator="cpu", devices=1, logger=False,
+            enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+            num_sanity_val_steps=0, callbacks=[LightningCallback(bus), *extra],
+        ).fit(module, loader(12, 0), loader(8, 1))  # fmt: skip
+
+    bus = EventBus()
+    history = History()
+    logger = MLflowLogger(local_uri, _experiment(), log_checkpoints="end")
+    bus.attach(history)
+    bus.attach(logger)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit(Tiny(), LightningCheckpoint(dirpath=tmp_path / "ckpt", filename="best"))
+        with pytest.raises(ValueError, match="training_step broke"):
+            fit(Tiny(fail_at=4))
+    client = MlflowClient(local_uri)
+    done, crashed = (client.get_run(run_id) for run_id in logger.run_ids)
+    assert done.info.status == "FINISHED" and crashed.info.status == "FAILED"
+    assert done.data.params["max_epochs"] == "2" and done.data.params["steps"] == "3"
+    assert _artifacts(client, done.info.run_id) == {"checkpoints/best.ckpt"}
+    assert "ValueError: training_step broke" in crashed.data.tags["eventhooks.error"]
+    assert [s for s, _ in _history(client, crashed.info.run_id, "loss")] == [0]
+    assert done.data.tags["eventhooks.trainer"] == "lightning.pytorch.trainer.trainer.Trainer"
+
+
 # -- names, params, the extra ------------------------------------------------------------------
 
 
