@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _network import NetworkGuard
+from _network import NetworkAttempt, NetworkGuard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mlflow import MlflowClient
@@ -684,6 +684,36 @@ def test_importing_the_module_does_not_import_mlflow() -> None:
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
                           timeout=60)  # fmt: skip
     assert done.returncode == 0, done.stderr
+
+
+def test_the_guard_lets_loopback_through_and_refuses_the_rest() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with NetworkGuard(allow_loopback=True).active() as guard:
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+            socket.create_connection(("localhost", port), timeout=5).close()
+            for target in (("192.0.2.1", 80), ("example.com", 443)):
+                with pytest.raises(NetworkAttempt):
+                    socket.create_connection(target, timeout=1)
+            with pytest.raises(NetworkAttempt):
+                socket.getaddrinfo("example.com", 443)
+        assert len(guard.attempts) == 3 and guard.loopback >= 2
+        with NetworkGuard().active() as strict:  # the default still refuses the loopback
+            with pytest.raises(NetworkAttempt):
+                socket.create_connection(("127.0.0.1", port), timeout=1)
+        assert strict.attempts
+
+
+def test_a_tracker_beyond_the_loopback_is_caught_by_the_guard() -> None:
+    bus = EventBus()
+    bus.attach(MLflowLogger("http://192.0.2.1:5000", "far"), background=False)
+    x, y, _, _ = blobs(9)
+    with NetworkGuard(allow_loopback=True).active() as guard:
+        with pytest.raises(SubscriberError, match="network access attempted"):
+            NumpyTrainer(bus=bus, hidden=(8,), seed=0).fit(x, y, epochs=1)
+    assert guard.attempts and "192.0.2.1" in guard.attempts[0]
 
 
 def test_bad_options_are_refused() -> None:
