@@ -567,9 +567,9 @@ def test_any_metric_names_reach_a_real_store(local_uri: str, logs: dict[str, flo
     assert logged == {names[key]: value for key, value in logs.items()}
 
 
-def test_params_mlflow_refuses_as_given_are_logged_renamed_and_cut(local_uri: str) -> None:
+def test_params_mlflow_refuses_as_given_are_logged_renamed_and_cut(uri: str) -> None:
     bus = EventBus()
-    logger = MLflowLogger(local_uri, _experiment())
+    logger = MLflowLogger(uri, _experiment())
     bus.attach(logger)
     params = {"optim": {"lr": 0.1, "betas": (0.9, 0.99)}, "why?": "x" * 7000, "s": "a\ud800",
               "empty": {}, **{f"p{i}": i for i in range(150)}}  # fmt: skip
@@ -578,7 +578,7 @@ def test_params_mlflow_refuses_as_given_are_logged_renamed_and_cut(local_uri: st
             for _ in run.epochs(1):
                 run.epoch_end({"loss": math.nan, "big": math.inf})
     assert logger.run_id is not None
-    data = MlflowClient(local_uri).get_run(logger.run_id).data
+    data = MlflowClient(uri).get_run(logger.run_id).data
     # a NaN loss is kept; MLflow stores an infinity as the largest double
     assert math.isnan(data.metrics["loss"]) and data.metrics["big"] == sys.float_info.max
     logged = data.params
