@@ -330,6 +330,23 @@ def test_rank_other_than_zero_logs_nothing(local_uri: str, tmp_path: Path) -> No
     assert MlflowClient(local_uri).get_experiment_by_name(experiment) is None
 
 
+def test_validation_prediction_and_export_alone_open_no_run(local_uri: str, tmp_path: Path) -> None:
+    bus = EventBus()
+    experiment = _experiment()
+    logger = MLflowLogger(local_uri, experiment)
+    bus.attach(logger)
+    trainer = NumpyTrainer(bus=bus, hidden=(8,), seed=0)
+    trainer.build(4, 3)
+    x, y, _, _ = blobs(10)
+    trainer.evaluate(x, y)
+    trainer.predict(x)
+    trainer.export(tmp_path / "model.json")
+    trainer.save(tmp_path / "w.npz")
+    bus.flush()
+    assert logger.run_ids == []
+    assert MlflowClient(local_uri).get_experiment_by_name(experiment) is None
+
+
 def test_runs_on_another_thread_than_the_first_and_leave_a_users_fluent_run_alone(
     local_uri: str,
 ) -> None:
