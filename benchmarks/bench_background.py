@@ -7,6 +7,10 @@ to every step; with ``background=True`` the bus's worker thread takes it, and th
 ``teardown`` waits for the worker, so the time shown includes draining what is left. The
 sink's own time per event is measured and printed. Runs rotate as in ``bench_torch``.
 
+The floor: the plain loop beside a thread that does nothing but sleep 1 ms in a loop. Every
+wake-up of a Python thread takes the GIL from the training thread for a moment; no background
+sink called once per millisecond can cost less than that.
+
 Run: ``.venv/bin/python benchmarks/bench_background.py``
 """
 
@@ -18,6 +22,7 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[_var] = "1"
 
 import statistics  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
@@ -76,6 +81,28 @@ def with_sink(batches: Batches, sink: Sink | None, *, background: bool) -> Calla
     return run
 
 
+def with_ticker(run: Callable[[], None]) -> Callable[[], None]:
+    """``run`` beside a thread that does nothing but wake every millisecond: what any thread
+    active at the sink's rate costs the loop (the GIL hand-offs), whatever it runs."""
+
+    def ticking() -> None:
+        done = threading.Event()
+
+        def tick() -> None:
+            while not done.is_set():
+                time.sleep(SINK_SECONDS)
+
+        thread = threading.Thread(target=tick, daemon=True)
+        thread.start()
+        try:
+            run()
+        finally:
+            done.set()
+            thread.join()
+
+    return ticking
+
+
 def main() -> str:
     torch.set_num_threads(1)
     batches = data()
@@ -83,6 +110,7 @@ def main() -> str:
     variants = {
         "plain loop (baseline)": plain(batches),
         "plain loop again (noise control)": plain(batches),
+        "plain loop beside a thread waking every 1 ms (the floor)": with_ticker(plain(batches)),
         "instrumented, nobody listening": with_sink(batches, None, background=False),
         "a reader of batch logs taking no time, foreground": with_sink(
             batches, Sink(0), background=False
