@@ -34,7 +34,8 @@ from eventhooks import EventBus, events  # noqa: E402
 from eventhooks.adapters.torch import fit, instrument  # noqa: E402
 from eventhooks.callbacks import EarlyStopping, History  # noqa: E402
 
-DIM, HIDDEN, CLASSES, BATCH, BATCHES, ROUNDS = 64, 224, 10, 64, 200, 21
+# HIDDEN 448: a step of about 1.1 ms on this machine (the "~1 ms steps"; 224 gave 0.45 ms).
+DIM, HIDDEN, CLASSES, BATCH, BATCHES, ROUNDS = 64, 448, 10, 64, 200, 21
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
