@@ -195,8 +195,9 @@ class MLflowLogger(Callback):
       goes to the last run, if any (``bus.flush()`` waits for it in the background). A path
       gone when the logger gets to it is warned about, not logged.
     * **End**: at ``teardown`` the run is ``FINISHED``; a failed one ``FAILED`` (``KILLED``
-      for Ctrl-C) with the error as the ``eventhooks.error`` tag (cut at 8,000 characters)
-      and, whole with its traceback, as the artifact ``error.txt``.
+      for Ctrl-C, also when replayed from an event log) with the error as the
+      ``eventhooks.error`` tag (cut at 8,000 characters) and, whole with its traceback, as
+      the artifact ``error.txt``.
 
     MLflow's own failures (a server that does not answer) are the subscriber's failures and
     follow the bus's error policy (``bus.attach(logger, errors="warn")`` to train on
@@ -438,7 +439,7 @@ class MLflowLogger(Callback):
         client = self.client
         status = "FINISHED"
         if payload.error is not None:
-            status = "KILLED" if isinstance(payload.exception, KeyboardInterrupt) else "FAILED"
+            status = "KILLED" if _interrupted(payload) else "FAILED"
         try:  # the status is set even when logging what is left fails
             self._params(run, payload.params)
             for path in run.saved:
@@ -449,6 +450,14 @@ class MLflowLogger(Callback):
                 client.log_text(run.run_id, _error_text(payload), ERROR_FILE)
         finally:
             client.set_terminated(run.run_id, status)
+
+
+def _interrupted(payload: TeardownPayload) -> bool:
+    """Whether the run was stopped by Ctrl-C: the exception, or, when only its description
+    came (a teardown read back from an event log: ``eventhooks replay``), its type's name."""
+    if payload.exception is not None:
+        return isinstance(payload.exception, KeyboardInterrupt)
+    return (payload.error or "").partition(":")[0] == KeyboardInterrupt.__name__
 
 
 def _context_tags() -> dict[str, str]:

@@ -314,6 +314,24 @@ def test_ctrl_c_marks_the_run_killed(local_uri: str) -> None:
     assert MlflowClient(local_uri).get_run(logger.run_id).info.status == "KILLED"
 
 
+def test_a_ctrl_c_known_only_by_its_description_is_killed(local_uri: str) -> None:
+    """A teardown read back from an event log (``eventhooks replay``) carries the error's
+    description, not the exception: a Ctrl-C is KILLED there too, another error FAILED."""
+    statuses = {}
+    for error in ("KeyboardInterrupt: ", "RuntimeError: KeyboardInterrupt: not one"):
+        bus = EventBus()
+        logger = MLflowLogger(local_uri, _experiment())
+        bus.attach(logger, background=False)
+        bus.emit(events.on_pretrain_routine_start)
+        bus.emit(events.teardown, error=error)
+        assert logger.run_id is not None
+        statuses[error] = MlflowClient(local_uri).get_run(logger.run_id).info.status
+    assert statuses == {
+        "KeyboardInterrupt: ": "KILLED",
+        "RuntimeError: KeyboardInterrupt: not one": "FAILED",
+    }
+
+
 # -- ranks, threads, nesting -------------------------------------------------------------------
 
 

@@ -157,6 +157,16 @@ def test_a_killed_runs_log_ends_failed_in_mlflow(
     assert f"MLflow: run {mlrun.info.run_id} (FAILED) in experiment 0 at {store}" in out
 
 
+def test_a_ctrl_c_runs_log_ends_killed_in_mlflow(capsys: Any, tmp_path: Path, store: str) -> None:
+    """A run stopped by Ctrl-C is KILLED live; replayed from its log, it is KILLED too."""
+    log = write_log(tmp_path / "interrupted.jsonl", [(EPOCHS[:2], "KeyboardInterrupt: ")])
+    code, out, err = run(capsys, "replay", str(log), "--mlflow", store)
+    assert code == 0 and err == ""
+    (mlrun,) = mlflow_runs(store)
+    assert mlrun.info.status == "KILLED"
+    assert f"MLflow: run {mlrun.info.run_id} (KILLED) in experiment 0 at {store}" in out
+
+
 def test_a_crashed_run_with_its_teardown_recorded_is_failed_once(
     capsys: Any, tmp_path: Path, store: str
 ) -> None:
