@@ -119,13 +119,20 @@ def eventhooks_command() -> str:
     pasted as shown: ``eventhooks`` if that name on PATH is this script, else the script
     next to ``sys.executable`` (``.venv/bin/eventhooks``, relative when below the working
     folder), else ``<python> -m eventhooks``."""
+    return script_command("eventhooks", "eventhooks")
+
+
+def script_command(name: str, module: str) -> str:
+    """How to type the console script ``name`` of this Python's environment, so a printed
+    command can be pasted as shown (see :func:`eventhooks_command`); ``<python> -m module``
+    when the environment has no such script."""
     folder = Path(sys.executable).parent
-    script = folder / ("eventhooks.exe" if os.name == "nt" else "eventhooks")
+    script = folder / (f"{name}.exe" if os.name == "nt" else name)
     if not script.is_file():
-        return f"{shlex.quote(sys.executable)} -m eventhooks"
-    on_path = shutil.which("eventhooks")
+        return f"{shlex.quote(sys.executable)} -m {module}"
+    on_path = shutil.which(name)
     if on_path is not None and _same_file(on_path, script):
-        return "eventhooks"
+        return name
     absolute = Path(os.path.abspath(script))
     try:
         relative = absolute.relative_to(os.path.abspath(os.getcwd()))

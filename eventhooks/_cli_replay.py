@@ -190,9 +190,12 @@ class _Trackers:
         if mlflow is not None:
             from .callbacks.mlflow_logger import MLflowLogger
 
+            # A checkpoint's file is read now, not when it was saved: each path once (its
+            # state now), never once per recorded save of a file rewritten every epoch.
             self.mlflow_logger = MLflowLogger(
-                mlflow, experiment_name=experiment, run_name=run_title(log, None)
-            )
+                mlflow, experiment_name=experiment, run_name=run_title(log, None),
+                log_checkpoints="end",
+            )  # fmt: skip
             bus.attach(self.mlflow_logger, background=False)
 
     @property
@@ -204,8 +207,11 @@ class _Trackers:
         lines = []
         if self.tensorboard is not None:
             if Path(self.tensorboard).is_dir():
+                from ._cli_demo import script_command
+
+                tensorboard = script_command("tensorboard", "tensorboard.main")
                 lines.append(
-                    f"TensorBoard: {self.tensorboard} (see it: tensorboard --logdir "
+                    f"TensorBoard: {self.tensorboard} (see it: {tensorboard} --logdir "
                     f"{shlex.quote(self.tensorboard)})"
                 )
             else:

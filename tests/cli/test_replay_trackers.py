@@ -19,6 +19,7 @@ from _network import NetworkGuard
 from test_cli import killed_run, one_line_error, run
 
 from eventhooks import EventBus
+from eventhooks._cli_demo import script_command
 from eventhooks.callbacks import EventLog
 
 EPOCHS = [
@@ -88,7 +89,8 @@ def test_a_recorded_run_lands_in_tensorboard(capsys: Any, tmp_path: Path) -> Non
     tb = tmp_path / "tb"
     code, out, err = run(capsys, "replay", str(log), "--tensorboard", str(tb))
     assert code == 0 and err == ""
-    assert f"TensorBoard: {tb} (see it: tensorboard --logdir {tb})" in out.splitlines()
+    tensorboard = script_command("tensorboard", "tensorboard.main")
+    assert f"TensorBoard: {tb} (see it: {tensorboard} --logdir {tb})" in out.splitlines()
     train, validation = scalars(tb / "train"), scalars(tb / "validation")
     for key, tag in (("loss", "epoch_loss"), ("accuracy", "epoch_accuracy"),
                      ("lr", "epoch_learning_rate")):  # fmt: skip
@@ -97,6 +99,25 @@ def test_a_recorded_run_lands_in_tensorboard(capsys: Any, tmp_path: Path) -> Non
         assert validation[tag] == [
             (i, pytest.approx(e[key], rel=1e-6)) for i, e in enumerate(EPOCHS)
         ]
+
+
+def test_the_tensorboard_command_printed_runs_as_shown(
+    capsys: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The printed ``tensorboard --logdir`` is pasteable as the demo's commands are: the
+    environment's own script when ``tensorboard`` on PATH is not it (a venv not activated)."""
+    log = write_log(tmp_path / "run" / "events.jsonl", [(EPOCHS, None)])
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run(capsys, "replay", str(log), "--tensorboard", "tb dir")
+    assert code == 0
+    (line,) = [line for line in out.splitlines() if line.startswith("TensorBoard: ")]
+    command = line.split("(see it: ", 1)[1].removesuffix(")")
+    assert command == f"{Path(sys.executable).parent / 'tensorboard'} --logdir 'tb dir'"
+    pasted = subprocess.run(
+        f"{command} --help", shell=True, capture_output=True, text=True, cwd=tmp_path
+    )  # fmt: skip
+    assert pasted.returncode == 0, pasted.stderr
 
 
 def test_a_killed_runs_log_lands_in_tensorboard_up_to_where_it_ends(
@@ -165,6 +186,45 @@ def test_a_ctrl_c_runs_log_ends_killed_in_mlflow(capsys: Any, tmp_path: Path, st
     (mlrun,) = mlflow_runs(store)
     assert mlrun.info.status == "KILLED"
     assert f"MLflow: run {mlrun.info.run_id} (KILLED) in experiment 0 at {store}" in out
+
+
+def test_a_checkpoint_saved_every_epoch_is_uploaded_once(
+    capsys: Any, tmp_path: Path, store: str
+) -> None:
+    """A replay reads a checkpoint's file as it is now, not as it was at each recorded save:
+    a ``last.pt`` saved every epoch is one upload, not one per epoch."""
+    from mlflow import MlflowClient
+
+    checkpoint = tmp_path / "last.pt"
+    checkpoint.write_bytes(b"weights")
+    log = tmp_path / "events.jsonl"
+    bus = EventBus()
+    with EventLog(log) as writer:
+        bus.attach(writer)
+        bus.emit("on_pretrain_routine_start")
+        bus.emit("on_train_start")
+        for epoch, logs in enumerate(EPOCHS):
+            bus.emit("on_model_save", path=str(checkpoint), epoch=epoch, logs=logs)
+            bus.emit("on_fit_epoch_end", epoch=epoch, logs=logs)
+        bus.emit("on_train_end", epoch=len(EPOCHS) - 1, logs=EPOCHS[-1])
+        bus.emit("teardown")
+    uploads: list[str] = []
+    real = MlflowClient.log_artifact
+
+    def counted(self: Any, run_id: str, local_path: str, artifact_path: Any = None) -> None:
+        uploads.append(local_path)
+        real(self, run_id, local_path, artifact_path)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(MlflowClient, "log_artifact", counted)
+        code, _, err = run(capsys, "replay", str(log), "--mlflow", store)
+    assert code == 0 and err == ""
+    assert uploads == [str(checkpoint)]
+    (mlrun,) = mlflow_runs(store)
+    client = MlflowClient(store)
+    assert [a.path for a in client.list_artifacts(mlrun.info.run_id, "checkpoints")] == [
+        "checkpoints/last.pt"
+    ]
 
 
 def test_a_crashed_run_with_its_teardown_recorded_is_failed_once(
