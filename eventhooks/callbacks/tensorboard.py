@@ -184,6 +184,10 @@ class TensorBoard(Callback):
     * the run's ``params`` at ``on_train_start``, as a markdown table in the text plugin: tag
       ``params`` of the train run, step 0 (nothing when the trainer gives no params).
 
+    A training run started inside another (by a subscriber) writes under
+    ``<log_dir>/nested-1/`` (``nested-2``... for the next), its own ``train`` and
+    ``validation`` runs, as MLflow makes it a child run: the outer run's curves stay its own.
+
     Scalars are ``simple_value`` summaries, so ``EventAccumulator.Tags()["scalars"]`` lists
     them; like every TensorBoard scalar they are float32.
 
@@ -231,6 +235,10 @@ class TensorBoard(Callback):
             # builds no batch logs for this callback (bus.attach subscribes what it finds).
             vars(self)["on_train_batch_end"] = self._batch_end
         self._writers: dict[str, Any] = {}
+        self._folder = ""  # below log_dir: "" for a run, "nested-1"... for one started in it
+        self._nested = 0  # runs started inside the current one so far
+        self._running = False  # a run began and its teardown has not come
+        self._outer: list[dict[str, Any]] = []  # the runs a running one was started in
         self._reset()
 
     def _reset(self) -> None:
@@ -250,14 +258,22 @@ class TensorBoard(Callback):
     # -- the run ---------------------------------------------------------------------------
 
     def on_pretrain_routine_start(self, payload: RunPayload) -> None:
-        self._close()
+        if self._running and not self._ended:  # a run started inside this one (a subscriber's)
+            self._nested += 1
+            self._outer.append(dict(vars(self)))  # its writers stay open, its layout kept
+            self._folder = os.path.join(self._folder, f"nested-{self._nested}")
+            self._writers, self._nested = {}, 0
+        else:
+            self._close()
         self._reset()
+        self._running = True
         self._params = payload.params
 
     def on_train_start(self, payload: RunPayload) -> None:
         if self._ended:  # a run without a pretrain routine (events emitted by hand)
             self._close()
             self._reset()
+        self._running = True
         params = payload.params if payload.params is not None else self._params
         if not params or not writes_here(payload.rank, self.all_ranks):
             return
@@ -295,7 +311,12 @@ class TensorBoard(Callback):
 
     def teardown(self, payload: TeardownPayload) -> None:
         self._ended = True
-        self._close()
+        try:
+            self._close()
+        finally:
+            self._running = False
+            if self._outer:  # a nested run ended: back to the run it was started in
+                vars(self).update(self._outer.pop())
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -325,7 +346,7 @@ class TensorBoard(Callback):
     def _writer(self, run: str, rank: int) -> Any:
         writer = self._writers.get(run)
         if writer is None:
-            folder = os.path.join(rank_path(self.log_dir, rank), run)
+            folder = os.path.join(rank_path(self.log_dir, rank), self._folder, run)
             writer = self._tb["EventFileWriter"](folder, flush_secs=self.flush_secs)
             self._writers[run] = writer
         return writer

@@ -496,6 +496,39 @@ def test_a_second_run_writes_new_event_files(tmp_path: Path) -> None:
     assert not open_files_under(tmp_path)
 
 
+@pytest.mark.parametrize("background", [False, True])
+def test_a_run_started_inside_a_run_writes_its_own_folders(
+    tmp_path: Path, background: bool
+) -> None:
+    """A subscriber's run inside the training run (MLflow makes it a child run) goes to
+    ``nested-1/``, ``nested-2/``: the outer run's curves and batch steps stay its own."""
+    log_dir = tmp_path / "tb"
+    bus = EventBus()
+    bus.attach(TensorBoard(log_dir, update_freq=1), background=background)
+
+    def fit(epochs: int, base: float, nested: int = 0) -> None:
+        with Run(bus, params={"base": base}) as run:
+            for epoch in run.epochs(epochs):
+                run.batch_start()
+                run.batch_end({"loss": base + epoch})
+                run.epoch_end({"loss": base + epoch, "val_loss": base + epoch + 0.5})
+                if epoch < nested:
+                    fit(2, 100.0 * (epoch + 1))
+
+    fit(3, 0.0, nested=2)
+    assert scalars(log_dir / "train")["epoch_loss"] == [(0, 0.0), (1, 1.0), (2, 2.0)]
+    assert scalars(log_dir / "validation")["epoch_loss"] == [(0, 0.5), (1, 1.5), (2, 2.5)]
+    assert [s for s, _ in scalars(log_dir / "train")["batch_loss"]] == [1, 2, 3]
+    assert list(texts(log_dir / "train")) == ["params"]
+    for n, base in ((1, 100.0), (2, 200.0)):
+        nested = log_dir / f"nested-{n}"
+        assert scalars(nested / "train")["epoch_loss"] == [(0, base), (1, base + 1)]
+        assert scalars(nested / "validation")["epoch_loss"] == [(0, base + 0.5), (1, base + 1.5)]
+    folders = sorted(p.name for p in log_dir.iterdir())
+    assert folders == ["nested-1", "nested-2", "train", "validation"]
+    assert not open_files_under(log_dir)
+
+
 # -- without tensorboard -----------------------------------------------------------------------
 
 
