@@ -82,6 +82,7 @@ class Worker:
         self._waiting = 0
         self._thread: threading.Thread | None = None
         self._ident: int | None = None
+        self.current: Subscription | None = None  # the subscriber being called, if any
         _WORKERS.add(self)
 
     @property
@@ -123,6 +124,7 @@ class Worker:
         if previous is not None:  # close() handed over: the old thread goes first, in order
             previous.join()
         self._ident = threading.get_ident()
+        self._previous = None
         while True:
             item = items.get()
             while True:
@@ -143,6 +145,7 @@ class Worker:
     def _deliver(self, sub: Subscription, payload: Any) -> None:
         if not sub.live:  # disconnected (or disabled) since the emit
             return
+        self.current = sub
         try:
             sub(payload)
         except BaseException as exc:  # the worker must outlive any subscriber
@@ -152,27 +155,40 @@ class Worker:
                             sub.event.name, exc_info=exc)  # fmt: skip
             else:
                 bus._background_failed(sub, exc)
+        finally:
+            self.current = None
 
-    def _wait_until(self, ready: Callable[[], bool]) -> None:
+    def _wait_until(self, ready: Callable[[], bool], stuck: float | None = None) -> bool:
+        """Wait until ``ready()``; False if no thread is there to make it so, or (given
+        ``stuck``) when no delivery has finished for ``stuck`` seconds."""
         with self._room:
             self._waiting += 1
             try:
+                done, since = self._done, time.monotonic()
                 while not ready():
-                    if self._thread is None:
-                        return  # no thread to wait for (see drain)
+                    if self._thread is None and self._previous is None:
+                        return False  # no thread to wait for (see drain)
                     self._room.wait(0.5)  # a timeout only as a safety net
+                    if self._done != done:
+                        done, since = self._done, time.monotonic()
+                    elif stuck is not None and time.monotonic() - since > stuck:
+                        return False
+                return True
             finally:
                 self._waiting -= 1
 
-    def drain(self) -> None:
+    def drain(self, stuck: float | None = None) -> bool:
         """Wait until everything queued so far has been delivered (not on the worker itself:
-        there it returns at once). Without a thread (interpreter shutdown), deliver here."""
+        there it returns at once). Without a thread (interpreter shutdown), deliver here.
+        With ``stuck``, give up when no delivery has finished for that many seconds (a hung
+        subscriber) and return False."""
         if self.on_worker:
-            return
+            return True
         target = self._queued
-        self._wait_until(lambda: self._done >= target)
-        if self._done >= target:
-            return
+        if self._wait_until(lambda: self._done >= target, stuck):
+            return True
+        if self._thread is not None or self._previous is not None:
+            return False  # stuck
         with self._lock:  # no thread could start: deliver what is queued on this one
             if self._thread is None:
                 while True:
@@ -182,9 +198,14 @@ class Worker:
                         break
                     self._deliver(*item)
                     self._done += 1
+        return True
 
     def close(self) -> None:
-        """Drain, then end the thread (a later handoff starts a new one)."""
+        """Drain, then end the thread (a later handoff starts a new one). On the worker
+        itself (a background subscriber closing its bus) there is nothing to wait for and the
+        thread goes on with what is queued: it is not ended from inside."""
+        if self.on_worker:
+            return
         self.drain()
         with self._lock:
             thread, items = self._thread, self._queue
@@ -192,10 +213,13 @@ class Worker:
                 return
             self._queue = queue.SimpleQueue()
             self._thread = None
+            self._ident = None  # not that thread's any more (thread ids are reused)
             self._previous = thread
             items.put(_STOP)
-        if thread is not threading.current_thread():
-            thread.join()
+        thread.join()
+        with self._lock:
+            if self._previous is thread:
+                self._previous = None
 
     def _after_fork(self) -> None:
         """In a forked child the thread is gone: start afresh (queued items stay the
@@ -214,11 +238,28 @@ _STOP = object()  # ends a worker thread (close)
 _WORKERS: weakref.WeakSet[Worker] = weakref.WeakSet()
 
 
+#: At interpreter exit, how long a background subscriber may go without finishing an event
+#: before exit stops waiting for it (Ctrl-C is not delivered during exit).
+EXIT_STUCK_SECONDS = 30.0
+
+
 def _drain_all() -> None:
-    """At interpreter exit, deliver what background subscribers still have queued."""
+    """At interpreter exit, deliver what background subscribers still have queued; say what
+    could not be (a hung subscriber) and what failed meanwhile under ``raise``."""
     for worker in list(_WORKERS):
         try:
-            worker.drain()
+            if not worker.drain(stuck=EXIT_STUCK_SECONDS):
+                current = worker.current
+                log.error(
+                    "eventhooks: at exit, background subscriber %s has not finished an event "
+                    "for %.0f s; %d event(s) not delivered (the one it is on included)",
+                    current.label if current else "?", EXIT_STUCK_SECONDS,
+                    worker._queued - worker._done,
+                )  # fmt: skip
+            bus = worker._owner()
+            pending = list(bus._pending) if bus is not None else []
+            for failed in pending:
+                log.error("eventhooks: at exit, %s", failed, exc_info=failed.original)
         except Exception:  # exit goes on; say what failed
             log.exception("eventhooks: draining background subscribers at exit failed")
 

@@ -86,6 +86,7 @@ class _Unset:
 
 
 _UNSET: Any = _Unset()
+_DONE: Any = object()  # an emit's loop went through every call
 _CONTEXT_KEYS = frozenset(CONTEXT_FIELDS)
 
 
@@ -244,6 +245,7 @@ class EventBus:
         self.queue_size = queue_size
         self._worker: Worker | None = None  # started by the first background handoff
         self._pending: list[SubscriberError] = []  # background failures not yet raised
+        self._raised: weakref.WeakSet[SubscriberError] = weakref.WeakSet()  # and raised since
         self._drains = False  # whether teardown waits for the worker: once a background sub came
         self.errors: ErrorPolicy = errors
         self.max_failures = max_failures
@@ -747,13 +749,14 @@ class EventBus:
                 if route.stale:  # a change during this emit: check who is still live
                     break
             else:
-                if self._pending:  # a background subscriber failed under "raise"
-                    self._raise_pending()
-                return payload
+                call = _DONE
         except Exception as exc:
             self._deliver_rest(route, call, payload, exc)
-            return payload
-        self._deliver_rest(route, call, payload, None)
+        else:
+            if call is not _DONE:
+                self._deliver_rest(route, call, payload, None)
+        if self._pending:  # a background subscriber failed under "raise": its error, not ours
+            self._raise_pending()
         return payload
 
     def _context_of(
@@ -799,8 +802,6 @@ class EventBus:
             raise
         if failures:
             self._apply_policies(route.event, failures)
-        if self._pending:
-            self._raise_pending()
 
     def _apply_policies(self, event: Event[Any], failures: list[tuple[Any, Exception]]) -> None:
         """Log, count and disable as each failed subscriber's policy says; then raise the
@@ -811,6 +812,11 @@ class EventBus:
             policy = (entry.options.errors if isinstance(entry, Subscription) else None) or (
                 self.errors
             )
+            if isinstance(exc, SubscriberError) and exc in self._raised:
+                # A background failure raised by a nested emit inside this subscriber: the
+                # background subscriber's, under its own policy; this one did not fail.
+                first = first or exc
+                continue
             if policy == "raise":
                 # An error from a nested emit already names its subscriber and event.
                 error = exc if isinstance(exc, SubscriberError) else SubscriberError(
@@ -904,6 +910,7 @@ class EventBus:
             pending, self._pending = self._pending, []
         if not pending:
             return
+        self._raised.add(pending[0])
         repeats: dict[str, int] = {}  # a failing sink fails again on each queued event
         for later in pending[1:]:
             repeats[str(later)] = repeats.get(str(later), 0) + 1

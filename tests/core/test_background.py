@@ -387,3 +387,100 @@ def test_a_session_on_its_own_ends_once_its_background_work_is_done() -> None:
     with Export(bus, format="onnx") as export:
         export.path = "model.onnx"
     assert len(seen) == 3
+
+
+def test_a_background_failure_is_not_blamed_on_the_foreground_subscriber_of_the_next_emit(
+) -> None:
+    bus = EventBus()
+    gate = threading.Event()
+
+    def sink(p: EpochPayload) -> None:
+        gate.wait(5)
+        raise ValueError("sink broke")
+
+    heard: list[int] = []
+    bus.subscribe("on_fit_epoch_end", sink, background=True)
+    innocent = bus.subscribe("on_train_batch_end", lambda p: heard.append(p.batch),
+                             errors="disable", max_failures=1)  # fmt: skip
+    bus.emit("on_fit_epoch_end", epoch=0)
+    gate.set()
+    bus._worker.drain()  # type: ignore[union-attr]
+    with pytest.raises(SubscriberError, match="sink broke") as info:
+        bus.emit("on_train_batch_end", batch=0)
+    assert "sink" in info.value.subscriber
+    assert innocent.connected and heard == [0]  # it heard the event, and did not fail
+
+
+def test_a_background_failure_met_in_a_nested_emit_reaches_the_outer_emit_as_itself() -> None:
+    bus = EventBus()
+    gate = threading.Event()
+
+    def sink(p: EpochPayload) -> None:
+        gate.wait(5)
+        raise ValueError("sink broke")
+
+    def saves(p: BatchPayload) -> None:  # a foreground subscriber that emits
+        bus.emit("on_model_save", path="ckpt")
+
+    bus.subscribe("on_fit_epoch_end", sink, background=True)
+    outer = bus.subscribe("on_train_batch_end", saves, errors="warn")
+    bus.subscribe("on_model_save", lambda p: None)
+    bus.emit("on_fit_epoch_end", epoch=0)
+    gate.set()
+    bus._worker.drain()  # type: ignore[union-attr]
+    with pytest.raises(SubscriberError, match="sink broke"):
+        bus.emit("on_train_batch_end", batch=0)
+    assert outer.failures == 0 and outer.connected
+
+
+def test_close_called_by_a_background_subscriber_does_not_cut_the_drains_short() -> None:
+    bus = EventBus()
+    got: list[int] = []
+
+    def closes_at_five(p: BatchPayload) -> None:
+        got.append(p.batch)
+        if p.batch == 5:
+            bus.close()  # on the worker: nothing to wait for, the thread goes on
+        time.sleep(0.002)
+
+    bus.subscribe("on_train_batch_end", closes_at_five, background=True)
+    for b in range(30):
+        bus.emit("on_train_batch_end", batch=b)
+    bus.flush()
+    assert got == list(range(30))
+    _train(bus, batches=10)  # the run's teardown waits too
+    assert len(got) == 40
+
+
+def test_exit_logs_a_background_failure_it_met_while_draining(tmp_path: Path) -> None:
+    script = textwrap.dedent("""
+        import time
+        from eventhooks import EventBus
+        bus = EventBus()
+        def bad(p):
+            time.sleep(0.05)
+            raise ValueError("sink broke at exit")
+        bus.subscribe("on_fit_epoch_end", bad, background=True)
+        bus.emit("on_fit_epoch_end", epoch=0)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert "sink broke at exit" in done.stderr and "bad" in done.stderr
+
+
+def test_exit_stops_waiting_for_a_hung_background_subscriber_and_names_it() -> None:
+    script = textwrap.dedent("""
+        import time
+        import eventhooks._background as background
+        background.EXIT_STUCK_SECONDS = 1.0
+        from eventhooks import EventBus
+        bus = EventBus()
+        def hung(p):
+            time.sleep(3600)
+        bus.subscribe("on_fit_epoch_end", hung, background=True)
+        bus.emit("on_fit_epoch_end", epoch=0)
+        bus.emit("on_fit_epoch_end", epoch=1)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert "hung" in done.stderr and "2 event(s) not delivered" in done.stderr
