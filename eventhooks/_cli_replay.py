@@ -207,7 +207,7 @@ class _Trackers:
         lines = []
         if self.tensorboard is not None:
             if Path(self.tensorboard).is_dir():
-                from ._cli_demo import script_command
+                from ._cli_commands import script_command
 
                 tensorboard = script_command("tensorboard", "tensorboard.main")
                 lines.append(

@@ -250,7 +250,7 @@ def test_every_command_the_demo_prints_runs_as_shown(tmp_path: Path) -> None:
 def test_the_demo_names_the_command_as_it_can_be_typed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from eventhooks._cli_demo import eventhooks_command
+    from eventhooks._cli_commands import eventhooks_command
 
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     monkeypatch.chdir(SCRIPT.parent.parent.parent)  # the folder holding .venv

@@ -19,7 +19,7 @@ from _network import NetworkGuard
 from test_cli import killed_run, one_line_error, run
 
 from eventhooks import EventBus
-from eventhooks._cli_demo import script_command
+from eventhooks._cli_commands import script_command
 from eventhooks.callbacks import EventLog
 
 EPOCHS = [
