@@ -44,11 +44,12 @@ log = logging.getLogger("eventhooks")
 #: Room in a bus's queue (events waiting for the worker) before an emit waits or drops.
 DEFAULT_QUEUE_SIZE = 10_000
 
-#: Seconds the worker sleeps once its queue is empty, before it waits for the next event. Each
-#: wake-up of the thread takes the GIL from the training thread, and that hand-off, not the
-#: subscriber, is most of what background delivery costs a loop (``bench_background``: with a
-#: step of ~1 ms, waking per event added ~6%, lingering 3 ms ~4%). Events that arrive meanwhile
-#: are delivered together; a drain or a full queue waits at most this long more.
+#: Seconds the worker lingers once its queue is empty, before it waits for the next event. A
+#: handoff to a worker blocked on its queue wakes the thread, and every wake-up takes the GIL
+#: from the training thread: waking per event cost a ~1 ms step 7-11% in ``bench_background``,
+#: lingering 3 ms 3.5-5% (10 and 30 ms did worse: more is left for the run's teardown to wait
+#: for). Events that arrive meanwhile are delivered together; a drain or a full queue cuts the
+#: linger short.
 LINGER = 0.003
 
 
@@ -83,6 +84,7 @@ class Worker:
         self._thread: threading.Thread | None = None
         self._ident: int | None = None
         self.current: Subscription | None = None  # the subscriber being called, if any
+        self._hurry = threading.Event()  # ends the worker's linger: someone waits
         _WORKERS.add(self)
 
     @property
@@ -125,6 +127,7 @@ class Worker:
             previous.join()
         self._ident = threading.get_ident()
         self._previous = None
+        hurry = self._hurry
         while True:
             item = items.get()
             while True:
@@ -140,7 +143,8 @@ class Worker:
                 except queue.Empty:
                     break
             if not self._waiting:  # nobody waits for this worker: linger (see LINGER)
-                time.sleep(LINGER)
+                hurry.wait(LINGER)
+                hurry.clear()
 
     def _deliver(self, sub: Subscription, payload: Any) -> None:
         if not sub.live:  # disconnected (or disabled) since the emit
@@ -163,6 +167,7 @@ class Worker:
         ``stuck``) when no delivery has finished for ``stuck`` seconds."""
         with self._room:
             self._waiting += 1
+            self._hurry.set()  # a lingering worker goes on at once
             try:
                 done, since = self._done, time.monotonic()
                 while not ready():
@@ -226,6 +231,7 @@ class Worker:
         parent's)."""
         self._lock = threading.Lock()
         self._room = threading.Condition(threading.Lock())
+        self._hurry = threading.Event()
         self._queue = queue.SimpleQueue()
         self._queued = self._done = self._waiting = 0
         self._thread = self._previous = None
