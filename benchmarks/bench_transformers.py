@@ -28,7 +28,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import torch  # noqa: E402
 from _timing import added, hook_timer, rotating, table  # noqa: E402
 from torch import nn  # noqa: E402
-from transformers import Trainer, TrainingArguments  # noqa: E402
+from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
 
 from eventhooks import EventBus, events  # noqa: E402
 from eventhooks.adapters.transformers import TransformersCallback  # noqa: E402
@@ -75,8 +75,10 @@ def trainer(out: Path, callbacks: list[Any]) -> Trainer:
 Timed = hook_timer(TransformersCallback)
 
 
-def timed(with_adapter: bool, out: Path, *, own: bool = False) -> float:
-    callbacks: list[Any] = []
+def timed(with_adapter: bool | None, out: Path, *, own: bool = False) -> float:
+    """One run: without the adapter (False), with it and 3 subscribers (True), or with an empty
+    ``TrainerCallback`` (None: what any callback costs in HF's own dispatch)."""
+    callbacks: list[Any] = [TrainerCallback()] if with_adapter is None else []
     if with_adapter:
         bus = EventBus()
         bus.attach(History())
@@ -92,10 +94,11 @@ def timed(with_adapter: bool, out: Path, *, own: bool = False) -> float:
 def main() -> str:
     torch.set_num_threads(1)
     variants = {"plain `Trainer.train()`": False, "plain again (noise control)": False,
+                "an empty `TrainerCallback` (HF's own dispatch)": None,
                 "with the adapter and 3 subscribers": True}  # fmt: skip
     tmp = HOME / "runs"
 
-    def run(adapter: bool) -> Callable[[int], float]:
+    def run(adapter: bool | None) -> Callable[[int], float]:
         return lambda round_: timed(adapter, tmp / f"{round_}-{adapter}-{time.time_ns()}")
 
     times = rotating({name: run(v) for name, v in variants.items()}, ROUNDS)
