@@ -82,14 +82,16 @@ class Worker:
         self._room = threading.Condition(threading.Lock())  # emits waiting for room, drains
         self._waiting = 0
         self._thread: threading.Thread | None = None
-        self._ident: int | None = None
         self.current: Subscription | None = None  # the subscriber being called, if any
         self._hurry = threading.Event()  # ends the worker's linger: someone waits
         _WORKERS.add(self)
 
     @property
     def on_worker(self) -> bool:
-        return threading.get_ident() == self._ident
+        # The thread, not its id (ids are reused); a closed worker's thread still finishing
+        # its queue (``_previous``) is the worker too.
+        me = threading.current_thread()
+        return me is self._thread or me is self._previous
 
     def put(self, sub: Subscription, payload: Any) -> bool:
         """Queue one delivery; False if it was dropped (a full queue, ``overflow="drop"``)."""
@@ -125,7 +127,6 @@ class Worker:
     def _run(self, items: queue.SimpleQueue[Any], previous: threading.Thread | None) -> None:
         if previous is not None:  # close() handed over: the old thread goes first, in order
             previous.join()
-        self._ident = threading.get_ident()
         self._previous = None
         hurry = self._hurry
         while True:
@@ -153,12 +154,16 @@ class Worker:
         try:
             sub(payload)
         except BaseException as exc:  # the worker must outlive any subscriber
-            bus = self._owner()
-            if bus is None:
-                log.warning("background subscriber %s failed on event %r", sub.label,
-                            sub.event.name, exc_info=exc)  # fmt: skip
-            else:
-                bus._background_failed(sub, exc)
+            try:
+                bus = self._owner()
+                if bus is None:
+                    log.warning("background subscriber %s failed on event %r", sub.label,
+                                sub.event.name, exc_info=exc)  # fmt: skip
+                else:
+                    bus._background_failed(sub, exc)
+            except BaseException:  # reporting it failed (an exception whose str() raises...)
+                log.exception("background subscriber %s failed on event %r, and reporting "
+                              "the failure failed too", sub.label, sub.event.name)  # fmt: skip
         finally:
             self.current = None
 
@@ -171,7 +176,8 @@ class Worker:
             try:
                 done, since = self._done, time.monotonic()
                 while not ready():
-                    if self._thread is None and self._previous is None:
+                    threads = [t for t in (self._thread, self._previous) if t is not None]
+                    if not any(t.is_alive() for t in threads):
                         return False  # no thread to wait for (see drain)
                     self._room.wait(0.5)  # a timeout only as a safety net
                     if self._done != done:
@@ -218,7 +224,6 @@ class Worker:
                 return
             self._queue = queue.SimpleQueue()
             self._thread = None
-            self._ident = None  # not that thread's any more (thread ids are reused)
             self._previous = thread
             items.put(_STOP)
         thread.join()
@@ -235,7 +240,6 @@ class Worker:
         self._queue = queue.SimpleQueue()
         self._queued = self._done = self._waiting = 0
         self._thread = self._previous = None
-        self._ident = None
 
 
 _STOP = object()  # ends a worker thread (close)

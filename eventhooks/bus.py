@@ -87,6 +87,9 @@ class _Unset:
 
 _UNSET: Any = _Unset()
 _DONE: Any = object()  # an emit's loop went through every call
+#: Background failures raised on an emitting side: met by a nested emit inside a foreground
+#: subscriber, they are not that subscriber's failure (any bus's, hence module-wide).
+_BACKGROUND_RAISED: weakref.WeakSet[SubscriberError] = weakref.WeakSet()
 _CONTEXT_KEYS = frozenset(CONTEXT_FIELDS)
 
 
@@ -245,7 +248,6 @@ class EventBus:
         self.queue_size = queue_size
         self._worker: Worker | None = None  # started by the first background handoff
         self._pending: list[SubscriberError] = []  # background failures not yet raised
-        self._raised: weakref.WeakSet[SubscriberError] = weakref.WeakSet()  # and raised since
         self._drains = False  # whether teardown waits for the worker: once a background sub came
         self.errors: ErrorPolicy = errors
         self.max_failures = max_failures
@@ -797,6 +799,9 @@ class EventBus:
                     failures.append((entry, exc))
         except BaseException:  # Ctrl-C stops delivery at once: say what failed before it
             for entry, earlier, _ in _expand(failures):
+                if isinstance(earlier, SubscriberError) and earlier in _BACKGROUND_RAISED:
+                    log.warning("%s", earlier, exc_info=earlier)
+                    continue
                 log.warning("subscriber %s failed on event %r", _label(entry),
                             route.event.name, exc_info=earlier)  # fmt: skip
             raise
@@ -812,10 +817,14 @@ class EventBus:
             policy = (entry.options.errors if isinstance(entry, Subscription) else None) or (
                 self.errors
             )
-            if isinstance(exc, SubscriberError) and exc in self._raised:
-                # A background failure raised by a nested emit inside this subscriber: the
-                # background subscriber's, under its own policy; this one did not fail.
-                first = first or exc
+            if isinstance(exc, SubscriberError) and exc in _BACKGROUND_RAISED:
+                # A background failure raised by a nested emit inside this subscriber (on
+                # this bus or another): the background subscriber's, under its own policy;
+                # this one did not fail.
+                if first is None:
+                    first = exc
+                else:
+                    log.warning("%s (after an earlier failure)", exc, exc_info=exc.original)
                 continue
             if policy == "raise":
                 # An error from a nested emit already names its subscriber and event.
@@ -910,7 +919,7 @@ class EventBus:
             pending, self._pending = self._pending, []
         if not pending:
             return
-        self._raised.add(pending[0])
+        _BACKGROUND_RAISED.add(pending[0])
         repeats: dict[str, int] = {}  # a failing sink fails again on each queued event
         for later in pending[1:]:
             repeats[str(later)] = repeats.get(str(later), 0) + 1

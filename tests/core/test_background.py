@@ -484,3 +484,100 @@ def test_exit_stops_waiting_for_a_hung_background_subscriber_and_names_it() -> N
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=120)  # fmt: skip
     assert "hung" in done.stderr and "2 event(s) not delivered" in done.stderr
+
+
+def test_close_from_another_thread_lets_the_worker_flush_and_emit_what_it_still_has() -> None:
+    bus = EventBus(queue_size=1)
+    closing = threading.Event()
+    flushed: list[str] = []
+
+    def saves(p: EpochPayload) -> None:  # still running when close() begins on the main thread
+        closing.wait(5)
+        time.sleep(0.05)
+        bus.emit("on_model_save", path="ckpt")  # a full queue: the worker must not wait for it
+
+    def flushes(p: Any) -> None:  # delivered by the closed worker's thread, after close began
+        time.sleep(0.1)  # close() has handed the worker over by now
+        bus.flush()  # on the worker: returns at once
+        flushed.append(p.path)
+
+    bus.subscribe("on_fit_epoch_end", saves, background=True)
+    bus.subscribe("on_model_save", flushes, background=True)
+    bus.emit("on_fit_epoch_end", epoch=0)
+    closer = threading.Thread(target=bus.close, daemon=True)
+    closer.start()
+    closing.set()
+    closer.join(20)
+    assert not closer.is_alive()  # close() returned
+    bus.flush()
+    assert flushed == ["ckpt"]
+
+
+def test_a_background_failure_met_after_a_foreground_failure_is_logged_not_lost(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bus = EventBus()
+    gate = threading.Event()
+
+    def sink(p: EpochPayload) -> None:
+        gate.wait(5)
+        raise ValueError("sink broke")
+
+    def fails(p: BatchPayload) -> None:
+        raise KeyError("foreground broke")
+
+    bus.subscribe("on_fit_epoch_end", sink, background=True)
+    bus.subscribe("on_train_batch_end", fails, priority=10)
+    bus.subscribe("on_train_batch_end", lambda p: bus.emit("on_model_save", path="x"))
+    bus.subscribe("on_model_save", lambda p: None)
+    bus.emit("on_fit_epoch_end", epoch=0)
+    gate.set()
+    bus._worker.drain()  # type: ignore[union-attr]
+    with caplog.at_level(logging.WARNING, logger="eventhooks"):
+        with pytest.raises(SubscriberError, match="foreground broke"):
+            bus.emit("on_train_batch_end", batch=0)
+    assert "sink broke" in caplog.text
+
+
+def test_a_background_failure_met_through_another_bus_is_not_the_forwarders() -> None:
+    first, second = EventBus(), EventBus()
+    gate = threading.Event()
+
+    def sink(p: EpochPayload) -> None:
+        gate.wait(5)
+        raise ValueError("sink broke")
+
+    second.subscribe("on_fit_epoch_end", sink, background=True)
+    second.subscribe("on_train_batch_end", lambda p: None)
+    forwarder = first.subscribe(
+        "on_train_batch_end", lambda p: second.emit("on_train_batch_end", batch=p.batch),
+        errors="disable", max_failures=1,
+    )  # fmt: skip
+    second.emit("on_fit_epoch_end", epoch=0)
+    gate.set()
+    second._worker.drain()  # type: ignore[union-attr]
+    with pytest.raises(SubscriberError, match="sink broke"):
+        first.emit("on_train_batch_end", batch=0)
+    assert forwarder.connected and forwarder.failures == 0
+
+
+def test_an_exception_that_cannot_be_printed_does_not_kill_the_worker() -> None:
+    class Odd(BaseException):
+        def __str__(self) -> str:
+            raise RuntimeError("no str")
+
+    bus = EventBus(errors="warn")
+    seen: list[int] = []
+
+    def odd(p: EpochPayload) -> None:
+        if p.epoch == 0:
+            raise Odd()
+        seen.append(p.epoch)
+
+    bus.subscribe("on_fit_epoch_end", odd, background=True)
+    bus.emit("on_fit_epoch_end", epoch=0)
+    bus.emit("on_fit_epoch_end", epoch=1)
+    flushing = threading.Thread(target=bus.flush, daemon=True)
+    flushing.start()
+    flushing.join(20)
+    assert not flushing.is_alive() and seen == [1]
