@@ -57,6 +57,7 @@ from typing import Any
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from eventhooks import EventBus
+from eventhooks import events as ev
 from eventhooks.lifecycle import Prediction, Run, Validation
 
 __all__ = ["TransformersCallback", "train"]
@@ -142,7 +143,7 @@ class TransformersCallback(TrainerCallback):
             if run is not None:
                 run.close(exc)
             raise
-        if self._live() is not None and self.bus.stop_requested:
+        if self.bus.stop_requested and self._live() is not None:
             control.should_training_stop = True
 
     def abort(self, error: BaseException) -> None:
@@ -163,6 +164,8 @@ class TransformersCallback(TrainerCallback):
         return float(groups[0]["lr"]) if groups else None
 
     def _lr_changed(self, run: Run, optimizer: Any) -> None:
+        if not self.bus.listening(ev.on_params_update):  # nobody to tell: read nothing
+            return
         lr = self._learning_rate(optimizer)
         if lr is not None and lr != self._lr:
             self._lr = lr
