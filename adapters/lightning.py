@@ -101,8 +101,8 @@ class LightningCallback(pl.Callback):
         """A stop request becomes ``trainer.should_stop``: at once on one process; under DDP
         at the epoch's end, decided by every rank together (any rank asking stops all), so
         that no rank stops alone and leaves the others waiting in a collective."""
-        if self._live() is None:
-            return
+        if not (epoch_end or self.bus.stop_requested) or self._live() is None:
+            return  # (per batch, with no request: nothing to do, and the hot path)
         if trainer.world_size == 1:
             if self.bus.stop_requested:
                 trainer.should_stop = True
