@@ -134,7 +134,7 @@ def replay_log(
         drawn = [run for run in per_run if run]
         if not drawn:
             raise ValueError("nothing to plot: the run has no epoch logs")
-        started = contents.records[0].time if contents.records else None
+        started = _drawn_run_start(contents.records)
         out = plot_series(
             epoch_series(drawn[-1]), plot, title=title or run_title(log, started),
             monitor=monitor, mode=mode,
@@ -230,6 +230,19 @@ class _Trackers:
                 names = ", ".join(f"{a!r} -> {b!r}" for a, b in logger.renamed.items())
                 lines.append(f"MLflow: names it refuses were renamed: {names}")
         return lines
+
+
+def _drawn_run_start(records: list[eventlog.Record]) -> float | None:
+    """When the drawn run (the last with epochs) started: its ``on_train_start`` record's time,
+    else the log's first record's."""
+    started = records[0].time if records else None
+    start_of_run = started
+    for record in records:
+        if record.event is events.on_train_start:
+            start_of_run = record.time if record.time is not None else started
+        elif record.event is events.on_fit_epoch_end:
+            started = start_of_run
+    return started
 
 
 def _epoch_table(rows: list[tuple[int, dict[str, float]]]) -> list[str]:

@@ -316,3 +316,19 @@ def test_plot_of_a_log_with_two_runs_draws_the_last(
     assert code == 0 and out.strip().endswith("(the last of 2 runs)")
     (panel,) = layout(drawn[-1]).panels
     assert panel.lines["loss"] == [(0.0, 1.0), (1.0, 0.5)]  # not 0, 1, 0, 1
+
+
+def test_the_title_date_of_a_log_with_two_runs_is_the_drawn_runs(
+    capsys: Any, tmp_path: Path, drawn: list[Figure]
+) -> None:
+    import json
+
+    log = write_log(tmp_path / "two.jsonl", [{"loss": 1.0}], runs=2)
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    second = [i for i, line in enumerate(lines) if line["event"] == "on_train_start"][1]
+    for i, line in enumerate(lines):  # run 1 at noon on 1970-01-02, run 2 at noon on 01-05
+        line["time"] = 43_200.0 + 86_400.0 * (1 if i < second else 4) + i
+    log.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    code, _, _ = run(capsys, "plot", str(log))
+    title = layout(drawn[-1]).title
+    assert code == 0 and "1970-01-05" in title, title
