@@ -29,10 +29,9 @@ from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 from _timing import table  # noqa: E402
-from bench_torch import BATCHES, Batches, data, model, plain, rotated  # noqa: E402
+from bench_torch import BATCHES, Batches, data, instrumented, plain, rotated  # noqa: E402
 
 from eventhooks import EventBus  # noqa: E402
-from eventhooks.adapters.torch import instrument  # noqa: E402
 
 ROUNDS = 15
 SINK_SECONDS = 0.001
@@ -56,25 +55,12 @@ class Sink:
 
 
 def with_sink(batches: Batches, sink: Sink | None, *, background: bool) -> Callable[[], None]:
-    net = model()
-    opt = torch.optim.SGD(net.parameters(), lr=0.01)
-    loss_fn = torch.nn.functional.cross_entropy
+    """``bench_torch``'s instrumented loop (``run.log(loss=loss)`` each batch), ``sink`` on
+    ``on_train_batch_end``."""
     bus = EventBus()
     if sink is not None:
         bus.subscribe("on_train_batch_end", sink, background=background)
-
-    def run() -> None:
-        with instrument(bus, opt) as tracked:
-            for _ in tracked.epochs(1):
-                net.train()
-                for x, y in tracked.batches(batches):
-                    opt.zero_grad()
-                    loss = loss_fn(net(x), y)
-                    loss.backward()  # type: ignore[no-untyped-call]
-                    opt.step()
-                    tracked.log(loss=loss)
-
-    return run
+    return instrumented(batches, 0, bus=bus)
 
 
 def with_ticker(run: Callable[[], None]) -> Callable[[], None]:

@@ -94,12 +94,15 @@ def plain(batches: Batches, *, item: bool = False) -> Callable[[], None]:
 
 
 def instrumented(
-    batches: Batches, subscribers: int, *, log: bool = True, per_batch: bool = True
+    batches: Batches, subscribers: int, *, log: bool = True, per_batch: bool = True,
+    bus: EventBus | None = None,
 ) -> Callable[[], None]:
+    """The loop instrumented, on ``bus`` (a new one if not given) with ``subscribers`` (0 or
+    the three of :func:`three_subscribers`)."""
     net = model()
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     loss_fn = torch.nn.functional.cross_entropy
-    bus = EventBus()
+    bus = bus if bus is not None else EventBus()
     if subscribers:
         three_subscribers(bus, per_batch=per_batch)
 
