@@ -66,10 +66,11 @@ def snapshot(payload: Any) -> Any:
 class Worker:
     """One bus's background thread and its queue of ``(subscription, payload)`` to deliver.
 
-    The queue is a C :class:`queue.SimpleQueue`, so a handoff is a lock and an append and the
-    worker sleeps in C between events. ``_queued`` counts handoffs (under ``_lock``, with the
-    append), ``_done`` deliveries (written by the worker alone); their difference is what is
-    still to do, what a full queue and a drain wait on (``_room``).
+    The queue is a C :class:`queue.SimpleQueue`, so a handoff is a lock and an append, and a
+    worker with nothing to do lingers (see :data:`LINGER`), then waits in C. ``_queued``
+    counts handoffs (under ``_lock``, with the append), ``_done`` deliveries (written by the
+    worker alone); their difference is what is still to do, what a full queue and a drain wait
+    on (``_room``).
     """
 
     def __init__(self, owner: Any, size: int) -> None:
@@ -82,6 +83,7 @@ class Worker:
         self._room = threading.Condition(threading.Lock())  # emits waiting for room, drains
         self._waiting = 0
         self._thread: threading.Thread | None = None
+        self._previous: threading.Thread | None = None  # a closed worker's, still finishing
         self.current: Subscription | None = None  # the subscriber being called, if any
         self._hurry = threading.Event()  # ends the worker's linger: someone waits
         _WORKERS.add(self)
@@ -121,8 +123,6 @@ class Worker:
         except RuntimeError:  # "can't create new thread at interpreter shutdown"
             return
         self._thread = thread
-
-    _previous: threading.Thread | None = None  # a closed worker's thread, still finishing
 
     def _run(self, items: queue.SimpleQueue[Any], previous: threading.Thread | None) -> None:
         if previous is not None:  # close() handed over: the old thread goes first, in order

@@ -187,7 +187,8 @@ class _Handoff:
 
 
 class _Drain:
-    """Last in ``teardown``'s route when it has background subscribers: waits for them."""
+    """Last in ``teardown``'s route once the bus has had a background subscriber: the
+    teardown returns when the worker has delivered everything before it."""
 
     __slots__ = ("bus",)
     live = True
