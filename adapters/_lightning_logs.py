@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import Tensor
 
 
 def to_float(value: Any) -> float | None:
@@ -36,15 +37,52 @@ def val_name(key: str) -> str:
     return "val_" + (key[4:] if key.startswith("val/") else key)
 
 
-def train_logs(trainer: pl.Trainer, val_keys: set[str]) -> dict[str, float]:
-    """What the module logged in training, as floats; ``loss`` from ``train_loss`` if need be."""
-    metrics = trainer.callback_metrics
-    logs = floats(metrics, [k for k in metrics if k not in val_keys])
+def train_logs(
+    trainer: pl.Trainer, val_keys: set[str], metrics: Mapping[str, Any] | None = None,
+    given: Mapping[str, float] | None = None,
+) -> dict[str, float]:  # fmt: skip
+    """What the module logged in training (``metrics``: ``trainer.callback_metrics`` unless
+    given), as floats, ``given``'s numbers over them; ``loss`` from ``train_loss`` if need be."""
+    metrics = trainer.callback_metrics if metrics is None else metrics
+    given = given or {}
+    logs = {}
+    for key, value in metrics.items():
+        if key not in val_keys:
+            number = given[key] if key in given else to_float(value)
+            if number is not None:
+                logs[key] = number
     if "loss" not in logs:
         for alias in ("train_loss", "train/loss"):
             if alias in logs:
                 logs["loss"] = logs[alias]
                 break
+    return logs
+
+
+def batch_logs(trainer: pl.Trainer, val_keys: set[str], outputs: Any) -> dict[str, float]:
+    """A training batch's logs at its end: :func:`train_logs`, then :func:`output_logs`.
+
+    Read without ``trainer.callback_metrics``, which recomputes every metric: what it would
+    hold now is the values logged on step this batch (their forward caches in Lightning's
+    result collection, already synced as ``sync_dist`` asked), over what it kept before."""
+    given = output_logs(outputs)
+    try:
+        connector: Any = trainer._logger_connector
+        results: Any = trainer._results
+        kept: dict[str, Any] = connector._callback_metrics
+        if results is None or not results.training or connector._first_loop_iter is None:
+            raise AttributeError("not in a training batch")
+        fresh = {}
+        for metric in results.values():
+            value, meta = metric._forward_cache, metric.meta
+            if (meta.on_step and not metric.has_reset and isinstance(value, Tensor)
+                    and meta.dataloader_idx == results.dataloader_idx):  # fmt: skip
+                name, forked = results._forked_name(metric, True)
+                fresh[name] = fresh[forked] = value
+    except AttributeError:  # not the Lightning this was written for: its public way
+        return {**train_logs(trainer, val_keys), **given}
+    logs = train_logs(trainer, val_keys, {**kept, **fresh} if fresh else kept, given)
+    logs.update(given)
     return logs
 
 

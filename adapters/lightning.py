@@ -33,7 +33,8 @@ the epoch's ``on_validation_start``              ``train_epoch_end`` (training m
                                                 outputs at ``on_predict_batch_end``)
 ==============================================  ===============================================
 
-Logs are floats read from ``trainer.callback_metrics``. Validation metrics are told from
+Logs are floats read from ``trainer.callback_metrics`` (a batch's are what it would hold, read
+from Lightning's results without its recomputing every metric). Validation metrics are told from
 training ones by what the validation loop logged (learnt at each validation's end, the sanity
 check's included); inside a fit they are named ``val_*`` (``val_loss`` stays, ``acc`` becomes
 ``val_acc``, ``val/x`` becomes ``val_x``). ``loss`` is added from ``train_loss`` (or
@@ -44,21 +45,36 @@ start: a change is ``on_params_update``.
 ``ModelCheckpoint`` is always moved last by Lightning and writes in its own
 ``on_train_epoch_end``, after ours: its file is reported (``on_model_save``, with the path) at
 the next hook of ours, once it exists (the next epoch's start, or ``on_train_end``).
+
+Lightning dispatches a hook only if it is callable, at about the cost of our work in it: a
+per-batch hook nobody needs is ``None`` on the instance. ``on_before_backward`` and
+``on_after_backward`` always; the training batch's others for an epoch when, at its start
+(after ``on_train_epoch_start``'s subscribers), nobody listens to what they emit (steps taken
+unheard are counted from ``trainer.global_step``); a validation's, test's or prediction's batch
+hooks likewise at its start. A subscription made in between is heard from the next start.
+``on_train_batch_end`` stays: a stop asked outside any hook stops the fit after the batch.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import lightning.pytorch as pl
 
 from eventhooks import EventBus
 from eventhooks import events as ev
+from eventhooks.events import Event
 from eventhooks.lifecycle import Prediction, Run, Validation
 
 from . import _lightning_logs as lg
 
 __all__ = ["LightningCallback"]
+
+_UNUSED = ("on_before_backward", "on_after_backward")  # pl.Callback's, called every batch
+_TRAIN = ("on_train_batch_start", "on_before_zero_grad", "on_before_optimizer_step")
+_EVAL = tuple(f"on_{kind}_batch_{end}" for kind in ("validation", "test", "predict")
+              for end in ("start", "end"))  # fmt: skip
 
 
 class LightningCallback(pl.Callback):
@@ -90,8 +106,45 @@ class LightningCallback(pl.Callback):
         self._before_val: dict[str, Any] = {}
         self._saved: dict[str, int] = {}  # checkpoint path -> mtime reported
         self._lrs: dict[str, float] = {}
+        self._steps_at = 0  # trainer.global_step when on_before_optimizer_step went off
+        # the hooks that may be switched off: ours (and those we leave to pl.Callback), unless
+        # a subclass overrides them (a wrapper naming ours in ``__wrapped__`` does not count)
+        cls, ours = type(self), LightningCallback
+        self._own = {name for name in (*_UNUSED, *_TRAIN, *_EVAL)
+                     if inspect.unwrap(getattr(cls, name)) is getattr(ours, name)}  # fmt: skip
+        self._switch(False, *_UNUSED)
 
     # -- helpers ------------------------------------------------------------------------------
+
+    def _switch(self, on: bool, *hooks: str) -> None:
+        """Lightning calls a callback's hook only if it is callable (``_call_callback_hooks``)
+        and dispatching it costs about as much as our work in it: a hook off is ``None`` on
+        the instance (Lightning skips it), one on is the class's again."""
+        for name in hooks:
+            if on:
+                self.__dict__.pop(name, None)
+            elif name in self._own:
+                self.__dict__[name] = None
+
+    def _decide(self, trainer: pl.Trainer) -> None:
+        """At each epoch's start: the per-batch hooks this epoch needs, by who listens now
+        (``check_order`` buses listen to everything). Steps taken while
+        ``on_before_optimizer_step`` is off are counted from ``trainer.global_step``."""
+        self._steps_at = trainer.global_step
+        hear = self.bus.listening
+        steps = any(hear(e) for e in (ev.optimizer_step, ev.on_before_zero_grad,
+                                      ev.on_params_update))  # fmt: skip
+        batches = steps or any(hear(e) for e in (ev.on_train_batch_start, ev.on_train_batch_end,
+                                                 ev.on_model_save))  # fmt: skip
+        self._switch(batches, "on_train_batch_start")
+        self._switch(steps, "on_before_optimizer_step")
+        self._switch(hear(ev.on_before_zero_grad), "on_before_zero_grad")
+
+    def _eval_hooks(self, kind: str, *events: Event[Any]) -> None:
+        """At a validation's, test's or prediction's start: its batch hooks, on if someone
+        listens to its batch events now (until its next start)."""
+        heard = any(map(self.bus.listening, events))
+        self._switch(heard, f"on_{kind}_batch_start", f"on_{kind}_batch_end")
 
     def _live(self) -> Run | None:
         run = self.run
@@ -136,6 +189,7 @@ class LightningCallback(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
             self._val_keys, self._saved, self._lrs = set(), {}, {}
+            self._switch(True, *_TRAIN)
             self._val = None
             self.run = Run(self.bus, **lg.context(trainer))
             self.run.open()
@@ -152,10 +206,13 @@ class LightningCallback(pl.Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if (run := self._live()) is None:
             return
+        if self.__dict__.get("on_before_optimizer_step", 0) is None:  # off last epoch
+            run.step += trainer.global_step - self._steps_at
         self._report_saves(trainer)
         if run.epoch is not None:
             self._lr_changed(trainer, run)
         run.epoch_start(trainer.current_epoch)
+        self._decide(trainer)
         self._check_stop(trainer)
 
     def on_train_batch_start(
@@ -183,13 +240,12 @@ class LightningCallback(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
         batch_idx: int,
     ) -> None:  # fmt: skip
-        if (run := self._live()) is None:
-            return
-        logs = None
-        if run.hears(ev.on_train_batch_end):
-            logs = {**lg.train_logs(trainer, self._val_keys), **lg.output_logs(outputs)}
-        run.batch_end(logs)
-        self._check_stop(trainer)
+        if (run := self._live()) is not None and run.in_batch:  # (else its start was off)
+            logs = None
+            if run.hears(ev.on_train_batch_end):
+                logs = lg.batch_logs(trainer, self._val_keys, outputs)
+            run.batch_end(logs)
+        self._check_stop(trainer)  # always on: a stop asked from outside any hook
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if (run := self._live()) is None or not run.in_epoch:
@@ -221,6 +277,7 @@ class LightningCallback(pl.Callback):
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._before_val = dict(trainer.callback_metrics)
+        self._eval_hooks("validation")  # on again below for a reported validation heard
         if trainer.sanity_checking:
             return
         run = self._live()
@@ -237,6 +294,7 @@ class LightningCallback(pl.Callback):
         else:  # mid-epoch (val_check_interval < 1), or outside the epochs: not reported
             return
         self._val.open()
+        self._eval_hooks("validation", ev.on_val_batch_start, ev.on_val_batch_end)
         self._check_stop(trainer)
 
     def on_validation_batch_start(
@@ -268,19 +326,10 @@ class LightningCallback(pl.Callback):
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._before_val, self._val_keys = dict(trainer.callback_metrics), set()
         self._val = Validation(self.bus, **lg.context(trainer)).open()
+        self._eval_hooks("test", ev.on_val_batch_start, ev.on_val_batch_end)
 
-    def on_test_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:  # fmt: skip
-        self.on_validation_batch_start(trainer, pl_module, batch, batch_idx, dataloader_idx)
-
-    def on_test_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-        batch_idx: int, dataloader_idx: int = 0,
-    ) -> None:  # fmt: skip
-        self.on_validation_batch_end(trainer, pl_module, outputs, batch, batch_idx,
-                                     dataloader_idx)  # fmt: skip
+    on_test_batch_start = on_validation_batch_start
+    on_test_batch_end = on_validation_batch_end
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._val_keys |= lg.logged_in_validation(trainer, self._before_val)
@@ -290,6 +339,7 @@ class LightningCallback(pl.Callback):
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._predict = Prediction(self.bus, **lg.context(trainer)).open()
+        self._eval_hooks("predict", ev.on_predict_batch_start, ev.on_predict_batch_end)
 
     def on_predict_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int,

@@ -23,6 +23,7 @@ import torch
 from _network import NetworkGuard
 from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.profilers import Profiler
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
@@ -526,3 +527,196 @@ def test_resume_from_checkpoint(tmp_path: Path) -> None:
     assert rec.payloads("on_train_start")[0].epoch == 2
     assert [p.epoch for p in rec.payloads("on_fit_epoch_end")] == [2]
     assert rec.names[-2:] == ["on_train_end", "teardown"]
+
+
+# -- hooks Lightning dispatches to us, and batch logs read cheaply (#12) -------------------------
+
+
+class HookNames(Profiler):
+    """Lightning's profiler interface: records the callback hooks Lightning dispatched."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def start(self, action_name: str) -> None:
+        if action_name.startswith("[Callback]"):
+            self.names.append(action_name.split(".", 1)[1])
+
+    def stop(self, action_name: str) -> None:
+        pass
+
+
+PER_BATCH = {"on_train_batch_start", "on_before_backward", "on_after_backward",
+             "on_before_zero_grad", "on_before_optimizer_step", "on_validation_batch_start",
+             "on_validation_batch_end"}  # fmt: skip
+
+
+def test_nobody_listening_per_batch_only_the_stop_check(tmp_path: Path) -> None:
+    """Lightning skips a hook that is not callable: nobody listening to per-batch events,
+    its only per-batch hook dispatched to us is ``on_train_batch_end`` (stop requests)."""
+    bus = EventBus()
+    history = History()
+    bus.attach(history)
+    names = HookNames()
+    fit(tmp_path, bus, profiler=names)
+    assert history.epoch == [0, 1] and set(history.history) >= {"loss", "val_loss"}
+    assert not PER_BATCH & set(names.names)
+    assert names.names.count("on_train_batch_end") == 6
+    assert {"on_train_epoch_start", "on_validation_start", "on_train_epoch_end"} <= set(names.names)
+
+
+def test_listeners_switch_on_only_their_hooks(tmp_path: Path) -> None:
+    bus = EventBus()
+    steps = []
+    bus.subscribe("optimizer_step", lambda p: steps.append((p.epoch, p.step)))
+    names = HookNames()
+    fit(tmp_path, bus, profiler=names)
+    assert steps == [(e, 3 * e + b) for e in (0, 1) for b in range(3)]
+    heard = set(names.names)
+    assert {"on_train_batch_start", "on_before_optimizer_step"} <= heard
+    assert not {"on_before_zero_grad", "on_before_backward", "on_validation_batch_end"} & heard
+
+
+@pytest.mark.parametrize("module", [Tiny, TwoOptimizers])
+def test_subscribing_during_the_run_counts_the_steps_taken_unheard(
+    tmp_path: Path, module: type[pl.LightningModule]
+) -> None:
+    """A subscription made during an epoch is decided on at the next epoch's start; steps
+    taken while nobody heard them are counted (``trainer.global_step``)."""
+    bus = EventBus()
+    steps: list[tuple[int | None, int | None, int | None]] = []
+    batches: list[tuple[int | None, int | None]] = []
+
+    def later(payload: Any) -> None:
+        if payload.epoch == 0:
+            bus.subscribe("optimizer_step", lambda p: steps.append((p.epoch, p.batch, p.step)))
+            bus.subscribe("on_train_batch_end", lambda p: batches.append((p.epoch, p.batch)))
+
+    bus.subscribe("on_fit_epoch_end", later)
+    fit(tmp_path, bus, module(), val=False, max_epochs=3)
+    per_batch = 2 if module is TwoOptimizers else 1
+    assert batches == [(e, b) for e in (1, 2) for b in range(3)]
+    assert steps == [(e, b, per_batch * (3 * e + b) + i) for e in (1, 2) for b in range(3)
+                     for i in range(per_batch)]  # fmt: skip
+
+
+def test_subscribed_at_the_epoch_start_hears_that_epoch(tmp_path: Path) -> None:
+    bus = EventBus()
+    batches: list[tuple[int | None, int | None]] = []
+
+    def start(payload: Any) -> None:
+        if payload.epoch == 1:
+            bus.subscribe("on_train_batch_start", lambda p: batches.append((p.epoch, p.batch)))
+
+    bus.subscribe("on_train_epoch_start", start)
+    fit(tmp_path, bus, val=False)
+    assert batches == [(1, 0), (1, 1), (1, 2)]
+
+
+def test_a_new_fit_counts_steps_from_zero(tmp_path: Path) -> None:
+    """A callback whose step hook was off in a fit counts the next fit's steps afresh."""
+    bus = EventBus()
+    callback = LightningCallback(bus)
+    settings: dict[str, Any] = {
+        "max_epochs": 1, "accelerator": "cpu", "devices": 1, "logger": False,
+        "enable_checkpointing": False, "enable_progress_bar": False,
+        "enable_model_summary": False, "default_root_dir": tmp_path,
+    }  # fmt: skip
+    pl.Trainer(callbacks=[callback], **{**settings, "max_epochs": 2}).fit(Tiny(), loader())
+    steps: list[int | None] = []
+    bus.subscribe("optimizer_step", lambda p: steps.append(p.step))
+    pl.Trainer(callbacks=[callback], **settings).fit(Tiny(), loader())
+    assert steps == [0, 1, 2]
+
+
+def test_stop_asked_outside_any_hook_stops_after_that_batch(tmp_path: Path) -> None:
+    """Nobody listening to batches, ``training_step`` asking to stop still stops the fit at
+    that batch's end (``on_train_batch_end`` stays on for this)."""
+    bus = EventBus()
+    history = History()
+    bus.attach(history)
+
+    class Asks(Tiny):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            if self.calls == 1:
+                bus.request_stop("from training_step")
+            return super().training_step(batch, batch_idx)
+
+    module = Asks()
+    fit(tmp_path, bus, module, val=False, max_epochs=5)
+    assert module.calls == 2 and history.epoch == [0]
+
+
+def test_a_subclass_keeps_its_own_hooks(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    class Mine(LightningCallback):
+        def on_before_backward(self, *args: Any) -> None:
+            calls.append("backward")
+
+        def on_before_zero_grad(self, *args: Any) -> None:
+            calls.append("zero_grad")
+            super().on_before_zero_grad(*args)
+
+    t = trainer(tmp_path, EventBus())
+    t.callbacks = [Mine(t.callbacks[0].bus)]  # type: ignore[attr-defined]
+    t.fit(Tiny(), loader())
+    assert calls.count("backward") == 6 and calls.count("zero_grad") == 6
+
+
+def test_eval_batch_hooks_follow_their_listeners(tmp_path: Path) -> None:
+    """Validation, test and predict batch hooks are decided at each one's start."""
+    bus = EventBus()
+    names = HookNames()
+    t = trainer(tmp_path, bus, profiler=names)
+    t.fit(Tiny(), loader(), loader(8, 4, seed=1))
+    t.validate(Tiny(), loader(8, 4), verbose=False)
+    assert not {"on_validation_batch_start", "on_validation_batch_end"} & set(names.names)
+    heard: list[tuple[str, int | None]] = []
+    bus.subscribe("on_val_batch_end", lambda p: heard.append(("val", p.batch)))
+    bus.subscribe("on_predict_batch_end", lambda p: heard.append(("predict", p.batch)))
+    t.test(Tiny(), loader(8, 4), verbose=False)
+    t.validate(Tiny(), loader(8, 4), verbose=False)
+    t.predict(Tiny(), loader(8, 4))
+    assert heard == [("val", 0), ("val", 1)] * 2 + [("predict", 0), ("predict", 1)]
+
+
+class Logs(Tiny):
+    """Logs in every way Lightning allows in training: on step, on epoch, both, hidden from
+    the logger, in the progress bar, a dict, from a batch hook."""
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.log("hook_metric", float(batch_idx), on_step=True, on_epoch=False)
+
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:  # type: ignore[override]
+        loss = super().training_step(batch, batch_idx)
+        self.log("epoch_only", loss * 2, on_step=False, on_epoch=True)
+        self.log("step_only", loss * 3, on_step=True, on_epoch=False, prog_bar=True)
+        self.log("hidden", loss * 4, on_step=True, logger=False)
+        self.log_dict({"a": loss + 1, "b": loss + 2}, on_step=True, on_epoch=True)
+        self.log("summed", loss, on_step=True, on_epoch=True, reduce_fx="sum")
+        return {"loss": loss, "extra": loss * 5, "note": "text"}
+
+
+@pytest.mark.parametrize("module", [Tiny, Logs, lambda: Tiny(train_name="train_loss")])
+def test_batch_logs_are_what_callback_metrics_give(tmp_path: Path, module: Any) -> None:
+    """Batch logs read off Lightning's results equal those from ``trainer.callback_metrics``
+    (keys, order and values), epoch after epoch, validation metrics left out."""
+    from eventhooks.adapters import _lightning_logs as lg
+
+    bus = EventBus()
+    ours: list[list[tuple[str, float]]] = []
+    bus.subscribe("on_train_batch_end", lambda p: ours.append(list(p.logs.items())))
+    expected: list[list[tuple[str, float]]] = []
+
+    class Reference(pl.Callback):
+        def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any,
+                               batch: Any, batch_idx: int) -> None:  # fmt: skip
+            val_keys = trainer.callbacks[0]._val_keys  # type: ignore[attr-defined]
+            logs = {**lg.train_logs(trainer, val_keys), **lg.output_logs(outputs)}
+            expected.append(list(logs.items()))
+
+    fit(tmp_path, bus, module(), Reference(), max_epochs=3)
+    assert len(ours) == 9 and ours == expected
+    assert "val_loss" not in dict(ours[-1]) and "loss" in dict(ours[-1])
