@@ -2,7 +2,7 @@
 
 Steps come from PyTorch's step post hook, ``zero_grad`` from a wrapper on the optimizer
 instance (PyTorch has no hook for it), and hyper-parameter changes (a scheduler, or
-``group["lr"] = ...``) from comparing the param groups with the values last seen.
+``group["lr"] = ...``) from comparing the param groups with the values last announced.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+
+from eventhooks import lifecycle as lc
 
 _NOT_HYPER = frozenset({"params", "initial_lr", "name"})  # never hyper-parameters
 _ABSENT: Any = object()  # ``zero_grad`` was not an instance attribute (the class's was in use)
@@ -47,53 +49,54 @@ def hyperparams(optimizers: Sequence[torch.optim.Optimizer]) -> dict[str, float]
     return out
 
 
-class _ZeroGrad:
-    """Stands in for ``optimizer.zero_grad`` while a run is active: announce, then clear.
-    ``previous`` (another run's wrapper, the user's function, or nothing) is put back after."""
-
-    def __init__(self, announce: Callable[[], None], opt: torch.optim.Optimizer) -> None:
-        self.announce: Callable[[], None] | None = announce
-        self.original: Callable[..., Any] = opt.zero_grad
-        self.previous: Any = opt.__dict__.get("zero_grad", _ABSENT)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self.announce is not None:
-            self.announce()
-        return self.original(*args, **kwargs)
-
-
 class OptimizerWatch:
-    """Hooks installed on the run's optimizers; ``remove()`` leaves them as they were."""
+    """A run's hooks on its optimizers: moments inside training batches only, a step counted
+    anywhere. ``remove()`` leaves the optimizers as they were."""
 
-    def __init__(
-        self, optimizers: Sequence[torch.optim.Optimizer],
-        after_step: Callable[[], None], before_zero_grad: Callable[[], None],
-    ) -> None:  # fmt: skip
-        self.optimizers = tuple(optimizers)
-        self._handles: list[Any] = []
-        self._wrappers: list[_ZeroGrad] = []
+    def __init__(self, optimizers: Sequence[torch.optim.Optimizer], life: lc.Run) -> None:
+        self.life: lc.Run | None = life  # None once removed: a wrapper left behind is inert
+        self._undo: list[Callable[[], None]] = []
         try:
-            for opt in self.optimizers:
-                self._handles.append(opt.register_step_post_hook(lambda *_: after_step()))
-                wrapper = _ZeroGrad(before_zero_grad, opt)
-                opt.zero_grad = wrapper  # type: ignore[method-assign]
-                self._wrappers.append(wrapper)
+            for opt in optimizers:
+                self._undo.append(opt.register_step_post_hook(self._after_step).remove)
+                self._undo.append(_ZeroGrad(self, opt).remove)
         except BaseException:
             self.remove()
             raise
 
+    def _after_step(self, *_: Any) -> None:
+        if self.life is not None and self.life.in_batch:
+            self.life.optimizer_step()
+        elif self.life is not None:
+            self.life.step += 1
+
     def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        for opt, wrapper in zip(self.optimizers, self._wrappers, strict=False):
-            wrapper.announce = None  # inert even if someone wrapped it again on top of us
-            if opt.__dict__.get("zero_grad") is wrapper:
-                previous = wrapper.previous
-                while isinstance(previous, _ZeroGrad) and previous.announce is None:
-                    previous = previous.previous  # a run that ended out of order: skipped
-                if previous is _ABSENT:
-                    del opt.__dict__["zero_grad"]
-                else:
-                    opt.__dict__["zero_grad"] = previous
-        self._wrappers.clear()
+        self.life = None
+        for undo in self._undo:
+            undo()
+        self._undo.clear()
+
+
+class _ZeroGrad:
+    """Stands in for ``optimizer.zero_grad`` while a run is active: announce, then clear.
+    ``previous`` (another run's wrapper, the user's function, or nothing) is put back after."""
+
+    def __init__(self, watch: OptimizerWatch, opt: torch.optim.Optimizer) -> None:
+        self.watch, self.opt, self.original = watch, opt, opt.zero_grad
+        self.previous: Any = opt.__dict__.get("zero_grad", _ABSENT)
+        opt.zero_grad = self  # type: ignore[method-assign]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.watch.life is not None and self.watch.life.in_batch:
+            self.watch.life.zero_grad()
+        return self.original(*args, **kwargs)
+
+    def remove(self) -> None:
+        if self.opt.__dict__.get("zero_grad") is self:  # else wrapped on top of it: left inert
+            previous = self.previous
+            while isinstance(previous, _ZeroGrad) and previous.watch.life is None:
+                previous = previous.previous  # a run that ended out of order: skipped
+            if previous is _ABSENT:
+                del self.opt.__dict__["zero_grad"]
+            else:
+                self.opt.__dict__["zero_grad"] = previous

@@ -23,11 +23,12 @@ from ._torch_optim import OptimizerWatch, as_optimizers, hyperparams
 
 __all__ = ["PEER_STOP", "Run", "instrument"]
 
-_PARAMS, _BATCH_END, _VAL_BATCH_END = (
-    events.on_params_update, events.on_train_batch_end, events.on_val_batch_end,
-)  # fmt: skip
 _PICKLED = ("bus", "optimizers", "model", "checkpoint_dir", "sync_logs")
 T = TypeVar("T")
+
+
+def _is_rate(name: str) -> bool:  # learning rates go along with any change announced
+    return name == "lr" or name.startswith("lr/")
 
 
 class Run(Checkpoints):
@@ -59,7 +60,6 @@ class Run(Checkpoints):
         self._life: lc.Run | None = None  # the lifecycle of the current (or last) use
         self._val: lc.Validation | None = None  # the validation in progress
         self._watch: OptimizerWatch | None = None
-        self._seen: dict[str, float] = {}  # hyper-parameters last announced
         self._fresh_run()
 
     def _fresh_run(self) -> None:
@@ -98,8 +98,8 @@ class Run(Checkpoints):
                                    world_size=self.world_size)  # fmt: skip
         life.open()  # on_pretrain_routine_start (a failure there ends the run itself)
         try:
-            self._watch = OptimizerWatch(self.optimizers, self._after_step, self._before_zero_grad)
-            self._seen = hyperparams(self.optimizers)
+            self._watch = OptimizerWatch(self.optimizers, life)
+            life.hyperparams = hyperparams(self.optimizers)  # the run's first: not a change
             if self.checkpoint_dir is not None and self.rank == 0:
                 self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
             life.ready()
@@ -116,7 +116,7 @@ class Run(Checkpoints):
             if exc is None:
                 if self._in_epoch:  # a `break` out of the epochs
                     self._end_epoch()
-                self._check_params()
+                self._check_params(life)
                 life.train_end({**self.logs, **self._run_extra})
         except BaseException as error:
             self._end(error)
@@ -169,8 +169,9 @@ class Run(Checkpoints):
         ``params["steps"]`` counts the loader's batches; a pending hyper-parameter change first."""
         if self._pending is not None:
             epoch, self._pending = self._pending, None
-            self._check_params()
-            self._require_active("epochs").epoch_start(epoch)
+            life = self._require_active("epochs")
+            self._check_params(life)
+            life.epoch_start(epoch)
 
     def _end_epoch(self) -> None:
         self._close_train()
@@ -204,24 +205,20 @@ class Run(Checkpoints):
             for item in loader:
                 life.batch_start()
                 yield item
-                self._end_batch(life, self._train_means, _BATCH_END)
+                self._end_batch(life)
                 if local_stop and self.bus.stop_requested:
                     break
         self._close_train()
 
-    def _end_batch(self, session: lc.Run | lc.Validation, means: Means, event: Any) -> None:
-        if isinstance(session, lc.Run):
-            self._check_params()  # a change made in the batch is announced at its end
-        if self.bus.listening(event, batch=session.batch, epoch=session.epoch):
-            session.batch_end(means.floats())  # the .item()s: only for a listener
-        else:
-            session.batch_end()
+    def _end_batch(self, life: lc.Run) -> None:
+        self._check_params(life)  # a change made in the batch is announced at its end
+        life.batch_end(self._train_means.floats)  # the .item()s: only for a listener
 
     def _close_train(self) -> None:
         life = self._require_active("batches")
         self._announce()
         if life.in_batch:  # the user broke out of the batch loop: the batch ended anyway
-            self._end_batch(life, self._train_means, _BATCH_END)
+            self._end_batch(life)
         if life.allows(events.on_train_epoch_end):
             self.train_logs = self._synced(self._train_means.floats(), "on_train_epoch_end")
             life.train_epoch_end(self.train_logs)
@@ -235,7 +232,7 @@ class Run(Checkpoints):
                 self._close_train()
                 self._close_val()
             else:
-                self._check_params()
+                self._check_params(life)
             session = life.validation()
         else:
             self.rank, self.world_size = where()
@@ -249,15 +246,15 @@ class Run(Checkpoints):
         for item in loader:
             session.batch_start()
             yield item
-            self._end_batch(session, self._val_means, _VAL_BATCH_END)
+            session.batch_end(self._val_means.floats)
         self._close_val()
 
     def _close_val(self) -> None:
         session, self._val = self._val, None
         if session is None:
             return
-        if session.allows(_VAL_BATCH_END):  # the user broke out of the validation loop
-            self._end_batch(session, self._val_means, _VAL_BATCH_END)
+        if session.allows(events.on_val_batch_end):  # the user broke out of the validation loop
+            session.batch_end(self._val_means.floats)
         self.val_logs = self._synced(self._val_means.floats(), "on_val_end")
         session.end(self.val_logs)
 
@@ -277,29 +274,9 @@ class Run(Checkpoints):
         else:
             self._run_extra.update(to_floats(metrics))
 
-    def _check_params(self) -> None:
-        """Announce the hyper-parameters changed since last seen, if the order has room here."""
-        life = self._life
-        if life is None or not self.bus.listening(_PARAMS) or not life.allows(_PARAMS):
-            return
-        now = hyperparams(self.optimizers)
-        if now != self._seen:
-            changed = {k: v for k, v in now.items() if self._seen.get(k) != v}
-            self._seen = now
-            rates = {k: v for k, v in now.items() if k == "lr" or k.startswith("lr/")}
-            life.params_update({**rates, **changed})
-
-    # -- the optimizer's hooks: moments inside training batches only, a step counted anywhere
-
-    def _after_step(self) -> None:
-        if self._life is not None and self._life.in_batch:
-            self._life.optimizer_step()
-        elif self._life is not None:
-            self._life.step += 1
-
-    def _before_zero_grad(self) -> None:
-        if self._life is not None and self._life.in_batch:
-            self._life.zero_grad()
+    def _check_params(self, life: lc.Run) -> None:
+        """Announce the hyper-parameters changed since last announced, if the order has room."""
+        life.params_changed(lambda: hyperparams(self.optimizers), along=_is_rate)
 
     # -- state -------------------------------------------------------------------------------
 

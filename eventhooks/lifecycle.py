@@ -29,7 +29,10 @@ method                      emits                                     fills in f
 ``zero_grad()``             on_before_zero_grad
 ``optimizer_step()``        optimizer_step (step += 1)
 ``params_update(hp)``       on_params_update
-``batch_end(logs)``         on_train_batch_end
+``params_changed(hp)``      on_params_update of what changed since
+                            last announced (``hyperparams``)
+``batch_end(logs)``         on_train_batch_end (``logs`` may be a
+                            function: called when heard or filled in)
 ``train_epoch_end(logs)``   on_train_epoch_end
 ``validation()``            on_val_start ... on_val_end               train_epoch_end
 ``model_save(path)``        on_model_save                             train_epoch_end
@@ -50,7 +53,7 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -64,6 +67,13 @@ from .payloads import RunContext
 __all__ = ["Export", "Prediction", "Run", "Validation"]
 
 Logs = Mapping[str, Any]
+#: Logs, or a function that computes them when a subscriber gets them (or an end is filled in).
+LazyLogs = Logs | Callable[[], Logs] | None
+
+
+def _called(logs: LazyLogs) -> Logs:
+    return logs() if callable(logs) else logs or {}
+
 
 _STEPS = FULL._steps  # position -> event -> next position, filled as they are met
 
@@ -192,7 +202,9 @@ class Run(_Session):
         self.batch = -1  # the current batch of the epoch
         self.step = 0  # optimizer steps taken in the run
         self.logs: dict[str, Any] = {}  # the last epoch's logs
-        self._batch_logs: Logs | None = None  # the last batch's, as given
+        #: The hyper-parameters last announced (set the run's first ones here: not a change).
+        self.hyperparams: dict[str, float] = {}
+        self._batch_logs: LazyLogs = None  # the last batch's, as given
         self._closed = False
         self._epoch_open = False
         self._in_batch = False
@@ -227,7 +239,7 @@ class Run(_Session):
         if error is None and not self._closed:
             try:
                 if self._epoch_open and not self._in_batch:  # a `break` out of epochs()
-                    self.epoch_end(dict(self._batch_logs or {}))
+                    self.epoch_end(dict(_called(self._batch_logs)))
                 if not self._trained:
                     self.train_end()
             except BaseException as failure:
@@ -292,7 +304,7 @@ class Run(_Session):
         elif name == "on_train_start":
             self.train_start()
         else:
-            self.train_epoch_end(dict(self._batch_logs or {}))
+            self.train_epoch_end(dict(_called(self._batch_logs)))
 
     def ready(self, **context: Any) -> None:
         """The model, data and optimizer are built (``context``: ``params`` known now...)."""
@@ -312,7 +324,7 @@ class Run(_Session):
             self.epoch_start(epoch)
             yield epoch
             if self._epoch_open:
-                self.epoch_end(dict(self._batch_logs or {}))
+                self.epoch_end(dict(_called(self._batch_logs)))
             if self.stop_requested:
                 return
 
@@ -354,16 +366,30 @@ class Run(_Session):
     def params_update(self, hyperparams: Mapping[str, float]) -> None:
         """Hyper-parameters changed: inside a batch, after a step, or between epochs."""
         batch = self.batch if self._in_batch else None
+        self.hyperparams.update(hyperparams)
         self._emit(ev.on_params_update, epoch=self.epoch, batch=batch,
                    step=max(self.step - 1, 0), hyperparams=dict(hyperparams))  # fmt: skip
 
-    def batch_end(self, logs: Logs | None = None) -> None:
+    def params_changed(
+        self, current: Mapping[str, float] | Callable[[], Mapping[str, float]],
+        *, along: Callable[[str], bool] | None = None,
+    ) -> None:  # fmt: skip
+        """``params_update`` of what changed (and what ``along`` picks), when heard and in order."""
+        if not self.bus.listening(ev.on_params_update) or not self._allowed("on_params_update"):
+            return
+        now, seen = current() if callable(current) else current, self.hyperparams
+        changed = {k: v for k, v in now.items() if k not in seen or seen[k] != v}
+        if changed:
+            picked = {k: v for k, v in now.items() if along is not None and along(k)}
+            self.params_update({**picked, **changed})
+
+    def batch_end(self, logs: LazyLogs = None) -> None:
         self._batch_logs = logs  # copied if an epoch's end is filled in
         self._in_batch = False
         self._step("on_train_batch_end")
         if self.bus.listening(ev.on_train_batch_end, batch=self.batch):
             self.bus.emit(ev.on_train_batch_end, batch=self.batch, epoch=self.epoch,
-                          logs=logs or {}, context=self.context)  # fmt: skip
+                          logs=_called(logs), context=self.context)  # fmt: skip
 
     def hears(self, event: Event[Any]) -> bool:
         """Whether a subscriber would get ``event`` for the current batch: ask before
@@ -426,8 +452,11 @@ class Validation(_Session):
         self.batch = self.batch + 1 if batch is None else batch
         self._emit(ev.on_val_batch_start, batch=self.batch, epoch=self.epoch)
 
-    def batch_end(self, logs: Logs | None = None) -> None:
-        self._emit(ev.on_val_batch_end, batch=self.batch, epoch=self.epoch, logs=logs or {})
+    def batch_end(self, logs: LazyLogs = None) -> None:
+        self._step("on_val_batch_end")
+        if self.bus.listening(ev.on_val_batch_end, batch=self.batch):
+            self.bus.emit(ev.on_val_batch_end, batch=self.batch, epoch=self.epoch,
+                          logs=_called(logs), context=self.context)  # fmt: skip
 
     def end(self, logs: Logs | None = None) -> None:
         """Validation ended, with its metrics (``val_`` keys inside a fit)."""

@@ -488,3 +488,115 @@ def test_filters_counted_by_deliveries_are_never_starved_by_listening() -> None:
             run.batch_end()
         run.epoch_end()
     assert heard == [1.0, 3.0, 5.0]
+
+
+# -- params_changed: announcing only what changed since last announced --------------------------
+
+NAMES = ["lr", "lr/pg1", "momentum", "weight_decay"]
+HYPER = st.dictionaries(st.sampled_from(NAMES), st.sampled_from([0.0, 0.1, 0.5]), max_size=4)
+
+
+@settings(max_examples=200)
+@given(HYPER, st.lists(HYPER, max_size=8), st.booleans())
+def test_params_changed_announces_what_differs_from_the_last_announced(
+    first: dict[str, float], seen: list[dict[str, float]], with_rates: bool
+) -> None:
+    """Each announcement holds the values that differ from the last announced (or the run's
+    first) and the picked names; nothing is announced when nothing differs."""
+    bus, rec = recorded(check_order=True)
+    along = (lambda name: name.startswith("lr")) if with_rates else None
+    expected: list[dict[str, float]] = []
+    known = dict(first)
+    with Run(bus) as run:
+        run.hyperparams = dict(first)
+        run.epoch_start()
+        for now in seen:
+            run.batch_start()
+            run.optimizer_step()
+            run.params_changed(now, along=along)
+            run.batch_end()
+            changed = {k: v for k, v in now.items() if k not in known or known[k] != v}
+            if changed:
+                picked = {k: v for k, v in now.items() if with_rates and k.startswith("lr")}
+                expected.append({**picked, **changed})
+                known.update(expected[-1])
+        run.epoch_end()
+    assert [p.hyperparams for p in rec.payloads("on_params_update")] == expected
+    assert run.hyperparams == known
+    assert_canonical_order(rec.names)
+
+
+def test_params_changed_reads_nothing_unheard_and_waits_for_room_in_the_order() -> None:
+    bus, rec = recorded(check_order=True)
+    reads: list[int] = []
+
+    def current() -> dict[str, float]:
+        reads.append(1)
+        return {"lr": 0.5}
+
+    quiet = EventBus()
+    with Run(quiet) as run:  # nobody listens: the hyper-parameters are not even read
+        run.params_changed(current)
+    assert reads == []
+    with Run(bus) as run:
+        run.hyperparams = {"lr": 0.1}
+        run.epoch_start()
+        with run.validation() as val:
+            run.params_changed(current)  # no room inside a validation: told later
+            val.end()
+        assert reads == [] and "on_params_update" not in rec.names
+        run.epoch_end()
+        run.params_changed(current)
+        run.epoch_start()
+        run.batch_start()
+        run.optimizer_step()
+        run.params_changed(current)  # read, but told once: nothing changed since
+        run.batch_end()
+    assert [p.hyperparams for p in rec.payloads("on_params_update")] == [{"lr": 0.5}]
+    assert len(reads) == 2
+    assert_canonical_order(rec.names)
+
+
+# -- batch logs computed only for a subscriber that gets them ------------------------------------
+
+
+def test_batch_logs_given_as_a_function_are_computed_only_when_heard() -> None:
+    bus = EventBus()
+    heard: list[dict[str, Any]] = []
+    computed: list[str] = []
+
+    def logs(name: str) -> Any:
+        def compute() -> dict[str, float]:
+            computed.append(name)
+            return {"loss": float(len(computed))}
+
+        return compute
+
+    def one_epoch() -> None:
+        with Run(bus) as run:
+            run.epoch_start()
+            for _ in range(4):
+                run.batch_start()
+                run.batch_end(logs("train"))
+            run.train_epoch_end({})
+            with run.validation() as val:
+                for _ in range(4):
+                    val.batch_start()
+                    val.batch_end(logs("val"))
+                val.end()
+            run.epoch_end()
+
+    one_epoch()
+    assert computed == []  # nobody hears batch ends
+    bus.subscribe("on_train_batch_end", lambda p: heard.append(dict(p.logs)), every=2)
+    bus.subscribe("on_val_batch_end", lambda p: heard.append(dict(p.logs)), every=4)
+    one_epoch()
+    assert computed == ["train", "train", "val"]
+    assert heard == [{"loss": 1.0}, {"loss": 2.0}, {"loss": 3.0}]
+    bus.subscribe("on_fit_epoch_end", lambda p: heard.append(dict(p.logs)))
+    with Run(bus) as run:
+        for _ in run.epochs(3):  # a break: the epoch's end gets the last batch's logs
+            run.batch_start()
+            run.batch_end(lambda: {"loss": 7.0})
+            break
+    assert heard[-1] == {"loss": 7.0}
