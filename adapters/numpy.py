@@ -51,8 +51,8 @@ Decisions worth knowing:
   ``predict`` and ``export`` are sessions without a teardown: they check their arguments
   (for ``export``, that the path can be a file) before their first event, so a refused
   call emits nothing.
-* **Hot path**: the lifecycle emits nothing nobody hears, and the trainer builds a batch's
-  logs only when ``bus.listening(event, batch=, epoch=)`` says a subscriber will get them,
+* **Hot path**: the lifecycle emits nothing nobody hears, and builds a batch's logs (the
+  trainer hands them over as a function) only when a subscriber will get them,
   so with nobody listening (or only an ``every=50`` subscriber, on the other 49 batches) no
   logs dict is built and nothing is validated.
 """
@@ -352,7 +352,6 @@ class NumpyTrainer:
     def _train_epoch(self, run: Run, epoch: int, args: _FitArgs, shuffle: bool) -> None:
         """EPOCH := train_epoch_start BATCH* train_epoch_end VAL? save? fit_epoch_end lr?"""
         x, y, batch_size = args.x, args.y, args.batch_size
-        listening = self.bus.listening
         optimizer = self._optimizer
         assert optimizer is not None
         self._epoch = epoch
@@ -376,8 +375,7 @@ class NumpyTrainer:
             if optimizer.lr != self._announced_lr:  # set by a subscriber since the last step
                 self._announce_lr(run)
             mean.add(loss, right, len(yb))
-            heard = listening(events.on_train_batch_end, batch=b, epoch=epoch)
-            run.batch_end(mean.logs() if heard else None)
+            run.batch_end(mean.logs)
             if self._stopping(run):
                 break
         logs = mean.logs()
@@ -404,15 +402,13 @@ class NumpyTrainer:
         Keys are unprefixed (``loss``, ``accuracy``) as in Keras' ``on_test_*`` hooks; ``fit``
         adds the ``val_`` prefix for the epoch logs.
         """
-        listening = self.bus.listening
         mean = _RunningMean()
         for b in range(math.ceil(len(x) / batch_size)):
             val.batch_start()
             rows = slice(b * batch_size, (b + 1) * batch_size)
             loss, right = mlp.loss_and_correct(self._weights, x[rows], y[rows])
             mean.add(loss, right, len(y[rows]))
-            heard = listening(events.on_val_batch_end, batch=b, epoch=val.epoch)
-            val.batch_end(mean.logs() if heard else None)
+            val.batch_end(mean.logs)
         logs = mean.logs()
         val.end(logs)
         return logs
