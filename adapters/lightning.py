@@ -106,7 +106,9 @@ class LightningCallback(pl.Callback):
         self._before_val: dict[str, Any] = {}
         self._saved: dict[str, int] = {}  # checkpoint path -> mtime reported
         self._lrs: dict[str, float] = {}
-        self._steps_at = 0  # trainer.global_step when on_before_optimizer_step went off
+        # this epoch's batches: reported, their steps counted, saves and lr changes looked for
+        self._batches = self._steps = self._extras = True
+        self._steps_at = 0  # trainer.global_step when the steps stopped being counted
         # the hooks that may be switched off: ours (and those we leave to pl.Callback), unless
         # a subclass overrides them (a wrapper naming ours in ``__wrapped__`` does not count)
         cls, ours = type(self), LightningCallback
@@ -127,17 +129,18 @@ class LightningCallback(pl.Callback):
                 self.__dict__[name] = None
 
     def _decide(self, trainer: pl.Trainer) -> None:
-        """At each epoch's start: the per-batch hooks this epoch needs, by who listens now
-        (``check_order`` buses listen to everything). Steps taken while
-        ``on_before_optimizer_step`` is off are counted from ``trainer.global_step``."""
+        """At each epoch's start: what this epoch's batches need, by who listens now
+        (``check_order`` buses listen to everything). Steps not counted in an epoch are
+        counted at the next one's start, from ``trainer.global_step``."""
         self._steps_at = trainer.global_step
         hear = self.bus.listening
-        steps = any(hear(e) for e in (ev.optimizer_step, ev.on_before_zero_grad,
-                                      ev.on_params_update))  # fmt: skip
-        batches = steps or any(hear(e) for e in (ev.on_train_batch_start, ev.on_train_batch_end,
-                                                 ev.on_model_save))  # fmt: skip
-        self._switch(batches, "on_train_batch_start")
-        self._switch(steps, "on_before_optimizer_step")
+        saves, rates = hear(ev.on_model_save), hear(ev.on_params_update)
+        self._extras = saves or rates
+        self._steps = rates or hear(ev.optimizer_step) or hear(ev.on_before_zero_grad)
+        self._batches = (self._steps or saves or hear(ev.on_train_batch_start)
+                         or hear(ev.on_train_batch_end))  # fmt: skip
+        self._switch(self._batches, "on_train_batch_start")
+        self._switch(self._steps, "on_before_optimizer_step")
         self._switch(hear(ev.on_before_zero_grad), "on_before_zero_grad")
 
     def _eval_hooks(self, kind: str, *events: Event[Any]) -> None:
@@ -190,6 +193,7 @@ class LightningCallback(pl.Callback):
         if stage == "fit":
             self._val_keys, self._saved, self._lrs = set(), {}, {}
             self._switch(True, *_TRAIN)
+            self._batches = self._steps = self._extras = True
             self._val = None
             self.run = Run(self.bus, **lg.context(trainer))
             self.run.open()
@@ -206,7 +210,7 @@ class LightningCallback(pl.Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if (run := self._live()) is None:
             return
-        if self.__dict__.get("on_before_optimizer_step", 0) is None:  # off last epoch
+        if not self._steps:  # not counted last epoch
             run.step += trainer.global_step - self._steps_at
         self._report_saves(trainer)
         if run.epoch is not None:
@@ -218,11 +222,13 @@ class LightningCallback(pl.Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if (run := self._live()) is None:
+        if not self._batches or (run := self._live()) is None:
             return
-        self._report_saves(trainer)  # a checkpoint every N training steps
+        if self._extras:
+            self._report_saves(trainer)  # a checkpoint every N training steps
         run.batch_start(batch_idx)
-        self._lr_changed(trainer, run)  # a step-wise scheduler stepped after the last batch
+        if self._extras:
+            self._lr_changed(trainer, run)  # a step-wise scheduler stepped after the last batch
 
     def on_before_zero_grad(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
@@ -233,14 +239,14 @@ class LightningCallback(pl.Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
     ) -> None:
-        if (run := self._live()) is not None and run.in_batch:
+        if self._steps and (run := self._live()) is not None and run.in_batch:
             run.optimizer_step()
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
         batch_idx: int,
     ) -> None:  # fmt: skip
-        if (run := self._live()) is not None and run.in_batch:  # (else its start was off)
+        if self._batches and (run := self._live()) is not None and run.in_batch:
             logs = None
             if run.hears(ev.on_train_batch_end):
                 logs = lg.batch_logs(trainer, self._val_keys, outputs)

@@ -720,3 +720,21 @@ def test_batch_logs_are_what_callback_metrics_give(tmp_path: Path, module: Any) 
     fit(tmp_path, bus, module(), Reference(), max_epochs=3)
     assert len(ours) == 9 and ours == expected
     assert "val_loss" not in dict(ours[-1]) and "loss" in dict(ours[-1])
+
+
+def test_checkpoints_every_n_steps_are_reported_within_the_epoch(tmp_path: Path) -> None:
+    """Listening to ``on_model_save`` alone keeps the batch hooks on: a checkpoint written
+    after a batch is reported at the next batch's start, not at the next epoch's."""
+    bus = EventBus()
+    saves: list[int | None] = []
+    bus.subscribe("on_model_save", lambda p: saves.append(p.epoch))
+    seen: list[int] = []
+
+    class Watch(pl.Callback):
+        def on_train_batch_end(self, *args: Any) -> None:
+            seen.append(len(saves))
+
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1)
+    fit(tmp_path, bus, Tiny(), Watch(), ckpt, val=False, enable_checkpointing=True,
+        max_epochs=1)  # fmt: skip
+    assert seen == [0, 0, 1] and saves == [0]
