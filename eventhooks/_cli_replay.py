@@ -6,6 +6,7 @@ import os
 import shlex
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,8 @@ def replay_log(
 ) -> Replayed:
     """:func:`replay_command` that also tells whether the log ends early.
 
-    A log cut off mid-line or whose last run has no ``teardown`` (a killed run) has its
+    A log cut off mid-line or whose last run has no ``teardown`` (a killed run; also one in
+    which a run started inside it ended: that ``teardown`` is the inner run's) has its
     complete events replayed; its text ends with one line such as ``log ends early: line 17
     is cut off; the run that starts at line 1 has no teardown (a killed run?)``.
 
@@ -88,11 +90,16 @@ def replay_log(
     ``tensorboard`` (a folder) and ``mlflow`` (a tracking URI, runs in ``mlflow_experiment``)
     attach the :class:`~eventhooks.callbacks.tensorboard.TensorBoard` and
     :class:`~eventhooks.callbacks.mlflow_logger.MLflowLogger` subscribers, so the recorded
-    run lands in the tracker. A killed run's log has no ``teardown`` for its last run: with
-    a tracker attached, one is emitted after the log's last event, carrying an error that
+    run lands in the tracker. A killed run's log has no ``teardown`` for its last run (nor
+    for the runs it was started in): with a tracker attached, one is emitted for each after
+    the log's last event, innermost first, carrying an error that
     says the log ends early (and the last epoch and logs), so that the tracker ends that run
     as it ends a crashed one (MLflow: ``FAILED``). The count of replayed events leaves it
-    out.
+    out. A log of several training runs puts each in its own TensorBoard folder,
+    ``<tensorboard>/run-1``, ``run-2``... (and one MLflow run each), so that their curves do
+    not share one chart. A replay that fails midway (a tracker's failure, Ctrl-C) first ends
+    the runs it had opened with a ``teardown`` carrying that error (MLflow: ``FAILED``, or
+    ``KILLED``), so that none is left ``RUNNING``.
     """
     bus = EventBus()
     history = History()
@@ -114,12 +121,16 @@ def replay_log(
     bus.on(events.on_train_start)(train_start)
     if csv is not None:
         bus.attach(CSVLogger(csv))
-    contents = eventlog.read_log(log, bus.registry)
-    trackers = _Trackers(bus, log, tensorboard, mlflow, mlflow_experiment)
+    contents = _nesting_aware(log, eventlog.read_log(log, bus.registry))
+    trackers = _Trackers(bus, log, tensorboard, mlflow, mlflow_experiment, contents.records)
     with warnings.catch_warnings():
         # Said once, in the report's MLflow line, instead of a warning per name.
         warnings.filterwarnings("ignore", _RENAMED, UserWarning)
-        count = emit_records(contents.records, bus)
+        try:
+            count = emit_records(contents.records, bus)
+        except BaseException as error:
+            trackers.end_open_runs(error)
+            raise
         if trackers.attached:
             _end_cut_run(bus, contents)
     lines: list[str] = []
@@ -147,24 +158,73 @@ def replay_log(
     return Replayed("\n".join(lines), contents.incomplete)
 
 
-def _end_cut_run(bus: EventBus, contents: eventlog.LogContents) -> None:
-    """Emit the ``teardown`` a killed run never wrote: an error saying the log ends early,
-    and the run's last epoch and logs (as a trainer's teardown carries them)."""
+def _nesting_aware(log: str, contents: eventlog.LogContents) -> eventlog.LogContents:
+    """``contents``, also called incomplete when a run left open has a run nested in it that
+    ended (whose ``teardown`` is not the open run's)."""
     incomplete = contents.incomplete
-    if incomplete is None or incomplete.open_run is None:
+    starts = _OpenRuns.scan(contents.records).lines
+    if not starts or (incomplete is not None and incomplete.open_run is not None):
+        return contents
+    cut = incomplete.cut_line if incomplete is not None else None
+    return eventlog.LogContents(contents.records, Incomplete(log, cut, starts[0]))
+
+
+def _end_cut_run(bus: EventBus, contents: eventlog.LogContents) -> None:
+    """Emit the ``teardown`` each run a killed process left open never wrote, innermost
+    first: an error saying the log ends early, and the run's last epoch and logs (as a
+    trainer's teardown carries them)."""
+    incomplete = contents.incomplete
+    if incomplete is None:
         return
-    start = incomplete.open_run
-    last = next(
-        (r for r in reversed(contents.records)
-         if r.line >= start and r.event is events.on_fit_epoch_end),
-        None,
-    )  # fmt: skip
-    bus.emit(
-        events.teardown,
-        error=f"RunCutOff: {incomplete}",
-        epoch=last.fields.get("epoch") if last is not None else None,
-        logs=dict(last.fields.get("logs", {})) if last is not None else {},
-    )
+    for start in reversed(_OpenRuns.scan(contents.records).lines):
+        last = next(
+            (r for r in reversed(contents.records)
+             if r.line >= start and r.event is events.on_fit_epoch_end),
+            None,
+        )  # fmt: skip
+        bus.emit(
+            events.teardown,
+            error=f"RunCutOff: {incomplete}",
+            epoch=last.fields.get("epoch") if last is not None else None,
+            logs=dict(last.fields.get("logs", {})) if last is not None else {},
+        )
+
+
+class _OpenRuns:
+    """The training runs open at each point of a replay, as the trackers count them: a run
+    starts at ``on_pretrain_routine_start``, or at an ``on_train_start`` that no pretrain
+    routine of its own came before; one started while another is open is nested in it; a
+    ``teardown`` ends the innermost."""
+
+    def __init__(self) -> None:
+        self.started: list[bool] = []  # per open run, innermost last: on_train_start heard
+        self.lines: list[int] = []  # per open run: the log line it starts at (if known)
+        self.top_level = 0  # runs started while no other was open, so far
+
+    @classmethod
+    def scan(cls, records: list[eventlog.Record]) -> _OpenRuns:
+        """The runs of a whole log: those left open, and how many were top-level."""
+        runs = cls()
+        for record in records:
+            runs.step(record.event, record.line)
+        return runs
+
+    def step(self, event: events.Event[Any], line: int = 0) -> bool:
+        """Follow one event (at ``line`` of the log); whether it starts a top-level run."""
+        if event is events.on_pretrain_routine_start or (
+            event is events.on_train_start and (not self.started or self.started[-1])
+        ):
+            self.started.append(event is events.on_train_start)
+            self.lines.append(line)
+            if len(self.started) == 1:
+                self.top_level += 1
+                return True
+        elif event is events.on_train_start:
+            self.started[-1] = True
+        elif event is events.teardown and self.started:
+            self.started.pop()
+            self.lines.pop()
+        return False
 
 
 class _Trackers:
@@ -177,16 +237,29 @@ class _Trackers:
         tensorboard: str | None,
         mlflow: str | None,
         experiment: str | None,
+        records: list[eventlog.Record],
     ) -> None:
+        self.bus = bus
         self.tensorboard = tensorboard
         self.mlflow = mlflow
         self.mlflow_logger: Any = None
+        self.tensorboard_logger: Any = None
+        self.open = _OpenRuns()
+        #: TensorBoard's run folders below ``tensorboard`` when the log has several runs
+        self.tensorboard_runs: list[str] = []
+        if not self.attached:
+            return
+        self._several = _OpenRuns.scan(records).top_level > 1
+        # Before every tracker: which runs are open, and each top-level run's folder.
+        for event in (events.on_pretrain_routine_start, events.on_train_start, events.teardown):
+            bus.subscribe(event, partial(self._follow, event), priority=1_000_000)
         # On the replaying thread (background=False): there is no training loop to keep
         # fast, and a tracker's failure then stops the replay at the event that caused it.
         if tensorboard is not None:
             from .callbacks.tensorboard import TensorBoard
 
-            bus.attach(TensorBoard(tensorboard), background=False)
+            self.tensorboard_logger = TensorBoard(tensorboard)
+            bus.attach(self.tensorboard_logger, background=False)
         if mlflow is not None:
             from .callbacks.mlflow_logger import MLflowLogger
 
@@ -202,6 +275,18 @@ class _Trackers:
     def attached(self) -> bool:
         return self.tensorboard is not None or self.mlflow is not None
 
+    def _follow(self, event: events.Event[Any], payload: Any) -> None:
+        if not self.open.step(event) or not self._several or self.tensorboard is None:
+            return
+        folder = f"run-{self.open.top_level}"
+        self.tensorboard_runs.append(folder)
+        self.tensorboard_logger.log_dir = os.path.join(self.tensorboard, folder)
+
+    def end_open_runs(self, error: BaseException) -> None:
+        """End the runs a failed replay leaves open, innermost first, with ``error``."""
+        for _ in range(len(self.open.started)):
+            self.bus.emit_teardown(error)
+
     def report(self) -> list[str]:
         """One line per tracker: where the run went."""
         lines = []
@@ -210,8 +295,10 @@ class _Trackers:
                 from ._cli_commands import script_command
 
                 tensorboard = script_command("tensorboard", "tensorboard.main")
+                runs = self.tensorboard_runs
+                within = f"{len(runs)} runs: {', '.join(runs)}; " if runs else ""
                 lines.append(
-                    f"TensorBoard: {self.tensorboard} (see it: {tensorboard} --logdir "
+                    f"TensorBoard: {self.tensorboard} ({within}see it: {tensorboard} --logdir "
                     f"{shlex.quote(self.tensorboard)})"
                 )
             else:

@@ -292,3 +292,71 @@ def test_a_missing_tracker_is_a_one_line_error(
     assert done.returncode == 1 and done.stdout == ""
     assert f"pip install 'eventhooks[{extra}]'" in one_line_error(done.stderr, "eventhooks replay")
     assert not (tmp_path / "out").exists() and not (tmp_path / "h.csv").exists()
+
+
+# -- review of #14: several runs, a replay that fails midway -----------------------------------
+
+
+def test_each_run_of_a_log_gets_its_own_tensorboard_folder(capsys: Any, tmp_path: Path) -> None:
+    """Two runs in one log are two TensorBoard runs, not one chart whose steps go 0, 1, 2,
+    0, 1: each goes to ``DIR/run-<n>`` (numbered from 1, in the log's order)."""
+    log = write_log(tmp_path / "two.jsonl", [(EPOCHS, None), (EPOCHS[1:], None)])
+    tb = tmp_path / "tb"
+    code, out, err = run(capsys, "replay", str(log), "--tensorboard", str(tb))
+    assert code == 0 and err == ""
+    assert sorted(p.name for p in tb.iterdir()) == ["run-1", "run-2"]
+    for folder, epochs in (("run-1", EPOCHS), ("run-2", EPOCHS[1:])):
+        assert scalars(tb / folder / "validation")["epoch_loss"] == [
+            (i, pytest.approx(e["val_loss"])) for i, e in enumerate(epochs)
+        ]
+        assert scalars(tb / folder / "train")["epoch_loss"] == [
+            (i, pytest.approx(e["loss"])) for i, e in enumerate(epochs)
+        ]
+    line = next(line for line in out.splitlines() if line.startswith("TensorBoard: "))
+    assert line.startswith(f"TensorBoard: {tb} (2 runs: run-1, run-2; see it: ")
+
+
+def test_a_replay_that_fails_midway_leaves_no_mlflow_run_running(
+    capsys: Any, tmp_path: Path, store: str
+) -> None:
+    """One tracker failing (TensorBoard's folder is a file) stops the replay with a one-line
+    error; the MLflow run it had opened is ended FAILED with that error, not left RUNNING."""
+    log = write_log(tmp_path / "events.jsonl", [(EPOCHS, None)])
+    (tmp_path / "tb").write_text("a file, not a folder")
+    code, _, err = run(capsys, "replay", str(log), "--mlflow", store,
+                         "--tensorboard", str(tmp_path / "tb"))  # fmt: skip
+    assert code == 1 and "Not a directory" in one_line_error(err, "eventhooks replay")
+    (mlrun,) = mlflow_runs(store)
+    assert mlrun.info.status == "FAILED"
+    assert "Not a directory" in mlrun.data.tags["eventhooks.error"]
+
+
+def test_a_killed_run_whose_nested_run_had_ended_ends_failed(
+    capsys: Any, tmp_path: Path, store: str
+) -> None:
+    """A run killed after a run started inside it had ended: the inner run's teardown is not
+    the outer run's. The log ends early (status 3, said in the last line) and the outer
+    MLflow run ends FAILED, not RUNNING."""
+    log = tmp_path / "nested.jsonl"
+    bus = EventBus()
+    with EventLog(log) as writer:
+        bus.attach(writer)
+        bus.emit("on_pretrain_routine_start")
+        bus.emit("on_train_start")
+        bus.emit("on_fit_epoch_end", epoch=0, logs={"loss": 1.0})
+        bus.emit("on_pretrain_routine_start")  # a run started by a subscriber
+        bus.emit("on_train_start")
+        bus.emit("on_fit_epoch_end", epoch=0, logs={"loss": 9.0})
+        bus.emit("on_train_end")
+        bus.emit("teardown")
+        bus.emit("on_fit_epoch_end", epoch=1, logs={"loss": 0.5})  # then killed
+    code, out, err = run(capsys, "replay", str(log), "--mlflow", store)
+    assert code == 3 and err == ""
+    assert out.splitlines()[-1] == (
+        "log ends early: the run that starts at line 1 has no teardown (a killed run?)"
+    )
+    outer, inner = mlflow_runs(store)
+    assert inner.data.tags["mlflow.parentRunId"] == outer.info.run_id
+    assert (outer.info.status, inner.info.status) == ("FAILED", "FINISHED")
+    assert outer.data.tags["eventhooks.error"].startswith(f"RunCutOff: {log}: log ends early")
+    assert history(store, outer.info.run_id, "loss") == [(0, 1.0), (1, 0.5)]
