@@ -119,16 +119,20 @@ def flatten_params(params: Mapping[Any, Any] | None, sep: str = "/") -> dict[str
 
 
 class _Names:
-    """Original name -> the one MLflow gets: sanitized, kept unique, each rename warned once."""
+    """Original name -> the one MLflow gets: sanitized, kept unique, each rename warned once.
+
+    ``origin`` tells apart names that are spelled alike but are not the same series (an
+    epoch key ``batch/loss`` and the batches' ``loss``, logged as ``batch/loss``)."""
 
     def __init__(self, kind: str, renamed: dict[str, str]) -> None:
         self.kind = kind
         self.renamed = renamed
-        self._map: dict[str, str] = {}
+        self._map: dict[object, str] = {}
         self._taken: set[str] = set()
 
-    def __call__(self, name: str) -> str:
-        known = self._map.get(name)
+    def __call__(self, name: str, origin: object = None) -> str:
+        ident = name if origin is None else origin
+        known = self._map.get(ident)
         if known is not None:
             return known
         base = safe = mlflow_name(name)
@@ -137,7 +141,7 @@ class _Names:
             n += 1
             suffix = f"_{n}"
             safe = mlflow_name(base[: MAX_KEY_LENGTH - len(suffix)] + suffix)
-        self._map[name] = safe
+        self._map[ident] = safe
         self._taken.add(safe)
         if safe != name:
             self.renamed[name] = safe
@@ -153,13 +157,14 @@ class _Names:
 class _OpenRun:
     """An MLflow run this logger opened for a training run, while it lasts."""
 
-    run_id: str | None  # None: another rank's run, nothing is logged for it
+    run_id: str | None  # None: another rank's run, or one MLflow refused: nothing is logged
     metrics: _Names
     params: _Names
     logged: dict[str, str] = field(default_factory=dict)  # params as logged (MLflow names)
     started: bool = False  # on_train_start heard
     saved: dict[str, None] = field(default_factory=dict)  # log_checkpoints="end": paths seen
     batches: int = 0  # training batches heard (the global step of batch metrics)
+    refused: bool = False  # MLflow failed to create it: on_train_start tries again
 
 
 class MLflowLogger(Callback):
@@ -182,7 +187,8 @@ class MLflowLogger(Callback):
     * **Metrics**: each ``on_fit_epoch_end``'s logs in one ``log_batch`` with
       ``step=epoch`` (0-based, as the payloads). With ``log_every_n_batches=N`` every N-th
       training batch's logs too, as ``batch/<name>`` with the global step (the run's training
-      batches counted from 0). A name MLflow refuses is renamed (:func:`mlflow_name`:
+      batches counted from 0; an epoch key spelled ``batch/<name>`` too is renamed, never
+      mixed into that curve). A name MLflow refuses is renamed (:func:`mlflow_name`:
       ``val acc%`` is logged as ``val acc_``), with a warning once, and listed in
       ``renamed``: training is not stopped by a name.
     * **Artifacts**: each ``on_model_save`` path (a file, or a folder) under
@@ -201,7 +207,9 @@ class MLflowLogger(Callback):
 
     MLflow's own failures (a server that does not answer) are the subscriber's failures and
     follow the bus's error policy (``bus.attach(logger, errors="warn")`` to train on
-    regardless). Use one logger per bus.
+    regardless; a training run MLflow refused to create, at its pretrain routine and again at
+    ``on_train_start``, is then not logged, and none of its events reach the run it was
+    started in). Use one logger per bus.
 
     ``background = True``: it runs on the bus's background worker by default, off the
     training thread (where the bus supports it; it is correct on either thread).
@@ -315,7 +323,15 @@ class MLflowLogger(Callback):
             tags["mlflow.parentRunId"] = parent.run_id
         names = _Names("tag", self.renamed)
         tags = {names(k): v[:MAX_TAG_LENGTH] for k, v in tags.items()}
-        run = self.client.create_run(self._experiment(), tags=tags, run_name=self.run_name)
+        try:
+            run = self.client.create_run(self._experiment(), tags=tags, run_name=self.run_name)
+        except BaseException:
+            # The training run is open all the same: its events must not reach the run it
+            # was started in (nor its teardown end that one).
+            self._runs.append(
+                _OpenRun(None, _Names("metric", {}), _Names("param", {}), refused=True)
+            )
+            raise
         run_id = run.info.run_id
         self._runs.append(
             _OpenRun(run_id, _Names("metric", self.renamed), _Names("param", self.renamed))
@@ -359,7 +375,7 @@ class MLflowLogger(Callback):
             return
         now = int(time.time() * 1000)
         metrics: list[Metric] = [
-            Metric(run.metrics(prefix + key), float(value), now, step)
+            Metric(run.metrics(prefix + key, (prefix, key)), float(value), now, step)
             for key, value in logs.items()
         ]
         for i in range(0, len(metrics), _METRICS_PER_BATCH):
@@ -393,11 +409,16 @@ class MLflowLogger(Callback):
         self._open(payload)
 
     def on_train_start(self, payload: RunPayload) -> None:
-        if not self._runs or self._runs[-1].started:  # a run that starts here
-            self._open(payload)
-        top = self._runs[-1]
-        top.started = True
-        self._params(top, payload.params)
+        try:
+            if not self._runs or self._runs[-1].started:  # a run that starts here
+                self._open(payload)
+            elif self._runs[-1].refused:  # MLflow refused it at the pretrain routine
+                self._runs.pop()
+                self._open(payload)  # once more
+        finally:
+            if self._runs:
+                self._runs[-1].started = True
+        self._params(self._runs[-1], payload.params)
 
     def on_fit_epoch_end(self, payload: EpochPayload) -> None:
         run = self._current()

@@ -761,3 +761,57 @@ def test_bad_options_are_refused() -> None:
             MLflowLogger(log_every_n_batches=bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="log_checkpoints"):
         MLflowLogger(log_checkpoints="best")  # type: ignore[arg-type]
+
+
+# -- review of #14 -----------------------------------------------------------------------------
+
+
+def test_an_epoch_metric_named_batch_slash_is_not_mixed_with_batch_metrics(
+    local_uri: str,
+) -> None:
+    """With ``log_every_n_batches``, the batches' ``loss`` is ``batch/loss``: an epoch log key
+    that is itself ``batch/loss`` gets another name, not the batch curve's."""
+    bus = EventBus()
+    logger = MLflowLogger(local_uri, _experiment(), log_every_n_batches=1)
+    bus.attach(logger, background=False)
+    with pytest.warns(UserWarning, match="'batch/loss' is logged as 'batch/loss_1'"):
+        with Run(bus) as run:
+            for epoch in run.epochs(2):
+                run.batch_start()
+                run.batch_end({"loss": 1.0 + epoch})
+                run.epoch_end({"loss": 10.0 + epoch, "batch/loss": 100.0 + epoch})
+    assert logger.run_id is not None
+    client = MlflowClient(local_uri)
+    assert _history(client, logger.run_id, "batch/loss") == [(0, 1.0), (1, 2.0)]
+    assert _history(client, logger.run_id, "batch/loss_1") == [(0, 100.0), (1, 101.0)]
+    assert _history(client, logger.run_id, "loss") == [(0, 10.0), (1, 11.0)]
+    assert logger.renamed == {"batch/loss": "batch/loss_1"}
+
+
+def test_a_nested_run_mlflow_refused_to_open_is_not_logged_into_the_outer_one(
+    local_uri: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under ``errors="warn"`` (train whatever the tracker does), a run started inside a run
+    that MLflow refuses to create (here: its experiment deleted meanwhile) is not logged: its
+    metrics do not land in the outer run, and its teardown does not end the outer run."""
+    bus = EventBus()
+    name = _experiment()
+    logger = MLflowLogger(local_uri, name)
+    bus.attach(logger, background=False, errors="warn")
+    client = MlflowClient(local_uri)
+    with Run(bus) as outer:
+        for epoch in outer.epochs(2):
+            if epoch == 0:
+                assert logger.experiment_id is not None
+                client.delete_experiment(logger.experiment_id)
+                inner = Run(bus)
+                inner.open()
+                inner.epoch_start(0)  # the pretrain routine and on_train_start: refused
+                client.restore_experiment(logger.experiment_id)
+                inner.epoch_end({"loss": 99.0})
+                inner.finish()
+            outer.epoch_end({"loss": 1.0 + epoch})
+    assert "MLflowLogger.on_pretrain_routine_start failed" in caplog.text
+    (run_id,) = logger.run_ids
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert _history(client, run_id, "loss") == [(0, 1.0), (1, 2.0)]
