@@ -253,18 +253,21 @@ def figure(
                     color="crimson", gid="best", zorder=5,
                     label=f"best: epoch {best[0]} ({monitor}={best[1]:.4g})",
                 )  # fmt: skip
-        ax.set_title(name)
+        # Names are text, never TeX: matplotlib would parse "$...$" (and fail on "$\frac$").
+        ax.set_title(name, parse_math=False)
         ax.set_xlabel("epoch")
-        ax.set_ylabel(name)
+        ax.set_ylabel(name, parse_math=False)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         # Explicit labels: matplotlib leaves out of a legend any label that starts with "_".
         handles = [line for line in ax.get_lines() if line.get_gid() != "best-epoch"]
-        ax.legend(handles, [str(h.get_label()) for h in handles], fontsize="small")
+        legend = ax.legend(handles, [str(h.get_label()) for h in handles], fontsize="small")
+        for text in legend.get_texts():
+            text.set_parse_math(False)
     for index in range(len(groups), rows * columns):
         axes[index // columns][index % columns].remove()  # the last row's empty cells
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, parse_math=False)
     return fig
 
 

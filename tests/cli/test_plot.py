@@ -332,3 +332,27 @@ def test_the_title_date_of_a_log_with_two_runs_is_the_drawn_runs(
     code, _, _ = run(capsys, "plot", str(log))
     title = layout(drawn[-1]).title
     assert code == 0 and "1970-01-05" in title, title
+
+
+# -- review of #14: names matplotlib would read as TeX ----------------------------------------
+
+
+def test_dollar_signs_in_names_and_folders_are_drawn_as_text(
+    capsys: Any, tmp_path: Path, drawn: list[Figure]
+) -> None:
+    """A metric named ``$\\frac$`` or ``cost $x$``, and a run folder with ``$`` in its name,
+    are labels like any other: not TeX that fails to parse (no PNG) or renders otherwise."""
+    keys = ["$\\frac$", "val_$\\frac$", "cost $x$", "loss"]
+    log = write_log(tmp_path / "$\\sqrt$" / "events.jsonl",
+                    [{k: 1.0 / (e + 1) for k in keys} for e in range(2)])  # fmt: skip
+    code, out, err = run(capsys, "plot", str(log))
+    png = log.with_suffix(".png")
+    assert code == 0 and err == "" and out == f"training curves: {png}\n"
+    assert png_size(png)[0] > 100
+    shown = by_title(layout(drawn[-1]))
+    assert shown["$\\frac$"].legend == ["$\\frac$", "val_$\\frac$"]
+    assert shown["cost $x$"].ylabel == "cost $x$"
+    texts = [t for ax in drawn[-1].get_axes() for t in (ax.title, ax.yaxis.label)]
+    legends = [ax.get_legend() for ax in drawn[-1].get_axes()]
+    texts += [t for legend in legends if legend is not None for t in legend.get_texts()]
+    assert texts and not any(t.get_parse_math() for t in texts)
