@@ -378,6 +378,8 @@ class Run(_Session):
         if not self.bus.listening(ev.on_params_update) or not self._allowed("on_params_update"):
             return
         now, seen = current() if callable(current) else current, self.hyperparams
+        if now == seen:  # the usual case, told at C speed
+            return
         changed = {k: v for k, v in now.items() if k not in seen or seen[k] != v}
         if changed:
             picked = {k: v for k, v in now.items() if along is not None and along(k)}
