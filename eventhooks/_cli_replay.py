@@ -121,7 +121,7 @@ def replay_log(
     bus.on(events.on_train_start)(train_start)
     if csv is not None:
         bus.attach(CSVLogger(csv))
-    contents = _nesting_aware(log, eventlog.read_log(log, bus.registry))
+    contents = eventlog.read_log(log, bus.registry)
     trackers = _Trackers(bus, log, tensorboard, mlflow, mlflow_experiment, contents.records)
     with warnings.catch_warnings():
         # Said once, in the report's MLflow line, instead of a warning per name.
@@ -156,17 +156,6 @@ def replay_log(
     if contents.incomplete is not None:
         lines.append(contents.incomplete.reason)
     return Replayed("\n".join(lines), contents.incomplete)
-
-
-def _nesting_aware(log: str, contents: eventlog.LogContents) -> eventlog.LogContents:
-    """``contents``, also called incomplete when a run left open has a run nested in it that
-    ended (whose ``teardown`` is not the open run's)."""
-    incomplete = contents.incomplete
-    starts = _OpenRuns.scan(contents.records).lines
-    if not starts or (incomplete is not None and incomplete.open_run is not None):
-        return contents
-    cut = incomplete.cut_line if incomplete is not None else None
-    return eventlog.LogContents(contents.records, Incomplete(log, cut, starts[0]))
 
 
 def _end_cut_run(bus: EventBus, contents: eventlog.LogContents) -> None:

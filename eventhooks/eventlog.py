@@ -201,10 +201,10 @@ def read_log(
     """Read and validate a whole log; one that ends early is read up to where it ends.
 
     A last line without its newline that is not valid JSON (a killed writer's half line) is
-    left out and reported as ``incomplete.cut_line``; a last training run with no
-    ``teardown`` after it is ``incomplete.open_run``. Any other bad line, the last one
-    included, raises :class:`EventLogError` naming it. Warns about nothing: see
-    :func:`eventhooks.replay.replay` for that.
+    left out and reported as ``incomplete.cut_line``; a training run left without its
+    ``teardown`` is ``incomplete.open_run`` (the outermost, when runs nest). Any other bad
+    line, the last one included, raises :class:`EventLogError` naming it. Warns about
+    nothing: see :func:`eventhooks.replay.replay` for that.
     """
     where = os.fspath(path)
     records: list[Record] = []
@@ -255,16 +255,23 @@ def _cut_off(raw: bytes) -> bool:
 
 
 def _open_run(records: list[Record]) -> int | None:
-    """The line where the last training run starts, if no ``teardown`` follows it."""
-    start: int | None = None
-    training = False  # the open run has had its on_train_start
+    """The line where the outermost training run left without its ``teardown`` starts.
+
+    A run starts at ``on_pretrain_routine_start``, or at an ``on_train_start`` no routine of
+    its own came before; one that starts while another is open is nested in it (a subscriber
+    that trains), and a ``teardown`` ends the innermost: an inner run's teardown is not its
+    outer run's.
+    """
+    open_runs: list[list[Any]] = []  # [start line, on_train_start heard], innermost last
     for record in records:
         if record.event is _events.teardown:
-            start, training = None, False
+            if open_runs:
+                open_runs.pop()
         elif record.event is _events.on_pretrain_routine_start:
-            start, training = record.line, False
+            open_runs.append([record.line, False])
         elif record.event is _events.on_train_start:
-            if start is None or training:  # a run without on_pretrain_routine_start
-                start = record.line
-            training = True
-    return start
+            if not open_runs or open_runs[-1][1]:  # a run without on_pretrain_routine_start
+                open_runs.append([record.line, True])
+            else:
+                open_runs[-1][1] = True
+    return open_runs[0][0] if open_runs else None

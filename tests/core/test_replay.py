@@ -113,13 +113,23 @@ def replay_watched(path: Path) -> tuple[int, Recorder, list[IncompleteLogWarning
     return count, rec, ours
 
 
-RUN_STARTS = ("on_pretrain_routine_start", "on_train_start")
-
-
 def run_left_open(names: Sequence[str]) -> bool:
-    """Whether the last run start among canonical ``names`` has no teardown after it."""
-    ends = [n for n in names if n in RUN_STARTS or n == "teardown"]
-    return bool(ends) and ends[-1] != "teardown"
+    """Whether a run among canonical ``names`` has no teardown of its own: runs nest (one
+    started while another is open is inside it, as a subscriber that trains starts it), a
+    teardown ends the innermost, and a run's ``on_train_start`` after its own routine start
+    starts nothing new."""
+    trained: list[bool] = []  # per open run, innermost last: its on_train_start came
+    for name in names:
+        if name == "teardown":
+            trained = trained[:-1]
+        elif name == "on_pretrain_routine_start":
+            trained.append(False)
+        elif name == "on_train_start":
+            if trained and not trained[-1]:
+                trained[-1] = True
+            else:
+                trained.append(True)
+    return bool(trained)
 
 
 def write_log(tmp_path: Path, *lines: str) -> Path:
@@ -357,6 +367,13 @@ def line(event: str, **payload: Any) -> str:
         (["on_predict_start"], None),  # no training run: a session ends without teardown
         (["on_val_start", "on_val_end"], None),
         (["teardown"], None),  # a run that failed before its first event
+        # A run started inside another (a subscriber that trains): its teardown is its own.
+        (["on_pretrain_routine_start", "on_train_start", "on_pretrain_routine_start",
+          "on_train_start", "teardown", "on_train_end"], 1),
+        (["on_train_start", "on_train_start", "teardown"], 1),  # without routines
+        (["on_train_start", "on_pretrain_routine_start", "on_train_start", "teardown",
+          "teardown"], None),
+        (["on_train_start", "on_pretrain_routine_start", "on_train_start"], 1),  # both open
     ],
 )  # fmt: skip
 def test_only_the_last_training_run_needs_a_teardown(
