@@ -16,7 +16,8 @@ from torch import Tensor
 def to_float(value: Any) -> float | None:
     """A number (a one-element tensor included) as a float; None for anything else."""
     try:
-        return float(value.item() if hasattr(value, "item") else value)
+        return float(value.item() if isinstance(value, Tensor) or hasattr(value, "item")
+                     else value)  # fmt: skip
     except (TypeError, ValueError, RuntimeError):
         return None
 
@@ -68,15 +69,15 @@ def batch_logs(trainer: pl.Trainer, val_keys: set[str], outputs: Any) -> dict[st
     given = output_logs(outputs)
     try:
         connector: Any = trainer._logger_connector
-        results: Any = trainer._results
+        results: Any = trainer.fit_loop.epoch_loop._results  # ``trainer._results`` here
         kept: dict[str, Any] = connector._callback_metrics
-        if results is None or not results.training or connector._first_loop_iter is None:
+        if not results.training or connector._first_loop_iter is None:
             raise AttributeError("not in a training batch")
-        fresh = {}
+        fresh, index = {}, results.dataloader_idx
         for metric in results.values():
             value, meta = metric._forward_cache, metric.meta
             if (meta.on_step and not metric.has_reset and isinstance(value, Tensor)
-                    and meta.dataloader_idx == results.dataloader_idx):  # fmt: skip
+                    and meta.dataloader_idx == index):  # fmt: skip
                 name, forked = results._forked_name(metric, True)
                 fresh[name] = fresh[forked] = value
     except AttributeError:  # not the Lightning this was written for: its public way

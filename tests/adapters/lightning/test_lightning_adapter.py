@@ -440,6 +440,7 @@ import lightning.pytorch as pl, torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from eventhooks import EventBus
+from eventhooks.adapters import _lightning_logs as lg
 from eventhooks.adapters.lightning import LightningCallback
 from eventhooks.callbacks import CSVLogger
 from eventhooks.testing import Recorder
@@ -455,6 +456,7 @@ class Tiny(pl.LightningModule):
         x, y = batch
         loss = nn.functional.mse_loss(self.layer(x), y)
         self.log("loss", loss, sync_dist=True)
+        self.log("synced", loss * 10, sync_dist=True)  # the rank's own loss is the output's
         return loss
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -468,10 +470,15 @@ def stop(payload):
     if payload.rank == 1 and payload.epoch == 1 and payload.batch == 0:
         bus.request_stop("rank 1 asks")
 bus.subscribe("on_train_batch_end", stop)
+synced, reference = [], []
+bus.subscribe("on_train_batch_end", lambda p: synced.append(p.logs["synced"]))
+class Reference(pl.Callback):  # batch logs the way trainer.callback_metrics gives them
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        reference.append({**lg.train_logs(trainer, set()), **lg.output_logs(outputs)}["synced"])
 trainer = pl.Trainer(
     max_epochs=5, accelerator="cpu", devices=2, strategy="ddp", logger=False,
     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-    default_root_dir=out, callbacks=[LightningCallback(bus)],
+    default_root_dir=out, callbacks=[LightningCallback(bus), Reference()],
 )
 data = TensorDataset(torch.randn(16, 4), torch.randn(16, 1))
 trainer.fit(Tiny(), DataLoader(data, batch_size=4))
@@ -482,6 +489,8 @@ rank = trainer.global_rank
     "epochs": [p.epoch for p in rec.payloads("on_fit_epoch_end")],
     "batches": len(rec.payloads("on_train_batch_end")),
     "rank0": rank0,
+    "synced": synced,
+    "reference": reference,
 }))
 if torch.distributed.is_initialized():  # else gloo's threads abort the interpreter's exit
     torch.distributed.destroy_process_group()
@@ -512,6 +521,9 @@ def test_ddp_two_processes(tmp_path: Path) -> None:
         assert trace["batches"] == 4  # 16 samples, 2 ranks, batches of 4: 2 per epoch
         assert trace["names"][-2:] == ["on_train_end", "teardown"]
     assert traces[0]["rank0"] == [0, 0] and traces[1]["rank0"] == []
+    # sync_dist: a batch's logged value is the ranks' mean, the same on both, as Lightning has it
+    assert traces[0]["synced"] == traces[1]["synced"] == traces[0]["reference"]
+    assert traces[1]["synced"] == traces[1]["reference"] and len(traces[0]["synced"]) == 4
     rows = list(csv.DictReader((tmp_path / "log.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [0, 1]  # rank 0 only writes
 
