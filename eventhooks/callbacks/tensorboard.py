@@ -187,6 +187,7 @@ class TensorBoard(Callback):
     A training run started inside another (by a subscriber) writes under
     ``<log_dir>/nested-1/`` (``nested-2``... for the next), its own ``train`` and
     ``validation`` runs, as MLflow makes it a child run: the outer run's curves stay its own.
+    Use one writer per bus: two buses training at once through one writer mix their runs.
 
     Scalars are ``simple_value`` summaries, so ``EventAccumulator.Tags()["scalars"]`` lists
     them; like every TensorBoard scalar they are float32.
