@@ -106,12 +106,9 @@ class LightningCallback(pl.Callback):
         self._before_val: dict[str, Any] = {}
         self._saved: dict[str, int] = {}  # checkpoint path -> mtime reported
         self._lrs: dict[str, float] = {}
-        # this epoch's batches: reported, their steps counted, saves and lr changes looked for
-        self._batches = self._steps = self._extras = True
+        self._batches = self._steps = self._extras = True  # this epoch's (``_decide``)
         self._steps_at = 0  # trainer.global_step when the steps stopped being counted
-        # the hooks that may be switched off: ours (and those we leave to pl.Callback), unless
-        # a subclass overrides them (a wrapper naming ours in ``__wrapped__`` does not count)
-        cls, ours = type(self), LightningCallback
+        cls, ours = type(self), LightningCallback  # hooks a subclass overrides stay on
         self._own = {name for name in (*_UNUSED, *_TRAIN, *_EVAL)
                      if inspect.unwrap(getattr(cls, name)) is getattr(ours, name)}  # fmt: skip
         self._switch(False, *_UNUSED)
@@ -119,9 +116,8 @@ class LightningCallback(pl.Callback):
     # -- helpers ------------------------------------------------------------------------------
 
     def _switch(self, on: bool, *hooks: str) -> None:
-        """Lightning calls a callback's hook only if it is callable (``_call_callback_hooks``)
-        and dispatching it costs about as much as our work in it: a hook off is ``None`` on
-        the instance (Lightning skips it), one on is the class's again."""
+        """Lightning skips a hook that is not callable (``_call_callback_hooks``): one off is
+        ``None`` on the instance, one on is the class's again."""
         for name in hooks:
             if on:
                 self.__dict__.pop(name, None)
@@ -129,9 +125,8 @@ class LightningCallback(pl.Callback):
                 self.__dict__[name] = None
 
     def _decide(self, trainer: pl.Trainer) -> None:
-        """At each epoch's start: what this epoch's batches need, by who listens now
-        (``check_order`` buses listen to everything). Steps not counted in an epoch are
-        counted at the next one's start, from ``trainer.global_step``."""
+        """At an epoch's start, what its batches need by who listens now (``check_order``:
+        everything). Steps not counted are added at the next start from ``global_step``."""
         self._steps_at = trainer.global_step
         hear = self.bus.listening
         saves, rates = hear(ev.on_model_save), hear(ev.on_params_update)
@@ -144,8 +139,7 @@ class LightningCallback(pl.Callback):
         self._switch(hear(ev.on_before_zero_grad), "on_before_zero_grad")
 
     def _eval_hooks(self, kind: str, *events: Event[Any]) -> None:
-        """At a validation's, test's or prediction's start: its batch hooks, on if someone
-        listens to its batch events now (until its next start)."""
+        """At a validation's, test's or prediction's start: its batch hooks, if heard now."""
         heard = any(map(self.bus.listening, events))
         self._switch(heard, f"on_{kind}_batch_start", f"on_{kind}_batch_end")
 
@@ -247,10 +241,8 @@ class LightningCallback(pl.Callback):
         batch_idx: int,
     ) -> None:  # fmt: skip
         if self._batches and (run := self._live()) is not None and run.in_batch:
-            logs = None
-            if run.hears(ev.on_train_batch_end):
-                logs = lg.batch_logs(trainer, self._val_keys, outputs)
-            run.batch_end(logs)
+            heard = run.hears(ev.on_train_batch_end)
+            run.batch_end(lg.batch_logs(trainer, self._val_keys, outputs) if heard else None)
         self._check_stop(trainer)  # always on: a stop asked from outside any hook
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
