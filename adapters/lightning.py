@@ -50,9 +50,10 @@ Lightning dispatches a hook only if it is callable, at about the cost of our wor
 per-batch hook nobody needs is ``None`` on the instance. ``on_before_backward`` and
 ``on_after_backward`` always; the training batch's others for an epoch when, at its start
 (after ``on_train_epoch_start``'s subscribers), nobody listens to what they emit (steps taken
-unheard are counted from ``trainer.global_step``); a validation's, test's or prediction's batch
-hooks likewise at its start. A subscription made in between is heard from the next start.
-``on_train_batch_end`` stays: a stop asked outside any hook stops the fit after the batch.
+unheard are counted from ``trainer.global_step``; an unheard batch start is kept at its end);
+a validation's, test's or prediction's batch hooks likewise at its start. A subscription made
+in between is heard from the next start. ``on_train_batch_end`` stays: a stop asked outside
+any hook stops the fit after the batch.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ class LightningCallback(pl.Callback):
         self._before_val: dict[str, Any] = {}
         self._saved: dict[str, int] = {}  # checkpoint path -> mtime reported
         self._lrs: dict[str, float] = {}
-        self._batches = self._steps = self._extras = True  # this epoch's (``_decide``)
+        self._batches = self._starts = self._steps = self._extras = True  # see ``_decide``
         self._steps_at = 0  # trainer.global_step when the steps stopped being counted
         cls, ours = type(self), LightningCallback  # hooks a subclass overrides stay on
         self._own = {name for name in (*_UNUSED, *_TRAIN, *_EVAL)
@@ -132,9 +133,9 @@ class LightningCallback(pl.Callback):
         saves, rates = hear(ev.on_model_save), hear(ev.on_params_update)
         self._extras = saves or rates
         self._steps = rates or hear(ev.optimizer_step) or hear(ev.on_before_zero_grad)
-        self._batches = (self._steps or saves or hear(ev.on_train_batch_start)
-                         or hear(ev.on_train_batch_end))  # fmt: skip
-        self._switch(self._batches, "on_train_batch_start")
+        self._starts = self._steps or saves or hear(ev.on_train_batch_start)
+        self._batches = self._starts or hear(ev.on_train_batch_end)
+        self._switch(self._starts, "on_train_batch_start")
         self._switch(self._steps, "on_before_optimizer_step")
         self._switch(hear(ev.on_before_zero_grad), "on_before_zero_grad")
 
@@ -187,7 +188,7 @@ class LightningCallback(pl.Callback):
         if stage == "fit":
             self._val_keys, self._saved, self._lrs = set(), {}, {}
             self._switch(True, *_TRAIN)
-            self._batches = self._steps = self._extras = True
+            self._batches = self._starts = self._steps = self._extras = True
             self._val = None
             self.run = Run(self.bus, **lg.context(trainer))
             self.run.open()
@@ -216,7 +217,7 @@ class LightningCallback(pl.Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if not self._batches or (run := self._live()) is None:
+        if not self._starts or (run := self._live()) is None:
             return
         if self._extras:
             self._report_saves(trainer)  # a checkpoint every N training steps
@@ -240,7 +241,9 @@ class LightningCallback(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
         batch_idx: int,
     ) -> None:  # fmt: skip
-        if self._batches and (run := self._live()) is not None and run.in_batch:
+        if self._batches and (run := self._live()) is not None:
+            if not self._starts:  # nobody hears the batch's start: begun here, unheard
+                run.batch_start(batch_idx)
             heard = run.hears(ev.on_train_batch_end)
             run.batch_end(lg.batch_logs(trainer, self._val_keys, outputs) if heard else None)
         self._check_stop(trainer)  # always on: a stop asked from outside any hook

@@ -750,3 +750,16 @@ def test_checkpoints_every_n_steps_are_reported_within_the_epoch(tmp_path: Path)
     fit(tmp_path, bus, Tiny(), Watch(), ckpt, val=False, enable_checkpointing=True,
         max_epochs=1)  # fmt: skip
     assert seen == [0, 0, 1] and saves == [0]
+
+
+def test_batch_ends_alone_need_one_hook_a_batch(tmp_path: Path) -> None:
+    """Only ``on_train_batch_end`` heard: the batch's start is kept at its end (unheard), and
+    Lightning dispatches one hook a batch to us."""
+    bus = EventBus()
+    ends: list[tuple[int | None, int | None, float]] = []
+    bus.subscribe("on_train_batch_end", lambda p: ends.append((p.epoch, p.batch, p.logs["loss"])))
+    names = HookNames()
+    t = fit(tmp_path, bus, profiler=names)
+    assert [e[:2] for e in ends] == [(e, b) for e in (0, 1) for b in range(3)]
+    assert ends[-1][2] == pytest.approx(float(t.callback_metrics["loss_step"]))
+    assert not PER_BATCH & set(names.names)
