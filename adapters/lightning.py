@@ -59,6 +59,7 @@ any hook stops the fit after the batch.
 from __future__ import annotations
 
 import inspect
+from functools import partial
 from typing import Any
 
 import lightning.pytorch as pl
@@ -244,8 +245,7 @@ class LightningCallback(pl.Callback):
         if self._batches and (run := self._live()) is not None:
             if not self._starts:  # nobody hears the batch's start: begun here, unheard
                 run.batch_start(batch_idx)
-            heard = run.hears(ev.on_train_batch_end)
-            run.batch_end(lg.batch_logs(trainer, self._val_keys, outputs) if heard else None)
+            run.batch_end(partial(lg.batch_logs, trainer, self._val_keys, outputs))  # if heard
         self._check_stop(trainer)  # always on: a stop asked from outside any hook
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
