@@ -75,6 +75,11 @@ def _called(logs: LazyLogs) -> Logs:
     return logs() if callable(logs) else logs or {}
 
 
+def _same(before: float, now: float) -> bool:
+    """Equal, or both NaN (NaN != NaN: a rate that stays NaN has not changed)."""
+    return before == now or (before != before and now != now)
+
+
 _STEPS = FULL._steps  # position -> event -> next position, filled as they are met
 
 #: How many runs are open on each bus: a stop request is forgotten only by an outermost run.
@@ -202,8 +207,7 @@ class Run(_Session):
         self.batch = -1  # the current batch of the epoch
         self.step = 0  # optimizer steps taken in the run
         self.logs: dict[str, Any] = {}  # the last epoch's logs
-        #: The hyper-parameters last announced (set the run's first ones here: not a change).
-        self.hyperparams: dict[str, float] = {}
+        self._hyperparams: dict[str, float] = {}
         self._batch_logs: LazyLogs = None  # the last batch's, as given
         self._closed = False
         self._epoch_open = False
@@ -239,13 +243,23 @@ class Run(_Session):
         if error is None and not self._closed:
             try:
                 if self._epoch_open and not self._in_batch:  # a `break` out of epochs()
-                    self.epoch_end(dict(_called(self._batch_logs)))
+                    self.epoch_end(dict(self._last_batch_logs()))
                 if not self._trained:
                     self.train_end()
             except BaseException as failure:
                 self.close(failure)
                 raise
         self.close(error)
+
+    @property
+    def hyperparams(self) -> dict[str, float]:
+        """The hyper-parameters last announced; set the run's first ones here (not a change).
+        The run keeps a copy of what it is given: changing that dict afterwards is a change."""
+        return self._hyperparams
+
+    @hyperparams.setter
+    def hyperparams(self, values: Mapping[str, float]) -> None:
+        self._hyperparams = dict(values)
 
     @property
     def closed(self) -> bool:
@@ -304,7 +318,7 @@ class Run(_Session):
         elif name == "on_train_start":
             self.train_start()
         else:
-            self.train_epoch_end(dict(_called(self._batch_logs)))
+            self.train_epoch_end(dict(self._last_batch_logs()))
 
     def ready(self, **context: Any) -> None:
         """The model, data and optimizer are built (``context``: ``params`` known now...)."""
@@ -324,7 +338,7 @@ class Run(_Session):
             self.epoch_start(epoch)
             yield epoch
             if self._epoch_open:
-                self.epoch_end(dict(_called(self._batch_logs)))
+                self.epoch_end(dict(self._last_batch_logs()))
             if self.stop_requested:
                 return
 
@@ -366,7 +380,7 @@ class Run(_Session):
     def params_update(self, hyperparams: Mapping[str, float]) -> None:
         """Hyper-parameters changed: inside a batch, after a step, or between epochs."""
         batch = self.batch if self._in_batch else None
-        self.hyperparams.update(hyperparams)
+        self._hyperparams.update(hyperparams)
         self._emit(ev.on_params_update, epoch=self.epoch, batch=batch,
                    step=max(self.step - 1, 0), hyperparams=dict(hyperparams))  # fmt: skip
 
@@ -374,13 +388,14 @@ class Run(_Session):
         self, current: Mapping[str, float] | Callable[[], Mapping[str, float]],
         *, along: Callable[[str], bool] | None = None,
     ) -> None:  # fmt: skip
-        """``params_update`` of what changed (and what ``along`` picks), when heard and in order."""
+        """``params_update`` of what changed (and what ``along`` picks), when heard and in order.
+        A value that was NaN and still is has not changed."""
         if not self.bus.listening(ev.on_params_update) or not self._allowed("on_params_update"):
             return
-        now, seen = current() if callable(current) else current, self.hyperparams
+        now, seen = current() if callable(current) else current, self._hyperparams
         if now == seen:  # the usual case, told at C speed
             return
-        changed = {k: v for k, v in now.items() if k not in seen or seen[k] != v}
+        changed = {k: v for k, v in now.items() if k not in seen or not _same(seen[k], v)}
         if changed:
             picked = {k: v for k, v in now.items() if along is not None and along(k)}
             self.params_update({**picked, **changed})
@@ -391,7 +406,15 @@ class Run(_Session):
         self._step("on_train_batch_end")
         if self.bus.listening(ev.on_train_batch_end, batch=self.batch):
             self.bus.emit(ev.on_train_batch_end, batch=self.batch, epoch=self.epoch,
-                          logs=_called(logs), context=self.context)  # fmt: skip
+                          logs=self._last_batch_logs(), context=self.context)  # fmt: skip
+
+    def _last_batch_logs(self) -> Logs:
+        """The last batch's logs; a function given for them is called once, at the first
+        need (its batch's end, heard, or an epoch end filled in), and its result kept."""
+        logs = self._batch_logs
+        if callable(logs):
+            logs = self._batch_logs = logs()
+        return logs or {}
 
     def hears(self, event: Event[Any]) -> bool:
         """Whether a subscriber would get ``event`` for the current batch: ask before

@@ -600,3 +600,76 @@ def test_batch_logs_given_as_a_function_are_computed_only_when_heard() -> None:
             run.batch_end(lambda: {"loss": 7.0})
             break
     assert heard[-1] == {"loss": 7.0}
+
+
+def test_batch_logs_as_a_function_are_computed_once_for_the_batch_and_its_filled_ends() -> None:
+    """A function handed to batch_end is called once: what a subscriber heard at the batch's
+    end is what the epoch ends filled in from it carry (not a later reading of its state)."""
+    bus = EventBus()
+    heard: list[tuple[str, dict[str, Any]]] = []
+    for event in ("on_train_batch_end", "on_train_epoch_end", "on_fit_epoch_end"):
+        bus.subscribe(event, lambda p, e=event: heard.append((e, dict(p.logs))))
+    calls: list[int] = []
+
+    def logs() -> dict[str, float]:  # a running state that moves on with each reading
+        calls.append(1)
+        return {"loss": float(len(calls))}
+
+    with Run(bus) as run:
+        for _ in run.epochs(1):  # the epoch is left open: both its ends are filled in
+            run.batch_start()
+            run.batch_end(logs)
+    assert len(calls) == 1
+    assert heard == [("on_train_batch_end", {"loss": 1.0}), ("on_train_epoch_end", {"loss": 1.0}),
+                     ("on_fit_epoch_end", {"loss": 1.0})]  # fmt: skip
+    heard.clear()
+    calls.clear()
+    quiet = EventBus()  # the batch's end unheard: computed once, for the filled-in ends
+    quiet.subscribe("on_train_epoch_end", lambda p: heard.append(("te", dict(p.logs))))
+    quiet.subscribe("on_fit_epoch_end", lambda p: heard.append(("fe", dict(p.logs))))
+    with Run(quiet) as run:
+        for _ in run.epochs(1):
+            run.batch_start()
+            run.batch_end(logs)
+            break
+    assert len(calls) == 1
+    assert heard == [("te", {"loss": 1.0}), ("fe", {"loss": 1.0})]
+
+
+def test_params_changed_takes_a_nan_that_stays_nan_for_no_change() -> None:
+    """NaN != NaN: a rate that is NaN and stays NaN is no change (announced once, not on every
+    read); NaN to a number and back are changes."""
+    bus, rec = recorded(check_order=True)
+    nan = float("nan")
+    with Run(bus) as run:
+        run.hyperparams = {"lr": 0.1, "momentum": nan}
+        run.epoch_start()
+        for lr in (0.1, nan, nan, nan, 0.2, 0.2, nan):
+            run.batch_start()
+            run.optimizer_step()
+            run.params_changed({"lr": lr, "momentum": float("nan")})  # a new NaN each read
+            run.batch_end()
+        run.epoch_end()
+    told = [p.hyperparams for p in rec.payloads("on_params_update")]
+    assert len(told) == 3
+    assert [list(hp) for hp in told] == [["lr"]] * 3
+    assert told[1] == {"lr": 0.2}
+    assert all(hp["lr"] != hp["lr"] for hp in (told[0], told[2]))
+
+
+def test_hyperparams_set_from_a_dict_the_caller_goes_on_changing_keep_the_values_set() -> None:
+    """The baseline is the run's own copy: a config dict given as the run's first values and
+    then changed in place (and handed to params_changed) is a change."""
+    bus, rec = recorded(check_order=True)
+    config = {"lr": 0.1, "momentum": 0.9}
+    with Run(bus) as run:
+        run.hyperparams = config
+        run.epoch_start()
+        config["lr"] = 0.01
+        run.batch_start()
+        run.optimizer_step()
+        run.params_changed(config)
+        run.batch_end()
+        run.epoch_end()
+    assert [p.hyperparams for p in rec.payloads("on_params_update")] == [{"lr": 0.01}]
+    assert run.hyperparams == config and run.hyperparams is not config

@@ -865,3 +865,22 @@ def test_a_failing_teardown_subscriber_is_noted_on_the_users_exception() -> None
     assert caught.value is error and str(error) == "original"
     notes = getattr(error, "__notes__", [])
     assert len(notes) == 1 and "teardown" in notes[0] and "ZeroDivisionError" in notes[0]
+
+
+def test_a_learning_rate_gone_nan_is_announced_once_not_every_batch() -> None:
+    """NaN != NaN: a rate set to NaN (a broken schedule) is one change, not one per batch."""
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    model, train = mlp(), data(4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with instrument(bus, opt) as run:
+        for _ in run.epochs(2):
+            for x, y in run.batches(train):
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+                opt.param_groups[0]["lr"] = float("nan")
+    updates = rec.payloads("on_params_update")
+    assert [(p.epoch, p.batch) for p in updates] == [(0, 0)]
+    assert updates[0].hyperparams["lr"] != updates[0].hyperparams["lr"]
+    assert_canonical_order(rec.names)
