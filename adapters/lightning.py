@@ -108,7 +108,7 @@ class LightningCallback(pl.Callback):
         self._before_val: dict[str, Any] = {}
         self._saved: dict[str, int] = {}  # checkpoint path -> mtime reported
         self._lrs: dict[str, float] = {}
-        self._batches = self._starts = self._steps = self._extras = True  # see ``_decide``
+        self._batches = self._starts = self._steps = True  # this epoch's (``_decide``)
         self._steps_at = 0  # trainer.global_step when the steps stopped being counted
         cls, ours = type(self), LightningCallback  # hooks a subclass overrides stay on
         self._own = {name for name in (*_UNUSED, *_TRAIN, *_EVAL)
@@ -118,8 +118,7 @@ class LightningCallback(pl.Callback):
     # -- helpers ------------------------------------------------------------------------------
 
     def _switch(self, on: bool, *hooks: str) -> None:
-        """Lightning skips a hook that is not callable (``_call_callback_hooks``): one off is
-        ``None`` on the instance, one on is the class's again."""
+        """Lightning skips a hook not callable: one off is None here, one on the class's."""
         for name in hooks:
             if on:
                 self.__dict__.pop(name, None)
@@ -131,14 +130,13 @@ class LightningCallback(pl.Callback):
         everything). Steps not counted are added at the next start from ``global_step``."""
         self._steps_at = trainer.global_step
         hear = self.bus.listening
-        saves, rates = hear(ev.on_model_save), hear(ev.on_params_update)
-        self._extras = saves or rates
-        self._steps = rates or hear(ev.optimizer_step) or hear(ev.on_before_zero_grad)
-        self._starts = self._steps or saves or hear(ev.on_train_batch_start)
+        zero = hear(ev.on_before_zero_grad)
+        self._steps = zero or hear(ev.on_params_update) or hear(ev.optimizer_step)
+        self._starts = self._steps or hear(ev.on_model_save) or hear(ev.on_train_batch_start)
         self._batches = self._starts or hear(ev.on_train_batch_end)
         self._switch(self._starts, "on_train_batch_start")
         self._switch(self._steps, "on_before_optimizer_step")
-        self._switch(hear(ev.on_before_zero_grad), "on_before_zero_grad")
+        self._switch(zero, "on_before_zero_grad")
 
     def _eval_hooks(self, kind: str, *events: Event[Any]) -> None:
         """At a validation's, test's or prediction's start: its batch hooks, if heard now."""
@@ -189,7 +187,7 @@ class LightningCallback(pl.Callback):
         if stage == "fit":
             self._val_keys, self._saved, self._lrs = set(), {}, {}
             self._switch(True, *_TRAIN)
-            self._batches = self._starts = self._steps = self._extras = True
+            self._batches = self._starts = self._steps = True
             self._val = None
             self.run = Run(self.bus, **lg.context(trainer))
             self.run.open()
@@ -220,11 +218,9 @@ class LightningCallback(pl.Callback):
     ) -> None:
         if not self._starts or (run := self._live()) is None:
             return
-        if self._extras:
-            self._report_saves(trainer)  # a checkpoint every N training steps
+        self._report_saves(trainer)  # a checkpoint every N training steps
         run.batch_start(batch_idx)
-        if self._extras:
-            self._lr_changed(trainer, run)  # a step-wise scheduler stepped after the last batch
+        self._lr_changed(trainer, run)  # a step-wise scheduler stepped after the last batch
 
     def on_before_zero_grad(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
