@@ -116,6 +116,7 @@ class Run(Checkpoints):
             if exc is None:
                 if self._in_epoch:  # a `break` out of the epochs
                     self._end_epoch()
+                self._close_val()  # a `break` out of a validation after the epochs
                 self._check_params(life)
                 life.train_end({**self.logs, **self._run_extra})
         except BaseException as error:

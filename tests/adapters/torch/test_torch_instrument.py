@@ -884,3 +884,25 @@ def test_a_learning_rate_gone_nan_is_announced_once_not_every_batch() -> None:
     assert [(p.epoch, p.batch) for p in updates] == [(0, 0)]
     assert updates[0].hyperparams["lr"] != updates[0].hyperparams["lr"]
     assert_canonical_order(rec.names)
+
+
+def test_breaking_out_of_a_validation_after_the_last_epoch_still_ends_it() -> None:
+    """A `break` out of a test-set validation after the epoch loop: the validation ends (its
+    batch and on_val_end) when the run ends, not with an OrderError at on_train_end."""
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    model, train, test = mlp(), data(2), data(3, seed=5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with instrument(bus, opt) as run:
+        for _ in run.epochs(1):
+            _train_epoch(run, opt, model, train)
+        for _ in run.validation(test):
+            run.log(loss=0.5)
+            break
+    assert_canonical_order(rec.names)
+    assert rec.names[-6:] == [
+        "on_val_start", "on_val_batch_start", "on_val_batch_end", "on_val_end", "on_train_end",
+        "teardown",
+    ]  # fmt: skip
+    assert [p.logs for p in rec.payloads("on_val_end")] == [{"loss": 0.5}]
+    assert rec.payloads("teardown")[0].error is None
