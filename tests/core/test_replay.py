@@ -201,7 +201,8 @@ def test_a_missing_file_is_an_os_error(tmp_path: Path) -> None:
 
 
 def test_blank_lines_are_skipped_and_line_numbers_stay_true(tmp_path: Path) -> None:
-    path = write_log(tmp_path, "", GOOD, "   ", GOOD, TEARDOWN)
+    end = json.dumps({"v": VERSION, "event": "on_train_end", "time": 1.5, "payload": {}})
+    path = write_log(tmp_path, "", GOOD, "   ", end, TEARDOWN)
     assert [r.line for r in load(path)] == [2, 4, 5]
 
 
