@@ -197,8 +197,8 @@ class LightningCallback(pl.Callback):
             return
         run.initial_epoch = trainer.current_epoch
         run.ready(params=lg.params(trainer))
+        run.hyperparams = self._lrs = lg.learning_rates(trainer)  # announced from the start
         run.train_start()
-        self._lrs = lg.learning_rates(trainer)
         self._check_stop(trainer)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -33,9 +33,10 @@ Decisions worth knowing:
   ``optimizer_step`` after the weights were updated, when ``trainer.gradients`` holds the
   gradients of this very step. ``step`` counts the trainer's optimizer steps over every fit
   (``trainer.iterations``, restored by :func:`load`).
-* **Learning rate**: with ``lr_schedule(epoch) -> lr`` the rate of epoch ``e`` is
-  ``lr_schedule(e)``; it is set between epochs, after ``on_fit_epoch_end`` of epoch ``e - 1``
-  (where PyTorch's epoch-level ``scheduler.step()`` goes), and announced there by
+* **Learning rate**: the run's first rate is announced right after ``on_train_start``
+  (``on_params_update``, ``epoch`` None). With ``lr_schedule(epoch) -> lr`` the rate of
+  epoch ``e`` is ``lr_schedule(e)``; it is set between epochs, after ``on_fit_epoch_end`` of
+  epoch ``e - 1`` (where PyTorch's epoch-level ``scheduler.step()`` goes), and announced there by
   ``on_params_update`` (``batch`` None); a run that stops sets no rate for an epoch it will
   not train. A rate changed by anyone else (``trainer.lr = ...`` in a subscriber) is announced
   after the next optimizer step, or at the epoch's end if none comes first; at an epoch's end
@@ -260,6 +261,8 @@ class NumpyTrainer:
                 # step counts the trainer's optimizer steps over every fit, as Keras does.
                 run.initial_epoch, run.step = args.initial_epoch, self.iterations
                 run.ready(params=args.params)
+                run.hyperparams = {"lr": self.lr}  # the run's first rate: announced at its start
+                self._announced_lr = self.lr
                 run.train_start()
                 self._stopping(run)
                 for epoch in run.epochs(args.epochs):

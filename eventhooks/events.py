@@ -98,7 +98,7 @@ on_before_zero_grad = _event("on_before_zero_grad", StepPayload,
 optimizer_step = _event("optimizer_step", StepPayload,
     "After the optimizer updated the weights.")
 on_params_update = _event("on_params_update", ParamsUpdatePayload,
-    "After hyper-parameters (e.g. the learning rate) changed.")
+    "The run's first hyper-parameters (the learning rate...) after `on_train_start`; each change.")
 on_train_batch_end = _event("on_train_batch_end", BatchPayload,
     "A training batch ended (logs: running means over the epoch, as in Keras).",
     "on_train_batch_end", "batch")

@@ -23,7 +23,8 @@ method                      emits                                     fills in f
 ==========================  ========================================  =========================
 ``Run(...)`` entered        on_pretrain_routine_start                 (forgets a stop request)
 ``ready()``                 on_pretrain_routine_end
-``train_start()``           on_train_start                            ready
+``train_start()``           on_train_start, then on_params_update     ready
+                            of the first ``hyperparams`` if set
 ``epoch_start(epoch)``      on_train_epoch_start (again: a restart)   ready, train_start
 ``batch_start()``           on_train_batch_start (batch += 1)
 ``zero_grad()``             on_before_zero_grad
@@ -327,7 +328,11 @@ class Run(_Session):
         self._emit(ev.on_pretrain_routine_end)
 
     def train_start(self) -> None:
+        """Training begins; the run's first ``hyperparams`` (set before, where the adapter
+        knows them) follow as ``on_params_update``: a tracker's learning rate starts at 0."""
         self._fill_then(ev.on_train_start, epoch=self.initial_epoch)
+        if self._hyperparams and self.bus.listening(ev.on_params_update):
+            self.params_update(self._hyperparams)
 
     def epochs(self, epochs: int) -> Iterator[int]:
         """``initial_epoch`` up to ``epochs``, each opened with ``epoch_start``; an epoch the

@@ -177,10 +177,11 @@ class TensorBoard(Callback):
     * learning rates from ``on_params_update`` (``lr``, ``lr/pg1``, ``learning_rate``...): the
       latest value announced before an epoch's end is that epoch's train
       ``epoch_learning_rate...`` (what Keras writes: the optimizer's rate at the epoch's end),
-      unless the epoch's logs have that tag already (their value is History's). Adapters
-      announce changes, so the curve starts at the first announcement (the PyTorch, Lightning
-      and NumPy adapters announce no initial rate: an epoch scheduler's first point is epoch
-      1). With ``update_freq`` each written batch step also gets ``batch_learning_rate...``.
+      unless the epoch's logs have that tag already (their value is History's). The PyTorch,
+      Lightning and NumPy adapters announce the run's first rates right after
+      ``on_train_start`` and HF's at its first step, so the curve starts at epoch 0; Keras'
+      adapter announces none. With ``update_freq`` each written batch step also gets
+      ``batch_learning_rate...``.
     * the run's ``params`` at ``on_train_start``, as a markdown table in the text plugin: tag
       ``params`` of the train run, step 0 (nothing when the trainer gives no params).
 

@@ -248,12 +248,13 @@ def test_numpy_learning_rate_schedule_is_epoch_learning_rate(tmp_path: Path) -> 
     rec = Recorder(bus, ["on_params_update"])
     bus.attach(TensorBoard(tmp_path, update_freq=3))
     numpy_run(bus, epochs=3, lr_schedule=lambda epoch: 0.1 / (epoch + 1))
-    # the rate of epoch e is set (and announced) after epoch e - 1: epoch 0's is not announced
+    # the run's first rate is announced at its start; the rate of epoch e is set (and
+    # announced) after epoch e - 1
     assert [(p.epoch, p.hyperparams) for p in rec.payloads("on_params_update")] == [
-        (0, {"lr": 0.05}), (1, {"lr": 0.1 / 3})]  # fmt: skip
+        (None, {"lr": 0.1}), (0, {"lr": 0.05}), (1, {"lr": 0.1 / 3})]  # fmt: skip
     read = scalars(tmp_path / "train")
-    assert read["epoch_learning_rate"] == [(1, f32(0.05)), (2, f32(0.1 / 3))]
-    assert read["batch_learning_rate"] == [(6, f32(0.05)), (9, f32(0.1 / 3))]
+    assert read["epoch_learning_rate"] == [(0, f32(0.1)), (1, f32(0.05)), (2, f32(0.1 / 3))]
+    assert read["batch_learning_rate"] == [(3, f32(0.1)), (6, f32(0.05)), (9, f32(0.1 / 3))]
     assert "epoch_learning_rate" not in scalars(tmp_path / "validation")
 
 
@@ -595,8 +596,8 @@ def test_under_the_pytorch_fit_loop(tmp_path: Path) -> None:
         scheduler=torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5))  # fmt: skip
     check_framework_run(tmp_path, tb, history, 3)
     read = scalars(tmp_path / "train")
-    # StepLR after each epoch: announced after epochs 0 and 1 (and 2), the initial rate never
-    assert read["epoch_learning_rate"] == [(1, f32(0.2)), (2, f32(0.1))]
+    # the initial rate at the run's start, then StepLR's after epochs 0 and 1 (and 2)
+    assert read["epoch_learning_rate"] == [(0, f32(0.4)), (1, f32(0.2)), (2, f32(0.1))]
     assert [s for s, _ in read["batch_loss"]] == [2, 4, 6, 8, 10, 12]
 
 
@@ -661,7 +662,7 @@ def test_under_lightning(tmp_path: Path) -> None:
     trainer.fit(Tiny(), loader(12, 0), loader(8, 1))
     check_framework_run(tmp_path / "tb", tb, history, 3)
     read = scalars(tmp_path / "tb" / "train")
-    assert read["epoch_learning_rate"] == [(1, f32(0.05)), (2, f32(0.025))]
+    assert read["epoch_learning_rate"] == [(0, f32(0.1)), (1, f32(0.05)), (2, f32(0.025))]
     assert [s for s, _ in read["batch_loss"]] == list(range(1, 10))
     [(_, table)] = texts(tmp_path / "tb" / "train")["params"]
     assert "| max_epochs | 3 |" in table.splitlines()

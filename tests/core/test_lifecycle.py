@@ -501,11 +501,12 @@ HYPER = st.dictionaries(st.sampled_from(NAMES), st.sampled_from([0.0, 0.1, 0.5])
 def test_params_changed_announces_what_differs_from_the_last_announced(
     first: dict[str, float], seen: list[dict[str, float]], with_rates: bool
 ) -> None:
-    """Each announcement holds the values that differ from the last announced (or the run's
-    first) and the picked names; nothing is announced when nothing differs."""
+    """The run's first values are announced at its start; then each announcement holds the
+    values that differ from the last announced and the picked names; nothing is announced
+    when nothing differs."""
     bus, rec = recorded(check_order=True)
     along = (lambda name: name.startswith("lr")) if with_rates else None
-    expected: list[dict[str, float]] = []
+    expected: list[dict[str, float]] = [dict(first)] if first else []
     known = dict(first)
     with Run(bus) as run:
         run.hyperparams = dict(first)
@@ -544,7 +545,7 @@ def test_params_changed_reads_nothing_unheard_and_waits_for_room_in_the_order() 
         with run.validation() as val:
             run.params_changed(current)  # no room inside a validation: told later
             val.end()
-        assert reads == [] and "on_params_update" not in rec.names
+        assert reads == [] and rec.names.count("on_params_update") == 1  # the first values
         run.epoch_end()
         run.params_changed(current)
         run.epoch_start()
@@ -552,7 +553,7 @@ def test_params_changed_reads_nothing_unheard_and_waits_for_room_in_the_order() 
         run.optimizer_step()
         run.params_changed(current)  # read, but told once: nothing changed since
         run.batch_end()
-    assert [p.hyperparams for p in rec.payloads("on_params_update")] == [{"lr": 0.5}]
+    assert [p.hyperparams for p in rec.payloads("on_params_update")] == [{"lr": 0.1}, {"lr": 0.5}]
     assert len(reads) == 2
     assert_canonical_order(rec.names)
 
@@ -650,7 +651,8 @@ def test_params_changed_takes_a_nan_that_stays_nan_for_no_change() -> None:
             run.params_changed({"lr": lr, "momentum": float("nan")})  # a new NaN each read
             run.batch_end()
         run.epoch_end()
-    told = [p.hyperparams for p in rec.payloads("on_params_update")]
+    first, *told = [p.hyperparams for p in rec.payloads("on_params_update")]
+    assert first["lr"] == 0.1 and first["momentum"] != first["momentum"]  # the run's start
     assert len(told) == 3
     assert [list(hp) for hp in told] == [["lr"]] * 3
     assert told[1] == {"lr": 0.2}
@@ -671,5 +673,8 @@ def test_hyperparams_set_from_a_dict_the_caller_goes_on_changing_keep_the_values
         run.params_changed(config)
         run.batch_end()
         run.epoch_end()
-    assert [p.hyperparams for p in rec.payloads("on_params_update")] == [{"lr": 0.01}]
+    assert [p.hyperparams for p in rec.payloads("on_params_update")] == [
+        {"lr": 0.1, "momentum": 0.9},  # the run's first, at its start
+        {"lr": 0.01},
+    ]
     assert run.hyperparams == config and run.hyperparams is not config

@@ -160,9 +160,12 @@ def test_fit_trace_is_canonical(tmp_path: Path) -> None:
     assert all(isinstance(v, float) for v in epoch.values())
     batch = rec.payloads("on_train_batch_end")[0].logs
     assert isinstance(batch["loss"], float)
-    # StepLR(step_size=1, gamma=.5) steps after each epoch: one change, before epoch 1
+    # The first rate at the run's start; StepLR(step_size=1, gamma=.5) steps after each
+    # epoch: one change, before epoch 1
     updates = rec.payloads("on_params_update")
-    assert [(u.epoch, u.hyperparams) for u in updates] == [(0, {"lr": pytest.approx(0.05)})]
+    assert [(u.epoch, u.hyperparams) for u in updates] == [
+        (None, {"lr": 0.1}), (0, {"lr": pytest.approx(0.05)})]  # fmt: skip
+    assert rec.names[rec.names.index("on_params_update") - 1] == "on_train_start"
     assert names.index("on_params_update") < names.index("on_train_epoch_start", 10)
 
 

@@ -59,7 +59,7 @@ def test_a_whole_fit_with_validation_checkpoints_a_schedule_and_a_stop(tmp_path:
     assert [p.epoch for p in rec.payloads("on_val_end")] == [0, 1, 2, None]  # + evaluate
     assert len(history["val_loss"]) == 3 and trainer.stop_training
     assert [(p.epoch, p.batch) for p in rec.payloads("on_params_update")] == [
-        (0, None), (1, None)
+        (None, None), (0, None), (1, None)  # the run's first rate at its start, then changes
     ]  # fmt: skip
     saves = [(p.epoch, Path(p.path).name) for p in rec.payloads("on_model_save")]
     per_epoch = [(e, name) for e in range(3) for name in ("last.npz", "best.npz")]

@@ -96,7 +96,7 @@ def test_canonical_order_over_shapes(
     assert len(rec.payloads("on_val_end")) == epochs * validate + 1  # + evaluate
     assert len(rec.payloads("on_model_save")) == epochs * checkpoint + 1  # + save()
     updates = rec.payloads("on_params_update")
-    assert len(updates) == (max(epochs - 1, 0) if schedule else 0)
+    assert len(updates) == 1 + (max(epochs - 1, 0) if schedule else 0)  # 1: the first rate
     n_predict = len(rec.payloads("on_predict_batch_end"))
     assert n_predict == math.ceil((n + n_val) / batch_size)
     for name, payload in rec.records:
@@ -478,12 +478,16 @@ def test_params_update_announces_every_lr_change_once() -> None:
 
     trainer.fit(x, y, epochs=4, batch_size=8)
     updates = rec.payloads("on_params_update")
-    # Between epochs, after the epoch's end: where PyTorch's scheduler.step() goes.
+    # The run's first rate at its start; then between epochs, after the epoch's end: where
+    # PyTorch's scheduler.step() goes.
     assert [(u.epoch, u.batch, u.hyperparams) for u in updates] == [
-        (1, None, {"lr": 0.005}), (2, None, {"lr": 0.001})
+        (None, None, {"lr": 0.01}), (1, None, {"lr": 0.005}), (2, None, {"lr": 0.001})
     ]  # fmt: skip
-    assert [u.step for u in updates] == [5, 8]  # the epoch's last optimizer step
-    for at in [i for i, name in enumerate(rec.names) if name == "on_params_update"]:
+    assert [u.step for u in updates] == [0, 5, 8]  # the epoch's last optimizer step
+    first, *between = [i for i, name in enumerate(rec.names) if name == "on_params_update"]
+    assert rec.names[first - 1 : first + 2] == [
+        "on_train_start", "on_params_update", "on_train_epoch_start"]  # fmt: skip
+    for at in between:
         assert rec.names[at - 1] == "on_fit_epoch_end"
         assert rec.names[at + 1] == "on_train_epoch_start"
 
@@ -495,7 +499,7 @@ def test_a_stopped_run_sets_no_rate_for_an_epoch_it_will_not_train() -> None:
     trainer = NumpyTrainer(bus=bus, lr_schedule=lambda e: 0.01 / (e + 1))
     bus.subscribe(events.on_epoch_end, lambda p: bus.request_stop() if p.epoch == 1 else None)
     trainer.fit(x, y, epochs=4, batch_size=8)
-    assert [u.epoch for u in rec.payloads("on_params_update")] == [0]
+    assert [u.epoch for u in rec.payloads("on_params_update")] == [None, 0]  # None: at the start
     assert trainer.lr == 0.005
 
 
@@ -511,7 +515,7 @@ def test_lr_set_by_a_subscriber_is_announced_after_the_next_step_or_at_the_epoch
     trainer.fit(x, y, epochs=2, batch_size=8)
     updates = rec.payloads("on_params_update")
     assert [(u.epoch, u.batch, u.step, u.hyperparams["lr"]) for u in updates] == [
-        (0, 1, 1, 0.005), (1, 1, 3, 0.0025)
+        (None, None, 0, 0.01), (0, 1, 1, 0.005), (1, 1, 3, 0.0025)
     ]  # fmt: skip
 
     bus = EventBus(check_order=True)
@@ -521,7 +525,7 @@ def test_lr_set_by_a_subscriber_is_announced_after_the_next_step_or_at_the_epoch
     trainer.fit(x, y, epochs=3, batch_size=8)
     updates = rec.payloads("on_params_update")
     assert [(u.epoch, u.batch, u.hyperparams["lr"]) for u in updates] == [
-        (0, None, 0.005), (1, None, 0.0025), (2, None, 0.00125)
+        (None, None, 0.01), (0, None, 0.005), (1, None, 0.0025), (2, None, 0.00125)
     ]  # fmt: skip
     assert_canonical_order(rec.names, emitted=ALL)
 

@@ -208,7 +208,8 @@ def test_reduce_lr_on_plateau_is_stepped_with_val_loss_and_announced() -> None:
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=0)
     fit(model, opt, torch.nn.functional.cross_entropy, train, epochs=3, bus=bus,
         val_loader=val, scheduler=sched)  # fmt: skip
-    updates = rec.payloads("on_params_update")
+    first, *updates = rec.payloads("on_params_update")
+    assert (first.epoch, first.batch) == (None, None)  # the run's first rate, at its start
     # Epochs 1 and 2 do not improve: each halves the rate, announced after its epoch's end
     # (the last one included: it used to wait for a step that never came).
     assert [(p.epoch, p.batch) for p in updates] == [(1, None), (2, None)]
@@ -252,11 +253,12 @@ def test_an_epoch_scheduler_change_is_announced_in_the_epoch_that_made_it(
     expected = [(e, after[e]) for e in range(epochs) if after[e] != before[e]]
     assert expected  # the case has changes to announce, the last one after the final epoch
 
-    updates = rec.payloads("on_params_update")
+    first, *updates = rec.payloads("on_params_update")
+    assert (first.epoch, first.hyperparams["lr"]) == (None, 0.4)  # the run's first, at its start
     assert [(p.epoch, p.hyperparams["lr"]) for p in updates] == expected
     assert all(p.batch is None for p in updates)
     follows = [rec.names[i - 1] for i, n in enumerate(rec.names) if n == "on_params_update"]
-    assert follows == ["on_fit_epoch_end"] * len(expected)
+    assert follows == ["on_train_start"] + ["on_fit_epoch_end"] * len(expected)
     assert updates[-1].hyperparams["lr"] == lr_of(opt)
     for epoch in range(epochs):  # every step of an epoch ran at the rate in force for it
         assert {rate for e, rate in used if e == epoch} == {before[epoch]}
@@ -306,7 +308,7 @@ def test_a_loader_whose_len_is_wrong_or_missing_changes_no_rate(kind: str) -> No
     assert {rate for e, rate in used if e == 1} == {0.2}
     updates = rec.payloads("on_params_update")
     assert [(p.epoch, p.batch, p.hyperparams["lr"]) for p in updates] == [
-        (0, None, 0.2), (1, None, 0.1),
+        (None, None, 0.4), (0, None, 0.2), (1, None, 0.1),  # the first rate, at the start
     ]  # fmt: skip
     assert_canonical_order(rec.names)
 

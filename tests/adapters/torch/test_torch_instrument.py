@@ -140,12 +140,13 @@ def test_a_scheduler_stepped_between_epochs_is_announced_after_each_epoch_end() 
     """``scheduler.step()`` after the epoch: announced between the epochs, where it happened,
     the change after the last epoch included (the old order had room only inside a batch)."""
     _, _, rec, (_, opt) = _run_both(epochs=3)
-    updates = rec.payloads("on_params_update")
+    first, *updates = rec.payloads("on_params_update")
+    assert (first.epoch, first.batch, first.hyperparams["lr"]) == (None, None, 0.2)  # at start
     assert [(p.epoch, p.batch) for p in updates] == [(0, None), (1, None), (2, None)]
     assert [p.hyperparams["lr"] for p in updates] == pytest.approx([0.1, 0.05, 0.025])
     assert opt.param_groups[0]["lr"] == pytest.approx(0.025)
     follows = [rec.names[i - 1] for i, n in enumerate(rec.names) if n == "on_params_update"]
-    assert follows == ["on_fit_epoch_end"] * 3
+    assert follows == ["on_train_start"] + ["on_fit_epoch_end"] * 3
     assert rec.names[-3:] == ["on_params_update", "on_train_end", "teardown"]
 
 
@@ -292,7 +293,8 @@ def test_params_update_per_batch_scheduler_and_hand_made_change() -> None:
                 sched.step()
                 if (epoch, batch) == (1, 1):
                     opt.param_groups[1]["momentum"] = 0.9  # by hand: not a scheduler
-    updates = rec.payloads("on_params_update")
+    first, *updates = rec.payloads("on_params_update")
+    assert (first.hyperparams["lr/pg0"], first.hyperparams["lr/pg1"]) == (0.1, 0.5)  # at start
     assert len(updates) == 6  # every batch changed the rate
     for k, p in enumerate(updates):
         assert p.hyperparams["lr/pg0"] == pytest.approx(0.1 / (k + 2))
@@ -462,7 +464,7 @@ def test_breaking_out_of_the_loops_still_closes_batch_and_epoch() -> None:
             break
     assert rec.names.count("on_train_batch_end") == 2
     assert rec.payloads("on_fit_epoch_end")[0].logs == {"loss": 0.5}
-    assert_canonical_order(rec.names, emitted=INSTRUMENTED - {"on_params_update"})
+    assert_canonical_order(rec.names, emitted=INSTRUMENTED)
 
 
 # -- bad input, state, pickling ---------------------------------------------------------------
@@ -596,7 +598,8 @@ def test_several_optimizers_are_all_watched_and_named_apart() -> None:
                     opt_d.param_groups[0]["lr"] = 0.005
     assert rec.names.count("optimizer_step") == 4
     assert [p.step for p in rec.payloads("optimizer_step")] == [0, 1, 2, 3]
-    (update,) = rec.payloads("on_params_update")
+    first, update = rec.payloads("on_params_update")
+    assert (first.hyperparams["lr/opt0"], first.hyperparams["lr/opt1"]) == (0.1, 0.01)  # start
     assert update.batch == 0
     assert update.hyperparams["lr/opt0"] == 0.1 and update.hyperparams["lr/opt1"] == 0.005
     assert "zero_grad" not in vars(opt_g) and "zero_grad" not in vars(opt_d)
@@ -684,7 +687,7 @@ def test_a_checkpoint_after_the_loop_comes_before_the_last_change_of_rate(
     assert_canonical_order(rec.names)
     assert rec.names[-5:] == ["on_fit_epoch_end", "on_model_save", "on_params_update",
                               "on_train_end", "teardown"]  # fmt: skip
-    assert [p.hyperparams["lr"] for p in rec.payloads("on_params_update")] == [0.2, 0.1]
+    assert [p.hyperparams["lr"] for p in rec.payloads("on_params_update")] == [0.4, 0.2, 0.1]
 
 
 def test_a_checkpoint_where_the_epoch_has_no_room_is_a_save_of_its_own(tmp_path: Any) -> None:
@@ -763,7 +766,8 @@ def test_an_empty_run_still_starts_ends_and_tears_down() -> None:
     with instrument(bus, torch.optim.SGD(mlp().parameters(), lr=0.1)):
         pass
     assert rec.names == ["on_pretrain_routine_start", "on_pretrain_routine_end",
-                         "on_train_start", "on_train_end", "teardown"]  # fmt: skip
+                         "on_train_start", "on_params_update", "on_train_end",
+                         "teardown"]  # fmt: skip
 
 
 # -- runs that share an optimizer, reused runs ---------------------------------------------------
@@ -880,7 +884,8 @@ def test_a_learning_rate_gone_nan_is_announced_once_not_every_batch() -> None:
                 torch.nn.functional.cross_entropy(model(x), y).backward()
                 opt.step()
                 opt.param_groups[0]["lr"] = float("nan")
-    updates = rec.payloads("on_params_update")
+    first, *updates = rec.payloads("on_params_update")
+    assert first.hyperparams["lr"] == 0.1  # the run's first rate, at its start
     assert [(p.epoch, p.batch) for p in updates] == [(0, 0)]
     assert updates[0].hyperparams["lr"] != updates[0].hyperparams["lr"]
     assert_canonical_order(rec.names)
