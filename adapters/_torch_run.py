@@ -99,7 +99,7 @@ class Run(Checkpoints):
         life.open()  # on_pretrain_routine_start (a failure there ends the run itself)
         try:
             self._watch = OptimizerWatch(self.optimizers, life)
-            life.hyperparams = hyperparams(self.optimizers)  # the run's first: not a change
+            life.first_hyperparams = lambda: hyperparams(self.optimizers)  # at train_start
             if self.checkpoint_dir is not None and self.rank == 0:
                 self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
             life.ready()

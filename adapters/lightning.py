@@ -174,6 +174,10 @@ class LightningCallback(pl.Callback):
             for path in lg.checkpoints(trainer, self._saved):
                 run.model_save(path, run.logs)
 
+    def _first_rates(self, trainer: pl.Trainer) -> dict[str, float]:
+        self._lrs = lg.learning_rates(trainer)
+        return self._lrs
+
     def _lr_changed(self, trainer: pl.Trainer, run: Run) -> None:
         if self.bus.listening(ev.on_params_update):
             rates = lg.learning_rates(trainer)
@@ -197,7 +201,7 @@ class LightningCallback(pl.Callback):
             return
         run.initial_epoch = trainer.current_epoch
         run.ready(params=lg.params(trainer))
-        run.hyperparams = self._lrs = lg.learning_rates(trainer)  # announced from the start
+        run.first_hyperparams = partial(self._first_rates, trainer)  # announced at the start
         run.train_start()
         self._check_stop(trainer)
 

@@ -261,8 +261,7 @@ class NumpyTrainer:
                 # step counts the trainer's optimizer steps over every fit, as Keras does.
                 run.initial_epoch, run.step = args.initial_epoch, self.iterations
                 run.ready(params=args.params)
-                run.hyperparams = {"lr": self.lr}  # the run's first rate: announced at its start
-                self._announced_lr = self.lr
+                run.first_hyperparams = self._first_rate  # announced at the run's start
                 run.train_start()
                 self._stopping(run)
                 for epoch in run.epochs(args.epochs):
@@ -330,7 +329,7 @@ class NumpyTrainer:
         if self._optimizer is None:
             self._optimizer = mlp.make_optimizer(self.optimizer_name, self._lr, self.momentum)
         if self.lr_schedule is not None:
-            # The run's first rate, not a change: nothing to announce.
+            # The run's first rate: announced at the run's start (_first_rate).
             self._scheduled_lr(initial_epoch)
             self._announced_lr = self.lr
 
@@ -345,6 +344,10 @@ class NumpyTrainer:
     def _scheduled_lr(self, epoch: int) -> None:
         assert self.lr_schedule is not None
         self.lr = _check_lr(self.lr_schedule(epoch), f"lr_schedule({epoch})")
+
+    def _first_rate(self) -> dict[str, float]:
+        self._announced_lr = self.lr
+        return {"lr": self.lr}
 
     def _announce_lr(self, run: Run) -> None:
         """``on_params_update`` if the rate changed since it was last announced."""

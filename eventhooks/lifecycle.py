@@ -24,7 +24,7 @@ method                      emits                                     fills in f
 ``Run(...)`` entered        on_pretrain_routine_start                 (forgets a stop request)
 ``ready()``                 on_pretrain_routine_end
 ``train_start()``           on_train_start, then on_params_update     ready
-                            of the first ``hyperparams`` if set
+                            of ``first_hyperparams()`` if set
 ``epoch_start(epoch)``      on_train_epoch_start (again: a restart)   ready, train_start
 ``batch_start()``           on_train_batch_start (batch += 1)
 ``zero_grad()``             on_before_zero_grad
@@ -209,6 +209,8 @@ class Run(_Session):
         self.step = 0  # optimizer steps taken in the run
         self.logs: dict[str, Any] = {}  # the last epoch's logs
         self._hyperparams: dict[str, float] = {}
+        #: Reads the hyper-parameters the run starts with, at ``train_start`` (see there).
+        self.first_hyperparams: Callable[[], Mapping[str, float]] | None = None
         self._batch_logs: LazyLogs = None  # the last batch's, as given
         self._closed = False
         self._epoch_open = False
@@ -328,11 +330,15 @@ class Run(_Session):
         self._emit(ev.on_pretrain_routine_end)
 
     def train_start(self) -> None:
-        """Training begins; the run's first ``hyperparams`` (set before, where the adapter
-        knows them) follow as ``on_params_update``: a tracker's learning rate starts at 0."""
+        """Training begins; then the run's first hyper-parameters (``first_hyperparams``, read
+        now: ``on_train_start``'s subscribers may have set them) become ``hyperparams`` and
+        are announced (``epoch`` None), so that a tracker's learning rate starts at epoch 0."""
         self._fill_then(ev.on_train_start, epoch=self.initial_epoch)
+        if self.first_hyperparams is not None:
+            self._hyperparams = dict(self.first_hyperparams())
         if self._hyperparams and self.bus.listening(ev.on_params_update):
-            self.params_update(self._hyperparams)
+            self._emit(ev.on_params_update, epoch=None, batch=None, step=max(self.step - 1, 0),
+                       hyperparams=dict(self._hyperparams))  # fmt: skip
 
     def epochs(self, epochs: int) -> Iterator[int]:
         """``initial_epoch`` up to ``epochs``, each opened with ``epoch_start``; an epoch the
@@ -383,7 +389,8 @@ class Run(_Session):
         self.step += 1
 
     def params_update(self, hyperparams: Mapping[str, float]) -> None:
-        """Hyper-parameters changed: inside a batch, after a step, or between epochs."""
+        """Hyper-parameters changed: inside a batch, after a step, or between epochs (the
+        run's first ones are announced by ``train_start``)."""
         batch = self.batch if self._in_batch else None
         self._hyperparams.update(hyperparams)
         self._emit(ev.on_params_update, epoch=self.epoch, batch=batch,

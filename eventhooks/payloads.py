@@ -245,7 +245,8 @@ class StepPayload(Payload):
 
 
 class ParamsUpdatePayload(StepPayload):
-    """Hyper-parameters changed (``{"lr": 0.01}``, or ``{"lr/pg1": ...}`` per param group)."""
+    """The run's first hyper-parameters (``epoch`` None, after ``on_train_start``), then each
+    change (``{"lr": 0.01}``, or ``{"lr/pg1": ...}`` per param group)."""
 
     hyperparams: dict[str, float] = Field(default_factory=dict)
 

@@ -178,10 +178,9 @@ class TensorBoard(Callback):
       latest value announced before an epoch's end is that epoch's train
       ``epoch_learning_rate...`` (what Keras writes: the optimizer's rate at the epoch's end),
       unless the epoch's logs have that tag already (their value is History's). The PyTorch,
-      Lightning and NumPy adapters announce the run's first rates right after
-      ``on_train_start`` and HF's at its first step, so the curve starts at epoch 0; Keras'
-      adapter announces none. With ``update_freq`` each written batch step also gets
-      ``batch_learning_rate...``.
+      Lightning, NumPy and HF adapters announce the run's first rates right after
+      ``on_train_start``, so the curve starts at epoch 0; Keras' adapter announces none.
+      With ``update_freq`` each written batch step also gets ``batch_learning_rate...``.
     * the run's ``params`` at ``on_train_start``, as a markdown table in the text plugin: tag
       ``params`` of the train run, step 0 (nothing when the trainer gives no params).
 

@@ -678,3 +678,28 @@ def test_hyperparams_set_from_a_dict_the_caller_goes_on_changing_keep_the_values
         {"lr": 0.01},
     ]
     assert run.hyperparams == config and run.hyperparams is not config
+
+
+@pytest.mark.parametrize("initial_epoch", [None, 2])
+def test_the_first_hyperparams_are_read_after_on_train_start_and_announced_with_no_epoch(
+    initial_epoch: int | None,
+) -> None:
+    """``first_hyperparams`` is read once ``on_train_start``'s subscribers have run (one may
+    set the rate) and announced right after it with ``epoch`` None, also when ``epoch_start``
+    fills ``train_start`` in (a resumed run included); later reads compare with it."""
+    bus, rec = recorded(check_order=True)
+    rate = {"lr": 0.1}
+    bus.subscribe("on_train_start", lambda p: rate.update(lr=0.02))
+    with Run(bus, initial_epoch=initial_epoch) as run:
+        run.first_hyperparams = lambda: dict(rate)
+        for _ in run.epochs(3):
+            run.batch_start()
+            run.optimizer_step()
+            run.params_changed(dict(rate))  # unchanged since the start: nothing
+            run.batch_end()
+    (first,) = rec.payloads("on_params_update")
+    assert (first.epoch, first.batch, first.hyperparams) == (None, None, {"lr": 0.02})
+    at = rec.names.index("on_params_update")
+    assert rec.names[at - 1 : at + 2] == ["on_train_start", "on_params_update",
+                                          "on_train_epoch_start"]  # fmt: skip
+    assert run.hyperparams == {"lr": 0.02}

@@ -911,3 +911,22 @@ def test_breaking_out_of_a_validation_after_the_last_epoch_still_ends_it() -> No
     ]  # fmt: skip
     assert [p.logs for p in rec.payloads("on_val_end")] == [{"loss": 0.5}]
     assert rec.payloads("teardown")[0].error is None
+
+
+def test_a_rate_set_inside_the_run_before_its_epochs_is_the_first_one_announced() -> None:
+    """The run's first rate is read when training starts, not when the run is entered: a
+    rate set (or a warm-up scheduler built) in between is the one announced, once."""
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    model, train = mlp(), data(4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with instrument(bus, opt) as run:
+        opt.param_groups[0]["lr"] = 0.05
+        for _ in run.epochs(2):
+            for x, y in run.batches(train):
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+    (first,) = rec.payloads("on_params_update")
+    assert (first.epoch, first.batch, first.hyperparams["lr"]) == (None, None, 0.05)
+    assert_canonical_order(rec.names)
