@@ -25,10 +25,11 @@ from ..payloads import (
     CheckpointPayload,
     EpochPayload,
     ExportPayload,
+    ParamsUpdatePayload,
     RunPayload,
     TeardownPayload,
 )
-from ..plot import MissingExtraError
+from ..plot import MissingExtraError, is_learning_rate
 from ._monitor import trainer_name
 
 if TYPE_CHECKING:
@@ -165,6 +166,7 @@ class _OpenRun:
     saved: dict[str, None] = field(default_factory=dict)  # log_checkpoints="end": paths seen
     batches: int = 0  # training batches heard (the global step of batch metrics)
     refused: bool = False  # MLflow failed to create it: on_train_start tries again
+    hyper: dict[str, float] = field(default_factory=dict)  # latest announced, logged as metrics
 
 
 class MLflowLogger(Callback):
@@ -191,6 +193,13 @@ class MLflowLogger(Callback):
       mixed into that curve). A name MLflow refuses is renamed (:func:`mlflow_name`:
       ``val acc%`` is logged as ``val acc_``), with a warning once, and listed in
       ``renamed``: training is not stopped by a name.
+    * **Learning rates**: the latest announced by ``on_params_update`` (``lr``, ``lr_0``,
+      ``lr/pg1``, ``learning_rate``..., named as the adapter announces them), with each
+      epoch's metrics (the rate in effect at the epoch's end, as Keras logs it) and with each
+      logged batch's (``batch/lr``), unless the logs already have that key (Ultralytics'
+      ``lr/pg0``). ``all_hyperparams=True`` logs every announced hyper-parameter so
+      (``momentum``...). Lightning's ``LearningRateMonitor`` and HF's ``learning_rate`` give
+      the same curve in their own loggers.
     * **Artifacts**: each ``on_model_save`` path (a file, or a folder) under
       ``checkpoints/``, each ``on_export_end`` path under ``exports/``
       (``log_checkpoints=False``, ``log_exports=False``: none). ``log_checkpoints="end"``
@@ -230,6 +239,7 @@ class MLflowLogger(Callback):
         log_checkpoints: bool | Literal["end"] = True,
         log_exports: bool = True,
         artifact_location: str | None = None,
+        all_hyperparams: bool = False,
     ) -> None:
         if log_every_n_batches is not None and (
             isinstance(log_every_n_batches, bool)
@@ -260,6 +270,7 @@ class MLflowLogger(Callback):
         self.log_checkpoints = log_checkpoints
         self.log_exports = log_exports
         self.artifact_location = artifact_location
+        self.all_hyperparams = all_hyperparams
         #: The MLflow run of the current (or last) training run; None before the first.
         self.run_id: str | None = None
         #: Every MLflow run this logger opened, in order.
@@ -420,12 +431,20 @@ class MLflowLogger(Callback):
                 self._runs[-1].started = True
         self._params(self._runs[-1], payload.params)
 
+    def on_params_update(self, payload: ParamsUpdatePayload) -> None:
+        run = self._current()
+        if run is None or payload.rank != 0:
+            return
+        for key, value in payload.hyperparams.items():
+            if self.all_hyperparams or is_learning_rate(key):
+                run.hyper[key] = value
+
     def on_fit_epoch_end(self, payload: EpochPayload) -> None:
         run = self._current()
         if run is None or payload.rank != 0:
             return
         self._params(run, payload.params)
-        self._metrics(run, payload.logs, payload.epoch, "")
+        self._metrics(run, {**run.hyper, **payload.logs}, payload.epoch, "")
 
     def _batch_end(self, payload: BatchPayload) -> None:
         """``on_train_batch_end``, subscribed only with ``log_every_n_batches``."""
@@ -435,8 +454,8 @@ class MLflowLogger(Callback):
         step = run.batches
         run.batches += 1
         every = self.log_every_n_batches
-        if every is not None and (step + 1) % every == 0 and payload.logs:
-            self._metrics(run, payload.logs, step, "batch/")
+        if every is not None and (step + 1) % every == 0:
+            self._metrics(run, {**run.hyper, **payload.logs}, step, "batch/")
 
     def on_model_save(self, payload: CheckpointPayload) -> None:
         if not self.log_checkpoints or payload.rank != 0:

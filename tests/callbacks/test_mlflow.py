@@ -226,9 +226,11 @@ def test_a_numpy_run_is_one_mlflow_run_with_what_history_recorded(uri: str, tmp_
     assert run.data.tags["eventhooks.trainer"] == "eventhooks.adapters.numpy.NumpyTrainer"
     assert {"mlflow.user", "mlflow.source.name"} <= set(run.data.tags)  # as start_run adds
     assert run.data.params == {"verbose": "0", "epochs": "3", "steps": "6", "batch_size": "16"}
-    assert set(run.data.metrics) == set(history.history)
+    # History's metrics, and the learning rate the trainer announced (its default, 0.001)
+    assert set(run.data.metrics) == {*history.history, "lr"}
     for key, values in history.history.items():
         assert _history(client, run.info.run_id, key) == list(enumerate(values)), key
+    assert _history(client, run.info.run_id, "lr") == [(0, 0.001), (1, 0.001), (2, 0.001)]
     assert _artifacts(client, run.info.run_id) == {
         "checkpoints/ckpt-01.npz", "checkpoints/ckpt-02.npz", "checkpoints/ckpt-03.npz",
         "checkpoints/final.npz", "exports/model.json",
@@ -251,6 +253,65 @@ def test_every_n_batches_logs_batch_metrics_with_the_global_step(uri: str) -> No
     expected = [(step, seen[step]["loss"]) for step in range(1, 12, 2)]
     assert _history(client, logger.run_id, "batch/loss") == expected
     assert [s for s, _ in _history(client, logger.run_id, "loss")] == [0, 1]
+
+
+def test_learning_rates_are_logged_as_announced_with_epochs_and_batches(uri: str) -> None:
+    """A schedule's rates, with the epochs (the rate in effect at each epoch's end, as
+    TensorBoard writes it) and with the logged batches; as the trainer announced them."""
+    bus = EventBus(check_order=True)
+    logger = MLflowLogger(uri, _experiment(), log_every_n_batches=3)
+    bus.attach(logger)
+    announced: list[tuple[int | None, dict[str, float]]] = []
+    bus.on(events.on_params_update)(lambda p: announced.append((p.epoch, dict(p.hyperparams))))
+    x, y, _, _ = blobs(1)  # 90 samples, batches of 16: 6 a epoch
+    NumpyTrainer(bus=bus, hidden=(8,), seed=0, lr=0.1,
+                 lr_schedule=lambda epoch: 0.1 / (epoch + 1)).fit(x, y, epochs=3, batch_size=16)
+    assert announced == [(None, {"lr": 0.1}), (0, {"lr": 0.05}), (1, {"lr": 0.1 / 3})]
+    client = MlflowClient(uri)
+    assert logger.run_id is not None
+    assert _history(client, logger.run_id, "lr") == [(0, 0.1), (1, 0.05), (2, 0.1 / 3)]
+    assert _history(client, logger.run_id, "batch/lr") == [
+        (2, 0.1), (5, 0.1), (8, 0.05), (11, 0.05), (14, 0.1 / 3), (17, 0.1 / 3)]  # fmt: skip
+
+
+def test_other_hyperparameters_only_when_asked_and_logs_win(local_uri: str) -> None:
+    for every in (False, True):
+        bus = EventBus()
+        logger = MLflowLogger(local_uri, _experiment(), all_hyperparams=every)
+        bus.attach(logger, background=False)
+        with Run(bus) as run:
+            run.train_start()
+            run.params_update({"lr/pg0": 0.1, "lr/pg1": 0.01, "momentum": 0.9})
+            for epoch in run.epochs(2):
+                # HF and Ultralytics put a rate in the epoch's logs too: that value is logged
+                run.epoch_end({"loss": 1.0, "lr/pg0": 0.5 * (epoch + 1)})
+                run.params_update({"lr/pg1": 0.005})  # a change: the others are kept
+        client = MlflowClient(local_uri)
+        assert logger.run_id is not None
+        assert _history(client, logger.run_id, "lr/pg0") == [(0, 0.5), (1, 1.0)]
+        assert _history(client, logger.run_id, "lr/pg1") == [(0, 0.01), (1, 0.005)]
+        momentum = _history(client, logger.run_id, "momentum")
+        assert momentum == ([(0, 0.9), (1, 0.9)] if every else [])
+
+
+def test_a_nested_runs_rates_stay_in_its_own_mlflow_run(local_uri: str) -> None:
+    bus = EventBus()
+    logger = MLflowLogger(local_uri, _experiment())
+    bus.attach(logger, background=False)
+    with Run(bus) as outer:
+        outer.train_start()
+        outer.params_update({"lr": 0.1})
+        for _ in outer.epochs(1):
+            with Run(bus) as inner:  # a subscriber's own run, say
+                inner.train_start()
+                inner.params_update({"lr": 7.0})
+                for _ in inner.epochs(1):
+                    inner.epoch_end({"loss": 2.0})
+            outer.epoch_end({"loss": 1.0})
+    client = MlflowClient(local_uri)
+    first, second = logger.run_ids
+    assert _history(client, first, "lr") == [(0, 0.1)]
+    assert _history(client, second, "lr") == [(0, 7.0)]
 
 
 # -- failures ----------------------------------------------------------------------------------
