@@ -8,7 +8,9 @@ epoch ends (History, EarlyStopping, one more); with History, EarlyStopping and a
 the batch logs (an ``.item()`` and a validated payload per batch); and the ready-made
 ``fit`` with the latter three. Variants run round by round, their order rotating, so that
 machine noise and position hit them all alike. A second table isolates the adapter's own
-cost per batch, on a loop whose model work is nil.
+cost per batch, on a loop whose model work is nil. A third shows why a cost measured in a tight
+loop is not what a training loop pays: code run once per step finds the CPU's caches filled
+with the step's work, so the same emit costs several times more right after a step.
 
 Run: ``.venv/bin/python benchmarks/bench_torch.py``
 """
@@ -33,6 +35,7 @@ from _timing import table  # noqa: E402
 from eventhooks import EventBus, events  # noqa: E402
 from eventhooks.adapters.torch import fit, instrument  # noqa: E402
 from eventhooks.callbacks import EarlyStopping, History  # noqa: E402
+from eventhooks.payloads import BatchPayload  # noqa: E402
 
 # HIDDEN 448: a step of about 1.1 ms on this machine (the issue's "~1 ms steps"; 224 gave 0.45 ms).
 DIM, HIDDEN, CLASSES, BATCH, BATCHES, ROUNDS = 64, 448, 10, 64, 200, 21
@@ -196,6 +199,62 @@ def per_batch_overhead(rounds: int = 15) -> list[tuple[str, float]]:
     return [(name, min(t) / len(items) * 1e9) for name, t in times.items()]
 
 
+class _Plain:
+    """A payload that is not a pydantic model: what a batch event would cost unvalidated."""
+
+    __slots__ = ("batch", "epoch", "logs")
+
+    def __init__(self, batch: int, epoch: int, logs: dict[str, float]) -> None:
+        self.batch, self.epoch, self.logs = batch, epoch, logs
+
+
+def after_a_step(steps: int = 1200) -> list[tuple[str, float, float]]:
+    """Median ns of one call right after a real training step (caches cold: what a hook pays)
+    and in a tight loop (warm: what a micro-benchmark shows), for a few per-batch costs."""
+    net, batches = model(), data()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    bus = EventBus()
+    bus.subscribe(events.on_train_batch_end, lambda p: p.logs["loss"])
+    validate = BatchPayload.__pydantic_validator__.validate_python
+    loss = torch.zeros(())
+
+    def bare(i: int) -> None:
+        pass
+
+    cases: dict[str, Callable[[int], object]] = {
+        "a bare Python call": bare,
+        "`bus.emit` of a batch end, 1 subscriber": lambda i: bus.emit(
+            events.on_train_batch_end, batch=i, epoch=0, logs={"loss": 1.0}),
+        "pydantic validating that payload alone": lambda i: validate(
+            {"batch": i, "epoch": 0, "logs": {"loss": 1.0}}).logs["loss"],
+        "a plain object with the same fields, made and read": lambda i: _Plain(
+            i, 0, {"loss": 1.0}).logs["loss"],
+        "a 0-d tensor's `.item()`": lambda i: loss.item(),
+    }  # fmt: skip
+    names = list(cases)
+    cold: dict[str, list[int]] = {name: [] for name in names}
+    clock = time.perf_counter_ns
+    for step in range(steps):
+        x, y = batches[step % len(batches)]
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()  # type: ignore[no-untyped-call]
+        opt.step()
+        name = names[step % len(names)]
+        fn = cases[name]
+        start = clock()
+        fn(step)
+        cold[name].append(clock() - start)
+    rows = []
+    for name in names:
+        fn, warm = cases[name], []
+        for i in range(3000):
+            start = clock()
+            fn(i)
+            warm.append(clock() - start)
+        rows.append((name, statistics.median(cold[name][5:]), statistics.median(warm[500:])))
+    return rows
+
+
 def main() -> str:
     torch.set_num_threads(1)
     batches = data()
@@ -231,6 +290,12 @@ def main() -> str:
             (label, f"{v:,.0f}", f"{v - floor:,.0f}", f"{(v - floor) / step_ns * 100:.3f}%")
             for label, v in overhead
         ],
+    )
+    text += "\n" + table(
+        "One call right after a training step (caches cold), and in a tight loop (warm): "
+        "median ns, the timer's own cost included in both",
+        ("call", "after a step (ns)", "tight loop (ns)", "cold / warm"),
+        [(label, f"{c:,.0f}", f"{w:,.0f}", f"{c / w:.1f}x") for label, c, w in after_a_step()],
     )
     print(text)
     return text
