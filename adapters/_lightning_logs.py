@@ -65,8 +65,14 @@ def batch_logs(trainer: pl.Trainer, val_keys: set[str], outputs: Any) -> dict[st
 
     Read without ``trainer.callback_metrics``, which recomputes every metric: what it would
     hold now is the values logged on step this batch (their forward caches in Lightning's
-    result collection, already synced as ``sync_dist`` asked), over what it kept before."""
+    result collection, already synced as ``sync_dist`` asked), over what it kept before.
+    Under automatic optimization Lightning hands the hook the loss divided by
+    ``accumulate_grad_batches``: it is multiplied back, so ``loss`` is what the step returned."""
     given = output_logs(outputs)
+    if "loss" in given and trainer.accumulate_grad_batches != 1 and getattr(
+        trainer.lightning_module, "automatic_optimization", False
+    ):  # fmt: skip
+        given["loss"] *= trainer.accumulate_grad_batches
     try:
         connector: Any = trainer._logger_connector
         results: Any = trainer.fit_loop.epoch_loop._results  # ``trainer._results`` here
@@ -87,17 +93,42 @@ def batch_logs(trainer: pl.Trainer, val_keys: set[str], outputs: Any) -> dict[st
     return logs
 
 
+def epoch_train_logs(trainer: pl.Trainer, val_keys: set[str]) -> dict[str, float]:
+    """The training part of the epoch's logs, as ``callback_metrics`` holds it at
+    ``on_train_epoch_end``: each metric's epoch value (its mean...) over its last step's.
+
+    Read from the training loop's own results, so that it is right before the epoch's
+    validation too (Lightning validates before it computes the epoch's values: they are
+    computed here, synced as ``sync_dist`` asks, on every rank at the same point), and a name
+    that validation also logs keeps its training value. Failing that, :func:`train_logs`."""
+    try:
+        results: Any = trainer.fit_loop.epoch_loop._results
+        if not results.training:
+            raise AttributeError("not the training results")
+        step, epoch = results.metrics(True)["callback"], results.metrics(False)["callback"]
+    except (AttributeError, KeyError, TypeError):
+        return train_logs(trainer, val_keys)
+    return train_logs(trainer, set(), {**step, **epoch})
+
+
 def logged_in_validation(trainer: pl.Trainer, before: Mapping[str, Any]) -> set[str]:
     """At a validation's end: the names its metrics have in ``callback_metrics`` (``name``,
-    ``name_epoch``...), from the validation loop's own results (``trainer._results``, the
-    active loop's); failing that, what changed since ``before`` (its start)."""
+    ``name_epoch``, ``name/dataloader_idx_1``...), from the validation loop's own results
+    (``trainer._results``, the active loop's), every dataloader's; failing that, what changed
+    since ``before`` (its start)."""
     results: Any = getattr(trainer, "_results", None)
     try:
-        return set(results.metrics(False)["callback"])
+        names: set[str] = set()
+        for metric in results.values():
+            if metric.meta.on_epoch and not metric.has_reset:
+                names.update(results._forked_name(metric, False))
+        if names:
+            return names
     except (AttributeError, KeyError, TypeError):
-        metrics = trainer.callback_metrics
-        return {k for k, v in metrics.items()
-                if k not in before or to_float(before[k]) != to_float(v)}  # fmt: skip
+        pass
+    metrics = trainer.callback_metrics
+    return {k for k, v in metrics.items()
+            if k not in before or to_float(before[k]) != to_float(v)}  # fmt: skip
 
 
 def learning_rates(trainer: pl.Trainer) -> dict[str, float]:

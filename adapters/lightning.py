@@ -11,20 +11,25 @@ Lightning                                       lifecycle
 sanity-check validation                         nothing (not an epoch's validation; it learns
                                                 which metrics are validation metrics)
 ``on_train_start``                              ``ready`` (params now known), ``train_start``
+                                                (a resumed fit: epoch and step go on from the
+                                                checkpoint's)
 ``on_train_epoch_start``                        checkpoints written since (``model_save``), a
-                                                learning-rate change, ``epoch_start``
+                                                learning-rate change, ``epoch_start`` (a fit
+                                                resumed mid-epoch has none: at its first batch)
 ``on_train_batch_start`` / ``_end``             ``batch_start`` / ``batch_end`` (``loss`` and
                                                 the module's step metrics, as floats)
 ``on_before_zero_grad``                         ``zero_grad``
 ``on_before_optimizer_step``                    ``optimizer_step`` (``step`` counts these: an
                                                 accumulating batch has none)
-the epoch's ``on_validation_start``              ``train_epoch_end`` (training metrics), then
-(the last batch's, or after a stop)             ``run.validation()`` (``val_*`` metrics);
+the epoch's ``on_validation_start``              ``train_epoch_end`` (the epoch's training
+(the last batch's, or after a stop that         metrics, computed now), then
+Lightning honours: ``min_epochs`` met)          ``run.validation()`` (``val_*`` metrics);
                                                 a mid-epoch one (``val_check_interval < 1``)
                                                 is not reported
 ``on_train_epoch_end``                          ``train_epoch_end`` if no validation ran,
                                                 checkpoints written at ``on_validation_end``,
-                                                ``epoch_end`` (training and ``val_*`` metrics)
+                                                ``epoch_end`` (training metrics, and ``val_*``
+                                                if this epoch validated)
 ``on_train_end``                                last checkpoints, ``train_end``
 ``teardown(stage="fit")``                       ``teardown``
 ``on_exception``                                ``teardown`` carrying the error
@@ -34,7 +39,8 @@ the epoch's ``on_validation_start``              ``train_epoch_end`` (training m
 ==============================================  ===============================================
 
 Logs are floats read from ``trainer.callback_metrics`` (a batch's are what it would hold, read
-from Lightning's results without its recomputing every metric). Validation metrics are told from
+from Lightning's results without its recomputing every metric; their ``loss`` is the step's,
+not Lightning's divided by ``accumulate_grad_batches``). Validation metrics are told from
 training ones by what the validation loop logged (learnt at each validation's end, the sanity
 check's included); inside a fit they are named ``val_*`` (``val_loss`` stays, ``acc`` becomes
 ``val_acc``, ``val/x`` becomes ``val_x``). ``loss`` is added from ``train_loss`` (or
@@ -108,6 +114,8 @@ class LightningCallback(pl.Callback):
         self._before_val: dict[str, Any] = {}
         self._saved: dict[str, int] = {}  # checkpoint path -> mtime reported
         self._lrs: dict[str, float] = {}
+        self._epoch_train: dict[str, float] | None = None  # at this epoch's validation's start
+        self._epoch_val: dict[str, float] | None = None  # at its end: none, none validated
         self._batches = self._starts = self._steps = True  # this epoch's (``_decide``)
         self._steps_at = 0  # trainer.global_step when the steps stopped being counted
         cls, ours = type(self), LightningCallback  # hooks a subclass overrides stay on
@@ -164,8 +172,12 @@ class LightningCallback(pl.Callback):
         logs = lg.floats(trainer.callback_metrics, self._val_keys)
         return {lg.val_name(k): v for k, v in logs.items()} if fit else logs
 
-    def _epoch_logs(self, trainer: pl.Trainer) -> dict[str, float]:
-        return {**lg.train_logs(trainer, self._val_keys), **self._val_logs(trainer, fit=True)}
+    def _open_epoch(self, trainer: pl.Trainer, run: Run) -> bool:
+        """Whether an epoch is open; one is opened here if Lightning skipped its start (a fit
+        resumed from a checkpoint written mid-epoch, or at its last batch)."""
+        if not run.in_epoch and run.allows(ev.on_train_epoch_start):
+            self._epoch_start(trainer, run)
+        return run.in_epoch
 
     def _report_saves(self, trainer: pl.Trainer) -> None:
         """``on_model_save`` for each ModelCheckpoint file written since the last look."""
@@ -199,20 +211,24 @@ class LightningCallback(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if (run := self._live()) is None:
             return
-        run.initial_epoch = trainer.current_epoch
+        run.initial_epoch = trainer.current_epoch  # a resumed fit goes on from its checkpoint's
+        run.step = trainer.global_step  # epoch and optimizer step, as Lightning's loggers do
         run.ready(params=lg.params(trainer))
         run.first_hyperparams = partial(self._first_rates, trainer)  # announced at the start
         run.train_start()
         self._check_stop(trainer)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if (run := self._live()) is None:
-            return
+        if (run := self._live()) is not None:
+            self._epoch_start(trainer, run)
+
+    def _epoch_start(self, trainer: pl.Trainer, run: Run) -> None:
         if not self._steps:  # not counted last epoch
             run.step += trainer.global_step - self._steps_at
         self._report_saves(trainer)
         if run.epoch is not None:
             self._lr_changed(trainer, run)
+        self._epoch_train = self._epoch_val = None
         run.epoch_start(trainer.current_epoch)
         self._decide(trainer)
         self._check_stop(trainer)
@@ -220,7 +236,7 @@ class LightningCallback(pl.Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if not self._starts or (run := self._live()) is None:
+        if not self._starts or (run := self._live()) is None or not self._open_epoch(trainer, run):
             return
         self._report_saves(trainer)  # a checkpoint every N training steps
         run.batch_start(batch_idx)
@@ -242,19 +258,23 @@ class LightningCallback(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
         batch_idx: int,
     ) -> None:  # fmt: skip
-        if self._batches and (run := self._live()) is not None:
+        if self._batches and (run := self._live()) is not None and self._open_epoch(trainer, run):
             if not self._starts:  # nobody hears the batch's start: begun here, unheard
                 run.batch_start(batch_idx)
             run.batch_end(partial(lg.batch_logs, trainer, self._val_keys, outputs))  # if heard
         self._check_stop(trainer)  # always on: a stop asked from outside any hook
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if (run := self._live()) is None or not run.in_epoch:
+        if (run := self._live()) is None or not self._open_epoch(trainer, run):
             return
+        train = self._epoch_train
         if run.allows(ev.on_train_epoch_end):  # this epoch did not validate
-            run.train_epoch_end(lg.train_logs(trainer, self._val_keys))
+            train = lg.epoch_train_logs(trainer, self._val_keys)
+            run.train_epoch_end(train)
         self._report_saves(trainer)  # saved at on_validation_end (validation every n epochs)
-        run.epoch_end(self._epoch_logs(trainer))
+        if train is None:
+            train = lg.epoch_train_logs(trainer, self._val_keys)
+        run.epoch_end({**train, **(self._epoch_val or {})})  # no val_* without a validation
         self._check_stop(trainer, epoch_end=True)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -285,11 +305,14 @@ class LightningCallback(pl.Callback):
         if run is None:  # trainer.validate: a session of its own, metrics as logged
             self._val_keys = set()
             self._val = Validation(self.bus, **lg.context(trainer))
-        elif run.in_epoch and (
-            trainer.fit_loop.epoch_loop.batch_progress.is_last_batch or trainer.should_stop
-        ):  # the epoch's validation: its training part ended
+        elif self._open_epoch(trainer, run) and (
+            trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+            or (trainer.should_stop and getattr(trainer.fit_loop, "_can_stop_early", True))
+        ):  # the epoch's validation: its training part ended (a stop asked before min_epochs
+            # does not end it: Lightning validates as usual and goes on)
+            self._epoch_train = lg.epoch_train_logs(trainer, self._val_keys)
             if run.allows(ev.on_train_epoch_end):
-                run.train_epoch_end(lg.train_logs(trainer, self._val_keys))
+                run.train_epoch_end(self._epoch_train)
             self._report_saves(trainer)
             self._val = run.validation()
         else:  # mid-epoch (val_check_interval < 1), or outside the epochs: not reported
@@ -321,7 +344,11 @@ class LightningCallback(pl.Callback):
             return
         val, self._val = self._val, None
         if val is not None:
-            val.end(self._val_logs(trainer, fit=self._live() is not None))
+            in_fit = self._live() is not None
+            logs = self._val_logs(trainer, fit=in_fit)
+            if in_fit:
+                self._epoch_val = logs
+            val.end(logs)
             self._check_stop(trainer)
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

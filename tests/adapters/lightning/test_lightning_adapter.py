@@ -201,6 +201,32 @@ def test_gradient_accumulation(tmp_path: Path) -> None:
     assert len(rec.payloads("on_train_batch_end")) == 6
 
 
+class Returned(Tiny):
+    """Logs nothing in training: the batch logs' ``loss`` is the one it returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.returned: list[float] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = nn.functional.mse_loss(self(x), y)
+        self.returned.append(float(loss.detach()))
+        return loss
+
+
+@pytest.mark.parametrize("accumulate", [1, 3])
+def test_batch_loss_is_the_returned_one_when_accumulating(tmp_path: Path, accumulate: int) -> None:
+    """Lightning hands ``on_train_batch_end`` the loss divided by ``accumulate_grad_batches``
+    (bug: the batch logs said 1/3 of the loss)."""
+    bus = EventBus()
+    heard: list[float] = []
+    bus.subscribe("on_train_batch_end", lambda p: heard.append(p.logs["loss"]))
+    module = Returned()
+    fit(tmp_path, bus, module, val=False, max_epochs=1, accumulate_grad_batches=accumulate)
+    assert heard == pytest.approx(module.returned, rel=1e-6) and len(heard) == 3
+
+
 # -- built-in subscribers --------------------------------------------------------------------
 
 
@@ -426,12 +452,79 @@ def test_validation_twice_per_epoch(tmp_path: Path) -> None:
 
 
 def test_validation_every_other_epoch(tmp_path: Path) -> None:
+    """An epoch that did not validate has no ``val_*`` (as Keras' ``validation_freq``);
+    bug: it repeated the last validation's, which an EarlyStopping read as no improvement."""
     bus = EventBus(check_order=True)
     rec = Recorder(bus)
     fit(tmp_path, bus, Tiny(), check_val_every_n_epoch=2, max_epochs=4)
     assert [p.epoch for p in rec.payloads("on_val_end")] == [1, 3]
     logs = [p.logs for p in rec.payloads("on_fit_epoch_end")]
-    assert "val_loss" not in logs[0] and "val_loss" in logs[1]
+    assert ["val_loss" in epoch for epoch in logs] == [False, True, False, True]
+    assert all("loss" in epoch for epoch in logs)
+
+
+class EpochIndexed(Tiny):
+    """Logs ``loss`` = 10 * epoch + batch on step and epoch: the epochs' means are known."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        self.log("loss", torch.tensor(10.0 * self.current_epoch + batch_idx), on_step=True,
+                 on_epoch=True)  # fmt: skip
+        self.log("acc", torch.tensor(0.25), on_epoch=True)  # validation logs an "acc" too
+        return nn.functional.mse_loss(self(x), y)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        super().validation_step(batch, batch_idx)
+        self.log("acc", torch.tensor(0.75))
+
+
+@pytest.mark.parametrize("val", [True, False], ids=["validating", "not validating"])
+def test_epoch_training_logs_are_the_epochs_values(tmp_path: Path, val: bool) -> None:
+    """``on_train_epoch_end`` comes before the epoch's validation, which Lightning runs before
+    it computes the epoch's values (bug: ``loss`` was the last step's and ``loss_epoch`` the
+    previous epoch's); a name validation logs too keeps its training value (bug: ``val_acc``
+    was the training one and ``acc`` was gone)."""
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    fit(tmp_path, bus, EpochIndexed(), val=val, max_epochs=3)
+    means = [1.0, 11.0, 21.0]  # batches 0, 1, 2
+    for name in ("on_train_epoch_end", "on_fit_epoch_end"):
+        logs = [p.logs for p in rec.payloads(name)]
+        assert [epoch["loss"] for epoch in logs] == means, name
+        assert [epoch["loss_epoch"] for epoch in logs] == means, name
+        assert [epoch["loss_step"] for epoch in logs] == [m + 1 for m in means], name
+        assert all(epoch["acc"] == 0.25 for epoch in logs), name
+    fit_logs = [p.logs for p in rec.payloads("on_fit_epoch_end")]
+    assert all(("val_acc" in epoch) is val for epoch in fit_logs)
+    if val:
+        assert all(epoch["val_acc"] == 0.75 for epoch in fit_logs)
+        assert [p.logs["val_acc"] for p in rec.payloads("on_val_end")] == [0.75] * 3
+
+
+class TwoLoaders(Tiny):
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        super().validation_step(batch, batch_idx)
+
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        super().test_step(batch, batch_idx)
+
+
+def test_several_validation_loaders_give_each_ones_metrics(tmp_path: Path) -> None:
+    """bug: with two loaders ``on_val_end`` had no logs at all."""
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    t = trainer(tmp_path, bus, max_epochs=1)
+    t.fit(TwoLoaders(), loader(), [loader(8, 4, seed=1), loader(12, 4, seed=2)])
+    names = {"val_loss/dataloader_idx_0", "val_loss/dataloader_idx_1"}
+    (end,) = rec.payloads("on_val_end")
+    assert set(end.logs) == names
+    assert names <= set(rec.payloads("on_fit_epoch_end")[0].logs)
+    rec.clear()
+    (result,) = [t.test(TwoLoaders(), [loader(8, 4, seed=1), loader(12, 4, seed=2)],
+                        verbose=False)]  # fmt: skip
+    (end,) = rec.payloads("on_val_end")
+    assert end.logs == pytest.approx({k: v for r in result for k, v in r.items()})
+    assert set(end.logs) == {"test_loss/dataloader_idx_0", "test_loss/dataloader_idx_1"}
 
 
 # -- DDP: two real CPU processes (gloo on the loopback interface) -------------------------------
@@ -529,6 +622,42 @@ def test_ddp_two_processes(tmp_path: Path) -> None:
     assert traces[1]["synced"] == traces[1]["reference"] and len(traces[0]["synced"]) == 4
     rows = list(csv.DictReader((tmp_path / "log.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [0, 1]  # rank 0 only writes
+
+
+def test_resume_from_a_checkpoint_written_mid_epoch(tmp_path: Path) -> None:
+    """Lightning skips ``on_train_epoch_start`` when it resumes mid-epoch: the epoch is opened
+    at its first batch (bug: an ``OrderError`` failed the fit, even without check_order).
+    Steps go on from the checkpoint's ``global_step``, as epochs do."""
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1)
+    fit(tmp_path, EventBus(), Tiny(), ckpt, enable_checkpointing=True, max_steps=4)
+    mid = tmp_path / "ckpt" / "epoch=1-step=4.ckpt"  # 3 batches an epoch: after epoch 1's first
+    assert mid.exists()
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    history = History()
+    bus.attach(history)
+    t = trainer(tmp_path, bus, max_epochs=3)
+    t.fit(Tiny(), loader(), loader(8, 4, seed=1), ckpt_path=mid)
+    assert_canonical_order(rec.names)
+    batches = [(p.epoch, p.batch) for p in rec.payloads("on_train_batch_end")]
+    assert batches == [(1, 1), (1, 2), (2, 0), (2, 1), (2, 2)]
+    assert [p.step for p in rec.payloads("optimizer_step")] == [4, 5, 6, 7, 8]
+    assert history.epoch == [1, 2] and rec.names[-2:] == ["on_train_end", "teardown"]
+
+
+def test_a_stop_before_min_epochs_with_validations_mid_epoch(tmp_path: Path) -> None:
+    """Lightning keeps ``should_stop`` and trains on until ``min_epochs``: a mid-epoch
+    validation then is not the epoch's (bug: it ended the epoch's training part, and the next
+    batch failed the fit with an ``OrderError``)."""
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    bus.subscribe("on_train_batch_end", lambda p: bus.request_stop(), once=1)
+    t = trainer(tmp_path, bus, max_epochs=5, min_epochs=2, val_check_interval=0.5)
+    t.fit(Tiny(), loader(16, 4), loader(8, 4, seed=1))
+    assert_canonical_order(rec.names)
+    assert [p.epoch for p in rec.payloads("on_fit_epoch_end")] == [0, 1]
+    assert [p.epoch for p in rec.payloads("on_val_end")] == [0, 1]
+    assert len(rec.payloads("on_train_batch_end")) == 8
 
 
 def test_resume_from_checkpoint(tmp_path: Path) -> None:
