@@ -100,7 +100,7 @@ optimizer_step = _event("optimizer_step", StepPayload,
 on_params_update = _event("on_params_update", ParamsUpdatePayload,
     "The run's first hyper-parameters (the learning rate...) after `on_train_start`; each change.")
 on_train_batch_end = _event("on_train_batch_end", BatchPayload,
-    "A training batch ended (logs: running means over the epoch, as in Keras).",
+    "A training batch ended (logs: running means, as in Keras; Lightning's: the step's).",
     "on_train_batch_end", "batch")
 on_train_epoch_end = _event("on_train_epoch_end", EpochPayload,
     "The training part of an epoch ended, before validation.", None, "epoch")
