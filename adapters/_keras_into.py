@@ -15,8 +15,18 @@ Keras                                       lifecycle
 ``on_test_*`` inside ``fit``                ``run.validation()`` (fills
                                             ``on_train_epoch_end`` first)
 ``on_train_end``                            ``finish``: ``on_train_end``, ``teardown``
+the optimizer's ``learning_rate``           ``on_params_update`` ``{"learning_rate": ...}``
+                                            after ``on_train_start``, then when it
+                                            changed: checked as the epoch's training
+                                            begins (its first batch) and at its end
 ``on_test_*`` / ``on_predict_*`` otherwise  a :class:`Validation` / :class:`Prediction`
 ==========================================  ==========================================
+
+The learning rate is read (``float(ops.convert_to_numpy(optimizer.learning_rate))``, as Keras'
+``TensorBoard`` callback reads it) only when someone listens to ``on_params_update``. A
+``LearningRateScheduler`` sets it in ``on_epoch_begin``, before or after this callback: by the
+epoch's first batch it has, and the change is that epoch's. A ``LearningRateSchedule`` changes
+it every step: it is announced once an epoch, not per batch.
 
 Every hook is overridden, on purpose: Keras dispatches the batch-end hooks of callbacks that
 do not override them to a thread pool, where events could arrive out of order and off the
@@ -30,7 +40,7 @@ from typing import Any, TypeVar
 
 import keras  # type: ignore[import-untyped]
 
-from eventhooks import EventBus
+from eventhooks import EventBus, events
 from eventhooks.lifecycle import Prediction, Run, Validation
 
 S = TypeVar("S", Run, Validation, Prediction)
@@ -65,6 +75,7 @@ class KerasCallback(keras.callbacks.Callback):  # type: ignore[misc]
         # the evaluate that begins next is a call of its own, not the fit's validation.
         self._fresh = False
         self._ahead: Run | None = None  # a run that fit() opened before Keras prepared it
+        self._rate_due = False  # the epoch's first batch checks the learning rate
 
     @property
     def epoch(self) -> int | None:
@@ -131,6 +142,19 @@ class KerasCallback(keras.callbacks.Callback):  # type: ignore[misc]
     def _fit(self) -> Run | None:
         return self._on(self._run) if self._run is not None else None
 
+    def _rate(self) -> dict[str, float]:
+        """The fit's optimizer's learning rate, read only when someone listens for it."""
+        optimizer = getattr(self._run.context.source if self._run else None, "optimizer", None)
+        if not isinstance(optimizer, keras.optimizers.Optimizer) or not self.bus.listening(
+            events.on_params_update
+        ):
+            return {}
+        return {"learning_rate": float(keras.ops.convert_to_numpy(optimizer.learning_rate))}
+
+    def _check_rate(self, run: Run) -> None:
+        """``on_params_update`` if the learning rate changed since it was last announced."""
+        self._do(run, run.params_changed, self._rate)
+
     # -- fit ---------------------------------------------------------------------------------
 
     def on_train_begin(self, logs: Logs = None) -> None:
@@ -141,15 +165,22 @@ class KerasCallback(keras.callbacks.Callback):  # type: ignore[misc]
         else:
             run.update(source=self.model, params=self.params)
         self._run, self._sessions = run, [(run, self._model, self.params)]
+        run.first_hyperparams = self._rate  # announced after on_train_start
         self._do(run, run.train_start)
 
     def on_epoch_begin(self, epoch: int, logs: Logs = None) -> None:
         if (run := self._fit()) is not None:
             self._do(run, run.epoch_start, epoch)
+            # Other callbacks' on_epoch_begin (a LearningRateScheduler's) may come after this
+            # one: the rate is checked at the epoch's first batch, when all of them have run.
+            self._rate_due = True
 
     def on_train_batch_begin(self, batch: int, logs: Logs = None) -> None:
         if (run := self._fit()) is not None:
             self._do(run, run.batch_start, batch)
+            if self._rate_due:
+                self._rate_due = False
+                self._check_rate(run)
 
     def on_train_batch_end(self, batch: int, logs: Logs = None) -> None:
         if (run := self._fit()) is not None:
@@ -158,7 +189,9 @@ class KerasCallback(keras.callbacks.Callback):  # type: ignore[misc]
 
     def on_epoch_end(self, epoch: int, logs: Logs = None) -> None:
         if (run := self._fit()) is not None:
+            self._rate_due = False
             self._do(run, run.epoch_end, logs)
+            self._check_rate(run)  # changed at the epoch's end (ReduceLROnPlateau): the next's
 
     def on_train_end(self, logs: Logs = None) -> None:
         if (run := self._fit()) is None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -39,18 +40,38 @@ MAX_COLUMNS = 3
 
 _VAL_PREFIXES = ("val_", "val/", "validation_", "validation/")
 _TRAIN_PREFIXES = ("train_", "train/", "training_", "training/")
-_LR_NAMES = frozenset({"lr", "learning_rate", "learning-rate", "learningrate", "learning rate"})
-_LR_STARTS = ("lr-", "lr_", "learning_rate_", "learning_rate-")
+#: A learning rate's name: ``lr`` or ``learning_rate``, then optionally ``_<digits>`` (an
+#: optimizer's index: Lightning's ``lr_0``) or ``-<name>`` (LearningRateMonitor's ``lr-Adam``),
+#: then optionally ``/<anything>`` (a parameter group: ``lr/pg1``, ``lr-Adam/pg1``).
+_LR_NAME = re.compile(r"(lr|learning_rate)(?:_[0-9]+|-[^/]+)?(?:/.*)?", re.DOTALL)
 _DPI = 100
 _MARKERS = ("o", "s", "^", "D", "v", "P")
 _PANEL_INCHES = (4.6, 3.3)  # one panel's width and height
 
 
+def learning_rate_name(key: str) -> str | None:
+    """The name a learning rate is logged under, whatever the framework calls it; None when
+    ``key`` is not a learning rate. The one rule the trackers and :func:`is_learning_rate` use.
+
+    Learning rates are ``lr`` and ``learning_rate``, followed by nothing, by ``_<digits>``
+    (Lightning's ``lr_0``) or by ``-<name>`` (Lightning's LearningRateMonitor: ``lr-Adam``),
+    then optionally by ``/...`` (parameter groups: ``lr/pg1``, ``lr-Adam/pg1``). Their name is
+    Keras': ``learning_rate`` followed by the same rest (``lr/pg1`` -> ``learning_rate/pg1``,
+    ``lr_0`` -> ``learning_rate_0``, ``lr-Adam`` -> ``learning_rate-Adam``). Anything else is
+    not a rate: ``lr_decay`` (Adagrad's), ``lrx``, ``slr``, ``LR`` (case counts here).
+    """
+    match = _LR_NAME.fullmatch(key)
+    if match is None:
+        return None
+    return "learning_rate" + key[len(match.group(1)) :]
+
+
 def is_learning_rate(key: str) -> bool:
-    """Whether ``key`` is a learning rate: ``lr``, ``learning_rate``, ``lr/pg0`` (Ultralytics'
-    parameter groups), ``lr-Adam`` and ``lr-Adam/pg1`` (Lightning's LearningRateMonitor),
-    ``train/lr``: one of its ``/``-separated parts is, or starts like, a learning rate's name."""
-    return any(part in _LR_NAMES or part.startswith(_LR_STARTS) for part in key.lower().split("/"))
+    """Whether ``key`` is a learning rate in a plot: one of its ``/``-separated parts, in
+    lower case, is one by :func:`learning_rate_name`: ``lr``, ``learning_rate``, ``lr/pg0``
+    (Ultralytics' parameter groups), ``lr_0``, ``lr-Adam`` and ``lr-Adam/pg1`` (Lightning's
+    LearningRateMonitor), ``train/lr``, ``LR``; not ``lr_decay``."""
+    return any(learning_rate_name(part) is not None for part in key.lower().split("/"))
 
 
 def panel_of(key: str) -> str:

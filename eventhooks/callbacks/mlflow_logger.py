@@ -29,7 +29,7 @@ from ..payloads import (
     RunPayload,
     TeardownPayload,
 )
-from ..plot import MissingExtraError, is_learning_rate
+from ..plot import MissingExtraError, learning_rate_name
 from ._monitor import trainer_name
 
 if TYPE_CHECKING:
@@ -166,7 +166,7 @@ class _OpenRun:
     saved: dict[str, None] = field(default_factory=dict)  # log_checkpoints="end": paths seen
     batches: int = 0  # training batches heard (the global step of batch metrics)
     refused: bool = False  # MLflow failed to create it: on_train_start tries again
-    hyper: dict[str, float] = field(default_factory=dict)  # latest announced, logged as metrics
+    hyper: dict[str, float] = field(default_factory=dict)  # latest announced (rates renamed)
 
 
 class MLflowLogger(Callback):
@@ -193,13 +193,17 @@ class MLflowLogger(Callback):
       mixed into that curve). A name MLflow refuses is renamed (:func:`mlflow_name`:
       ``val acc%`` is logged as ``val acc_``), with a warning once, and listed in
       ``renamed``: training is not stopped by a name.
-    * **Learning rates**: the latest announced by ``on_params_update`` (``lr``, ``lr_0``,
-      ``lr/pg1``, ``learning_rate``..., named as the adapter announces them), with each
-      epoch's metrics (the rate in effect at the epoch's end, as Keras logs it) and with each
-      logged batch's (``batch/lr``), unless the logs already have that key (Ultralytics'
-      ``lr/pg0``). ``all_hyperparams=True`` logs every announced hyper-parameter so
-      (``momentum``...). Lightning's ``LearningRateMonitor`` and HF's ``learning_rate`` give
-      the same curve in their own loggers.
+    * **Learning rates**: the latest announced by ``on_params_update``, with each epoch's
+      metrics (the rate in effect at the epoch's end, as Keras logs it) and with each logged
+      batch's (``batch/learning_rate``), under the names TensorBoard gives them, whatever
+      the trainer calls them (:func:`eventhooks.plot.learning_rate_name`): ``lr`` and
+      ``learning_rate`` as ``learning_rate``, ``lr/pg1`` as ``learning_rate/pg1``,
+      ``lr_0`` as ``learning_rate_0``, ``lr-Adam`` as ``learning_rate-Adam``; so runs of
+      different trainers share one chart. A rate the epoch's (or batch's) logs have under
+      any spelling of that name wins: the announced one is not logged for that step, and
+      the logs' key keeps its own name (Ultralytics' ``lr/pg0``). ``lr_decay`` is not a
+      rate. ``all_hyperparams=True`` logs every other announced hyper-parameter too, under
+      its own name (``momentum``...), unless the logs have that key.
     * **Artifacts**: each ``on_model_save`` path (a file, or a folder) under
       ``checkpoints/``, each ``on_export_end`` path under ``exports/``
       (``log_checkpoints=False``, ``log_exports=False``: none). ``log_checkpoints="end"``
@@ -436,7 +440,10 @@ class MLflowLogger(Callback):
         if run is None or payload.rank != 0:
             return
         for key, value in payload.hyperparams.items():
-            if self.all_hyperparams or is_learning_rate(key):
+            name = learning_rate_name(key)
+            if name is not None:
+                run.hyper[name] = value
+            elif self.all_hyperparams:
                 run.hyper[key] = value
 
     def on_fit_epoch_end(self, payload: EpochPayload) -> None:
@@ -444,7 +451,7 @@ class MLflowLogger(Callback):
         if run is None or payload.rank != 0:
             return
         self._params(run, payload.params)
-        self._metrics(run, {**run.hyper, **payload.logs}, payload.epoch, "")
+        self._metrics(run, _with_hyper(run.hyper, payload.logs), payload.epoch, "")
 
     def _batch_end(self, payload: BatchPayload) -> None:
         """``on_train_batch_end``, subscribed only with ``log_every_n_batches``."""
@@ -455,7 +462,7 @@ class MLflowLogger(Callback):
         run.batches += 1
         every = self.log_every_n_batches
         if every is not None and (step + 1) % every == 0:
-            self._metrics(run, {**run.hyper, **payload.logs}, step, "batch/")
+            self._metrics(run, _with_hyper(run.hyper, payload.logs), step, "batch/")
 
     def on_model_save(self, payload: CheckpointPayload) -> None:
         if not self.log_checkpoints or payload.rank != 0:
@@ -490,6 +497,17 @@ class MLflowLogger(Callback):
                 client.log_text(run.run_id, _error_text(payload), ERROR_FILE)
         finally:
             client.set_terminated(run.run_id, status)
+
+
+def _with_hyper(hyper: Mapping[str, float], logs: Mapping[str, float]) -> dict[str, float]:
+    """``logs`` and the announced hyper-parameters they lack: a rate is lacking when no key
+    of the logs is a rate of the same name (``learning_rate`` in the logs takes the place of
+    an announced ``lr``: both are ``learning_rate``)."""
+    if not hyper:
+        return dict(logs)
+    taken = set(logs)
+    taken.update(name for key in logs if (name := learning_rate_name(key)) is not None)
+    return {**{k: v for k, v in hyper.items() if k not in taken}, **logs}
 
 
 def _interrupted(payload: TeardownPayload) -> bool:

@@ -14,27 +14,15 @@ from typing import Any, ClassVar, Literal
 
 from ..callback import Callback
 from ..payloads import BatchPayload, EpochPayload, ParamsUpdatePayload, RunPayload, TeardownPayload
-from ..plot import MissingExtraError
+from ..plot import MissingExtraError, learning_rate_name
 from ._monitor import rank_path, writes_here
 
 TRAIN = "train"
 VALIDATION = "validation"
 
-#: A learning-rate key (``lr``, ``lr/pg1``, Lightning's ``lr_0`` and ``lr-Adam``, HF's
-#: ``learning_rate``) is written as ``learning_rate...``: Keras' name, whatever the framework's.
-_LR_NAMES = ("lr", "learning_rate")
-
 #: Prefixes of a metric's validation twin and of its training twin, stripped once.
 _VAL_PREFIXES = ("val_", "val/")
 _TRAIN_PREFIXES = ("train_", "train/")
-
-
-def _lr_tag(name: str) -> str | None:
-    """``learning_rate`` + the rest of a learning-rate key, else None."""
-    for base in _LR_NAMES:
-        if name == base or name.startswith((base + "/", base + "_", base + "-")):
-            return "learning_rate" + name[len(base) :]
-    return None
 
 
 def _strip(key: str, prefixes: tuple[str, ...]) -> str | None:
@@ -55,7 +43,7 @@ def preferred(key: str) -> tuple[str, str]:
     if name is not None:
         return VALIDATION, name
     name = _strip(key, _TRAIN_PREFIXES) or key
-    return TRAIN, _lr_tag(name) or name
+    return TRAIN, learning_rate_name(name) or name
 
 
 def _secondary(key: str) -> bool:
@@ -163,7 +151,9 @@ class TensorBoard(Callback):
       and ``val/box_loss`` train and validation ``epoch_box_loss``, its ``metrics/mAP50(B)``
       train ``epoch_metrics/mAP50(B)``. A learning rate is named as Keras names it:
       ``epoch_learning_rate`` (``lr``, ``learning_rate``), ``epoch_learning_rate/pg1``
-      (``lr/pg1``), ``epoch_learning_rate_0`` (Lightning's ``lr_0``). When two keys would
+      (``lr/pg1``), ``epoch_learning_rate_0`` (Lightning's ``lr_0``), ``epoch_learning_rate-Adam``
+      (``lr-Adam``): :func:`eventhooks.plot.learning_rate_name`, the rule MLflowLogger and the
+      plots use too (``lr_decay`` is not a rate: ``epoch_lr_decay``). When two keys would
       share a tag (Ultralytics' ``loss`` and ``train/loss``, ``val_loss`` and ``val/loss``),
       Keras' key (``loss``, ``val_loss``) keeps it and the other keeps its full key (train
       ``epoch_train/loss``, validation ``epoch_val/loss``); a key keeps its tag for the whole
@@ -179,7 +169,9 @@ class TensorBoard(Callback):
       ``epoch_learning_rate...`` (what Keras writes: the optimizer's rate at the epoch's end),
       unless the epoch's logs have that tag already (their value is History's). The PyTorch,
       Lightning, NumPy and HF adapters announce the run's first rates right after
-      ``on_train_start``, so the curve starts at epoch 0; Keras' adapter announces none.
+      ``on_train_start``, so the curve starts at epoch 0; Keras' adapter announces the
+      optimizer's ``learning_rate`` then and when it changes (checked at each epoch's start
+      and end). Other hyper-parameters only with ``all_hyperparams=True``, under their names.
       With ``update_freq`` each written batch step also gets ``batch_learning_rate...``.
     * the run's ``params`` at ``on_train_start``, as a markdown table in the text plugin: tag
       ``params`` of the train run, step 0 (nothing when the trainer gives no params).
@@ -284,7 +276,7 @@ class TensorBoard(Callback):
 
     def on_params_update(self, payload: ParamsUpdatePayload) -> None:
         for key, value in payload.hyperparams.items():
-            if self.all_hyperparams or _lr_tag(key) is not None:
+            if self.all_hyperparams or learning_rate_name(key) is not None:
                 self._hyper[key] = value
 
     def on_fit_epoch_end(self, payload: EpochPayload) -> None:
@@ -325,7 +317,7 @@ class TensorBoard(Callback):
         """The latest announced hyper-parameters, into the train run, unless logged there."""
         train = runs.setdefault(TRAIN, {}) if self._hyper else runs.get(TRAIN, {})
         for key, value in self._hyper.items():
-            train.setdefault(_clean(prefix + (_lr_tag(key) or key)), value)
+            train.setdefault(_clean(prefix + (learning_rate_name(key) or key)), value)
 
     def _write(self, runs: Mapping[str, Mapping[str, float]], step: int, rank: int) -> None:
         summary_cls, event_cls = self._tb["Summary"], self._tb["Event"]

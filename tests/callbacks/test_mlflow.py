@@ -226,11 +226,13 @@ def test_a_numpy_run_is_one_mlflow_run_with_what_history_recorded(uri: str, tmp_
     assert run.data.tags["eventhooks.trainer"] == "eventhooks.adapters.numpy.NumpyTrainer"
     assert {"mlflow.user", "mlflow.source.name"} <= set(run.data.tags)  # as start_run adds
     assert run.data.params == {"verbose": "0", "epochs": "3", "steps": "6", "batch_size": "16"}
-    # History's metrics, and the learning rate the trainer announced (its default, 0.001)
-    assert set(run.data.metrics) == {*history.history, "lr"}
+    # History's metrics, and the learning rate the trainer announced (its default, 0.001),
+    # named as TensorBoard names it
+    assert set(run.data.metrics) == {*history.history, "learning_rate"}
     for key, values in history.history.items():
         assert _history(client, run.info.run_id, key) == list(enumerate(values)), key
-    assert _history(client, run.info.run_id, "lr") == [(0, 0.001), (1, 0.001), (2, 0.001)]
+    expected = [(0, 0.001), (1, 0.001), (2, 0.001)]
+    assert _history(client, run.info.run_id, "learning_rate") == expected
     assert _artifacts(client, run.info.run_id) == {
         "checkpoints/ckpt-01.npz", "checkpoints/ckpt-02.npz", "checkpoints/ckpt-03.npz",
         "checkpoints/final.npz", "exports/model.json",
@@ -257,7 +259,7 @@ def test_every_n_batches_logs_batch_metrics_with_the_global_step(uri: str) -> No
 
 def test_learning_rates_are_logged_as_announced_with_epochs_and_batches(uri: str) -> None:
     """A schedule's rates, with the epochs (the rate in effect at each epoch's end, as
-    TensorBoard writes it) and with the logged batches; as the trainer announced them."""
+    TensorBoard writes it) and with the logged batches; under TensorBoard's name."""
     bus = EventBus(check_order=True)
     logger = MLflowLogger(uri, _experiment(), log_every_n_batches=3)
     bus.attach(logger)
@@ -269,8 +271,11 @@ def test_learning_rates_are_logged_as_announced_with_epochs_and_batches(uri: str
     assert announced == [(None, {"lr": 0.1}), (0, {"lr": 0.05}), (1, {"lr": 0.1 / 3})]
     client = MlflowClient(uri)
     assert logger.run_id is not None
-    assert _history(client, logger.run_id, "lr") == [(0, 0.1), (1, 0.05), (2, 0.1 / 3)]
-    assert _history(client, logger.run_id, "batch/lr") == [
+    assert _history(client, logger.run_id, "learning_rate") == [(0, 0.1), (1, 0.05), (2, 0.1 / 3)]
+    assert set(client.get_run(logger.run_id).data.metrics) == {
+        "loss", "accuracy", "learning_rate", "batch/loss", "batch/accuracy", "batch/learning_rate",
+    }  # fmt: skip
+    assert _history(client, logger.run_id, "batch/learning_rate") == [
         (2, 0.1), (5, 0.1), (8, 0.05), (11, 0.05), (14, 0.1 / 3), (17, 0.1 / 3)]  # fmt: skip
 
 
@@ -288,10 +293,14 @@ def test_other_hyperparameters_only_when_asked_and_logs_win(local_uri: str) -> N
                 run.params_update({"lr/pg1": 0.005})  # a change: the others are kept
         client = MlflowClient(local_uri)
         assert logger.run_id is not None
+        # the logs' rate keeps its name; the announced lr/pg0 (learning_rate/pg0) is not
+        # logged beside it
         assert _history(client, logger.run_id, "lr/pg0") == [(0, 0.5), (1, 1.0)]
-        assert _history(client, logger.run_id, "lr/pg1") == [(0, 0.01), (1, 0.005)]
+        assert _history(client, logger.run_id, "learning_rate/pg1") == [(0, 0.01), (1, 0.005)]
         momentum = _history(client, logger.run_id, "momentum")
         assert momentum == ([(0, 0.9), (1, 0.9)] if every else [])
+        metrics = set(client.get_run(logger.run_id).data.metrics)
+        assert metrics == {"loss", "lr/pg0", "learning_rate/pg1", *(["momentum"] * every)}
 
 
 def test_a_nested_runs_rates_stay_in_its_own_mlflow_run(local_uri: str) -> None:
@@ -310,8 +319,73 @@ def test_a_nested_runs_rates_stay_in_its_own_mlflow_run(local_uri: str) -> None:
             outer.epoch_end({"loss": 1.0})
     client = MlflowClient(local_uri)
     first, second = logger.run_ids
-    assert _history(client, first, "lr") == [(0, 0.1)]
-    assert _history(client, second, "lr") == [(0, 7.0)]
+    assert _history(client, first, "learning_rate") == [(0, 0.1)]
+    assert _history(client, second, "learning_rate") == [(0, 7.0)]
+
+
+def test_a_rate_in_the_logs_under_another_spelling_wins_with_its_own_name(local_uri: str) -> None:
+    """Announced ``lr`` and ``learning_rate`` in the logs are one rate (``learning_rate``):
+    the logs' value is logged, the announced one is not, for the epoch and the logged batch;
+    no stale second curve."""
+    bus = EventBus(check_order=True)
+    logger = MLflowLogger(local_uri, _experiment(), log_every_n_batches=1)
+    bus.attach(logger, background=False)
+    with Run(bus) as run:
+        run.train_start()
+        run.params_update({"lr": 0.5, "lr-Adam": 0.25, "lr_0": 0.125})
+        for epoch in run.epochs(2):
+            run.batch_start()
+            run.batch_end({"loss": 1.0, "lr-Adam": 0.75})
+            run.epoch_end({"loss": 1.0, "learning_rate": 0.1 * (epoch + 1)})
+    client = MlflowClient(local_uri)
+    assert logger.run_id is not None
+    assert set(client.get_run(logger.run_id).data.metrics) == {
+        "loss", "learning_rate", "learning_rate-Adam", "learning_rate_0",
+        "batch/loss", "batch/learning_rate", "batch/lr-Adam", "batch/learning_rate_0",
+    }  # fmt: skip
+    assert _history(client, logger.run_id, "learning_rate") == [(0, 0.1), (1, 0.2)]
+    assert _history(client, logger.run_id, "learning_rate-Adam") == [(0, 0.25), (1, 0.25)]
+    assert _history(client, logger.run_id, "learning_rate_0") == [(0, 0.125), (1, 0.125)]
+    assert _history(client, logger.run_id, "batch/learning_rate") == [(0, 0.5), (1, 0.5)]
+    assert _history(client, logger.run_id, "batch/lr-Adam") == [(0, 0.75), (1, 0.75)]
+
+
+def test_lr_decay_is_a_hyperparameter_not_a_learning_rate(local_uri: str) -> None:
+    """Adagrad's ``lr_decay``: logged only with ``all_hyperparams=True``, as ``lr_decay``."""
+    for every in (False, True):
+        bus = EventBus()
+        logger = MLflowLogger(local_uri, _experiment(), all_hyperparams=every)
+        bus.attach(logger, background=False)
+        with Run(bus) as run:
+            run.train_start()
+            run.params_update({"lr": 0.01, "lr_decay": 0.0, "initial_accumulator_value": 0.1})
+            for _ in run.epochs(1):
+                run.epoch_end({"loss": 1.0})
+        assert logger.run_id is not None
+        metrics = MlflowClient(local_uri).get_run(logger.run_id).data.metrics
+        others = {"lr_decay": 0.0, "initial_accumulator_value": 0.1} if every else {}
+        assert metrics == {"loss": 1.0, "learning_rate": 0.01, **others}
+
+
+def test_a_keras_fit_logs_its_learning_rate(local_uri: str) -> None:
+    import keras  # type: ignore[import-untyped]
+
+    from eventhooks.adapters.keras import KerasCallback
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, "softmax")])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+    x, y, _, _ = blobs(0)
+    bus = EventBus(check_order=True)
+    logger = MLflowLogger(local_uri, _experiment())
+    bus.attach(logger)
+    scheduler = keras.callbacks.LearningRateScheduler(lambda epoch, lr: 0.1 / (epoch + 1))
+    model.fit(x.astype("float32"), y, epochs=3, batch_size=30, verbose=0,
+              callbacks=[KerasCallback(bus), scheduler])  # fmt: skip
+    assert logger.run_id is not None
+    rates = [float(np.float32(0.1 / (epoch + 1))) for epoch in range(3)]
+    history = _history(MlflowClient(local_uri), logger.run_id, "learning_rate")
+    assert history == list(enumerate(rates))
 
 
 # -- failures ----------------------------------------------------------------------------------

@@ -293,6 +293,27 @@ def test_a_learning_rate_in_the_logs_wins_over_the_announced_one(tmp_path: Path)
     assert_history_written(tmp_path, tb, history)
 
 
+def test_lr_decay_is_not_a_learning_rate(tmp_path: Path) -> None:
+    """Adagrad's ``lr_decay`` (and ``initial_accumulator_value``...) are hyper-parameters,
+    written only with ``all_hyperparams=True``, under their own names; a learning rate keeps
+    Keras' name, also Lightning's ``lr_0`` and LearningRateMonitor's ``lr-Adam``."""
+    announced = {"lr": 0.01, "lr_decay": 0.0, "eps": 1e-10, "lr_0": 0.5, "lr-Adam/pg1": 0.25}
+    for options, folder in (({}, "rates"), ({"all_hyperparams": True}, "all")):
+        bus = EventBus(check_order=True)
+        bus.attach(TensorBoard(tmp_path / folder, **options))
+        with Run(bus) as run:
+            run.train_start()
+            run.params_update(announced)
+            for _ in run.epochs(1):
+                run.epoch_end({"loss": 1.0, "lr_decay_in_logs": 2.0})
+        read = scalars(tmp_path / folder / "train")
+        rates = {"epoch_learning_rate", "epoch_learning_rate_0", "epoch_learning_rate-Adam/pg1"}
+        others = {"epoch_lr_decay", "epoch_eps"} if folder == "all" else set()
+        assert set(read) == {"epoch_loss", "epoch_lr_decay_in_logs", *rates, *others}
+    assert preferred("lr_decay") == ("train", "lr_decay")
+    assert preferred("lr_decay_in_logs") == ("train", "lr_decay_in_logs")
+
+
 # -- the mapping of Ultralytics' keys ----------------------------------------------------------
 
 
@@ -339,6 +360,8 @@ def test_preferred_places() -> None:
     assert preferred("train_acc") == ("train", "acc")  # Lightning users' twins
     assert preferred("lr-Adam/pg1") == ("train", "learning_rate-Adam/pg1")
     assert preferred("lr_0") == ("train", "learning_rate_0")
+    assert preferred("lr_decay") == ("train", "lr_decay")
+    assert preferred("learning_rate_decay") == ("train", "learning_rate_decay")
     assert preferred("lrx") == ("train", "lrx")
     assert preferred("valx") == ("train", "valx")
     assert preferred("val_") == ("train", "val_")  # nothing left to name: kept whole
@@ -620,6 +643,29 @@ def test_under_keras(tmp_path: Path) -> None:
     assert tb.tags["val_accuracy"] == ("validation", "epoch_accuracy")
     assert scalars(tmp_path / "validation")["epoch_accuracy"] == [
         (e, f32(v)) for e, v in enumerate(keras_history.history["val_accuracy"])]  # fmt: skip
+    # the optimizer's rate, as Keras' own TensorBoard callback writes it
+    assert scalars(tmp_path / "train")["epoch_learning_rate"] == [(e, f32(0.1)) for e in range(3)]
+
+
+def test_under_keras_with_a_learning_rate_scheduler(tmp_path: Path) -> None:
+    import keras
+
+    from eventhooks.adapters.keras import KerasCallback
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, "softmax")])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+    x, y, _, _ = blobs()
+    bus = EventBus(check_order=True)
+    tb = TensorBoard(tmp_path)
+    bus.attach(tb)
+    # ours first: the scheduler sets each epoch's rate after our on_epoch_begin
+    scheduler = keras.callbacks.LearningRateScheduler(lambda epoch, lr: 0.1 / (epoch + 1))
+    model.fit(x.astype("float32"), y, epochs=3, batch_size=16, verbose=0,
+              callbacks=[KerasCallback(bus), scheduler])  # fmt: skip
+    bus.flush()
+    assert scalars(tmp_path / "train")["epoch_learning_rate"] == [
+        (e, f32(0.1 / (e + 1))) for e in range(3)]  # fmt: skip
 
 
 def test_under_lightning(tmp_path: Path) -> None:

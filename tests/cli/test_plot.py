@@ -30,7 +30,9 @@ from eventhooks.plot import (
     default_monitor,
     figure,
     grid,
+    is_learning_rate,
     layout,
+    learning_rate_name,
     panel_of,
     panels,
     plot_series,
@@ -116,8 +118,9 @@ def test_ultralytics_twins_and_learning_rates_share_panels() -> None:
 
 @pytest.mark.parametrize(
     "key",
-    ["lr", "learning_rate", "lr/pg0", "lr/pg12", "lr-Adam", "lr-Adam/pg1", "train/lr", "LR"],
-)
+    ["lr", "learning_rate", "lr/pg0", "lr/pg12", "lr-Adam", "lr-Adam/pg1", "train/lr", "LR",
+     "lr_0", "learning_rate_1", "lr_0/pg1", "learning_rate-Adam", "val/lr"],
+)  # fmt: skip
 def test_every_learning_rate_goes_to_the_learning_rate_panel(key: str) -> None:
     assert panel_of(key) == LR_PANEL
 
@@ -125,10 +128,31 @@ def test_every_learning_rate_goes_to_the_learning_rate_panel(key: str) -> None:
 @pytest.mark.parametrize(
     ("key", "panel"),
     [("train_loss", "loss"), ("val_acc", "acc"), ("validation/f1", "f1"), ("val_", "val_"),
-     ("train/", "train/"), ("slr", "slr"), ("metrics/lrap", "metrics/lrap")],
+     ("train/", "train/"), ("slr", "slr"), ("metrics/lrap", "metrics/lrap"),
+     ("lr_decay", "lr_decay"), ("learning_rate_decay", "learning_rate_decay"),
+     ("lr_", "lr_"), ("lr-", "lr-"), ("lr_0x", "lr_0x")],
 )  # fmt: skip
 def test_other_keys_lose_a_training_or_validation_prefix_only(key: str, panel: str) -> None:
     assert panel_of(key) == panel
+
+
+@pytest.mark.parametrize(
+    ("key", "name"),
+    [("lr", "learning_rate"), ("learning_rate", "learning_rate"),
+     ("lr/pg1", "learning_rate/pg1"), ("learning_rate/pg1", "learning_rate/pg1"),
+     ("lr_0", "learning_rate_0"), ("learning_rate_12", "learning_rate_12"),
+     ("lr_0/pg1", "learning_rate_0/pg1"), ("lr-Adam", "learning_rate-Adam"),
+     ("lr-Adam/pg1", "learning_rate-Adam/pg1"), ("learning_rate-Adam", "learning_rate-Adam"),
+     ("lr_decay", None), ("learning_rate_decay", None), ("lr_", None), ("lr-", None),
+     ("lr_0x", None), ("lrx", None), ("slr", None), ("train/lr", None), ("LR", None),
+     ("momentum", None), ("", None)],
+)  # fmt: skip
+def test_learning_rate_names_are_one_rule(key: str, name: str | None) -> None:
+    """The rule TensorBoard, MLflowLogger and the plots share (#14)."""
+    assert learning_rate_name(key) == name
+    if name is not None:
+        assert learning_rate_name(name) == name  # a canonical name is its own
+        assert is_learning_rate(key)
 
 
 def test_grid_has_at_most_three_columns() -> None:

@@ -27,7 +27,7 @@ KERAS_EMITS = (
     "on_train_epoch_start", "on_train_batch_start", "on_train_batch_end", "on_train_epoch_end",
     "on_val_start", "on_val_batch_start", "on_val_batch_end", "on_val_end", "on_fit_epoch_end",
     "on_train_end", "teardown", "on_predict_start", "on_predict_batch_start",
-    "on_predict_batch_end", "on_predict_end",
+    "on_predict_batch_end", "on_predict_end", "on_params_update",
 )  # fmt: skip
 
 FEATURES, CLASSES = 4, 3
@@ -506,8 +506,8 @@ def test_what_keras_has_no_hook_for_is_filled_in_by_the_lifecycle() -> None:
     epoch = ["on_train_epoch_start", *["on_train_batch_start", "on_train_batch_end"] * 2,
              "on_train_epoch_end", *val, "on_fit_epoch_end"]  # fmt: skip
     assert rec.names == [
-        "on_pretrain_routine_start", "on_pretrain_routine_end", "on_train_start", *epoch * 2,
-        "on_train_end", "teardown",
+        "on_pretrain_routine_start", "on_pretrain_routine_end", "on_train_start",
+        "on_params_update", *epoch * 2, "on_train_end", "teardown",
     ]  # fmt: skip
 
 
@@ -706,7 +706,8 @@ def test_a_native_callback_evaluating_before_ours_does_not_close_the_training_ep
     batch = ["on_train_batch_start", "on_train_batch_end"]
     epoch = ["on_train_epoch_start", *batch * 2, *evaluate, "on_train_epoch_end",
              "on_fit_epoch_end"]  # fmt: skip
-    begin = ["on_pretrain_routine_start", "on_pretrain_routine_end", "on_train_start"]
+    begin = ["on_pretrain_routine_start", "on_pretrain_routine_end", "on_train_start",
+             "on_params_update"]  # fmt: skip
     assert rec.names == [*begin, *epoch * 2, "on_train_end", "teardown"]
     assert [p.epoch for p in rec.payloads("on_train_epoch_end")] == [0, 1]
     assert all(p.epoch is None for p in rec.payloads("on_val_batch_end"))
@@ -805,3 +806,73 @@ def test_an_evaluate_or_predict_that_failed_leaves_nothing_behind() -> None:
     assert cb.model is model and cb.params["steps"] == 2
     assert all(p.source is model for _, p in rec.records)
     assert_canonical_order(rec.names)
+
+
+# -- the learning rate -------------------------------------------------------------------------
+
+
+def rates(rec: Recorder) -> list[tuple[int | None, int | None, dict[str, float]]]:
+    return [(p.epoch, p.batch, dict(p.hyperparams)) for p in rec.payloads("on_params_update")]
+
+
+def test_a_constant_learning_rate_is_announced_once_after_on_train_start() -> None:
+    """As Keras' TensorBoard reads it: the optimizer's ``learning_rate``, as a float."""
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    model = make_model()  # Adam(0.01)
+    x, y = make_data(12)
+    model.fit(x, y, epochs=3, batch_size=4, validation_split=0.25, verbose=0,
+              callbacks=[KerasCallback(bus)])  # fmt: skip
+    rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    assert rates(rec) == [(None, None, {"learning_rate": rate})]
+    start = rec.names.index("on_train_start")
+    assert rec.names[start + 1] == "on_params_update"
+    assert_canonical_order(rec.names, emitted=KERAS_EMITS)
+
+
+@pytest.mark.parametrize("scheduler_first", [True, False], ids=["scheduler-first", "ours-first"])
+def test_a_learning_rate_scheduler_s_changes_are_announced_in_their_epoch(
+    scheduler_first: bool,
+) -> None:
+    """LearningRateScheduler sets the rate in on_epoch_begin, before or after our callback:
+    either way the change is announced once, in the epoch it is for (at its first batch)."""
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    scheduler = keras.callbacks.LearningRateScheduler(lambda epoch, lr: 0.01 / (epoch + 1))
+    ours = KerasCallback(bus)
+    model = make_model()
+    x, y = make_data(12)
+    model.fit(x, y, epochs=3, batch_size=4, verbose=0,
+              callbacks=[scheduler, ours] if scheduler_first else [ours, scheduler])  # fmt: skip
+    f32 = [float(np.float32(0.01 / (e + 1))) for e in range(3)]
+    assert rates(rec) == [(None, None, {"learning_rate": f32[0]}),
+                          (1, 0, {"learning_rate": f32[1]}),
+                          (2, 0, {"learning_rate": f32[2]})]  # fmt: skip
+    assert_canonical_order(rec.names, emitted=KERAS_EMITS)
+
+
+def test_a_rate_changed_at_an_epoch_s_end_is_announced_after_it() -> None:
+    """ReduceLROnPlateau changes the rate in on_epoch_end: announced after on_fit_epoch_end,
+    so it is the next epoch's rate."""
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    model = make_model()
+    rate = model.optimizer.learning_rate
+    halve = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: rate.assign(rate * 0.5))
+    x, y = make_data(12)
+    model.fit(x, y, epochs=2, batch_size=4, verbose=0, callbacks=[halve, KerasCallback(bus)])
+    assert rates(rec) == [(epoch, None, {"learning_rate": float(np.float32(rate))})
+                          for epoch, rate in ((None, 0.01), (0, 0.005), (1, 0.0025))]  # fmt: skip
+    ends = [i for i, name in enumerate(rec.names) if name == "on_fit_epoch_end"]
+    assert [rec.names[i + 1] for i in ends] == ["on_params_update", "on_params_update"]
+
+
+def test_nobody_listening_to_the_rate_gets_no_announcement() -> None:
+    bus = CountingBus()
+    bus.subscribe(events.on_fit_epoch_end, lambda p: None)
+    scheduler = keras.callbacks.LearningRateScheduler(lambda epoch, lr: 0.01 / (epoch + 1))
+    x, y = make_data(8)
+    make_model().fit(x, y, epochs=2, batch_size=4, verbose=0,
+                     callbacks=[KerasCallback(bus), scheduler])  # fmt: skip
+    assert "on_params_update" not in bus.emitted
+    assert bus.emitted.count("on_fit_epoch_end") == 2
