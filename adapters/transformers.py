@@ -13,7 +13,8 @@ Hugging Face                             lifecycle (:mod:`eventhooks.lifecycle`)
 ``on_train_begin``                       open a :class:`Run` (``source`` = the Trainer,
                                          ``params``), ``ready``, ``train_start``, the initial
                                          learning rate as ``on_params_update``
-``on_epoch_begin``                       ``epoch_start(floor(state.epoch))`` (0-based)
+``on_epoch_begin``                       ``epoch_start``: ``floor(state.epoch)`` the first
+                                         time (a resumed run), then counted
 ``on_step_begin``                        ``batch_start`` (the step's first micro-batch)
 ``on_substep_end``                       ``batch_end`` (gradient accumulation: a batch
                                          without a step); the next micro-batch, which has
@@ -23,14 +24,16 @@ Hugging Face                             lifecycle (:mod:`eventhooks.lifecycle`)
 ``on_optimizer_step``                    ``optimizer_step`` (``step`` = ``global_step``
                                          before it), ``on_before_zero_grad``
 ``on_step_end``                          ``on_params_update`` if the learning rate changed;
-                                         ``batch_end`` at the next hook, with the logs of an
-                                         ``on_log`` that comes for this step
+                                         ``batch_end``: at once if this step does not log (a
+                                         stop asked there stops this step), else with the
+                                         logs of its ``on_log``
 ``on_epoch_end``                         the training part ended: ``train_epoch_end`` once
                                          its ``on_log`` came (``control.should_log`` is set,
                                          so every epoch has its loss)
-``on_prediction_step`` / ``on_evaluate``  the epoch's validation (``val_*`` logs), then
-                                         ``epoch_end``; outside ``train()`` a
-                                         :class:`Validation` (``eval_`` dropped)
+``on_prediction_step`` / ``on_evaluate``  the epoch's validation (``val_*`` logs; a dict of
+                                         eval datasets: one validation, ``val_a_loss``,
+                                         ``val_b_loss``...), then ``epoch_end``; outside
+                                         ``train()`` a :class:`Validation` (``eval_`` dropped)
 ``on_prediction_step`` / ``on_predict``  outside ``train()``: a :class:`Prediction`
 ``on_save``                              ``model_save(<output_dir>/checkpoint-<global_step>)``
 ``on_train_end``                         ``train_end`` (logs: the last epoch's and HF's
@@ -40,11 +43,14 @@ Hugging Face                             lifecycle (:mod:`eventhooks.lifecycle`)
 ``bus.request_stop()`` sets ``control.should_training_stop``: HF stops after the current
 step (the epoch still logs, evaluates and saves as configured). HF calls no callback when
 training fails: :func:`train` closes the run with ``teardown`` carrying the error and re-raises
-it unchanged. A subscriber failing under ``errors="raise"`` aborts training with a
-:class:`~eventhooks.SubscriberError`; the callback emits ``teardown`` with it first.
-Evaluations HF runs inside an epoch (``eval_strategy="steps"``) or before the first epoch
-(``eval_on_start``) have no place in the canonical order: they emit nothing, and their
-metrics (as ``val_*``) join the epoch's logs.
+it unchanged; a plain ``trainer.train()`` that failed gets its ``teardown``, carrying
+:class:`TrainNotEnded`, when the trainer is next used. A subscriber failing under
+``errors="raise"`` aborts training with a :class:`~eventhooks.SubscriberError`; the callback
+emits ``teardown`` with it first. Evaluations HF runs inside an epoch
+(``eval_strategy="steps"``) or before the first epoch (``eval_on_start``) have no place in the
+canonical order: they emit nothing; a mid-epoch one's metrics (as ``val_*``) join that
+epoch's logs, ``eval_on_start``'s are not reported. ``params``: ``epochs``, ``steps`` (an
+epoch's batches, when the loader has a length), ``max_steps`` and HF's arguments.
 """
 
 from __future__ import annotations
@@ -60,7 +66,14 @@ from eventhooks import EventBus
 from eventhooks import events as ev
 from eventhooks.lifecycle import Prediction, Run, Validation
 
-__all__ = ["TransformersCallback", "train"]
+__all__ = ["TrainNotEnded", "TransformersCallback", "train"]
+
+
+class TrainNotEnded(RuntimeError):
+    """What the ``teardown`` of a plain ``trainer.train()`` that failed carries: HF calls no
+    callback on failure, so the run is closed when the trainer is next used (another
+    ``train()``, ``evaluate()``, ``predict()``). :func:`train` closes it at once, with the
+    error itself."""
 
 Session = Validation | Prediction
 
@@ -91,12 +104,33 @@ def _caller(names: tuple[str, ...] = ()) -> tuple[Any, str | None]:
     return None, found
 
 
-def _params(args: TrainingArguments, state: TrainerState) -> dict[str, Any]:
+def _in_training() -> bool:
+    """Whether a ``Trainer``'s training loop is on the stack (an evaluation inside ``train()``)."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_name == "_inner_training_loop":
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
+def _batches(loader: Any) -> int | None:
+    """Batches (micro-batches) an epoch, if the training loader has a length."""
+    try:
+        return len(loader)
+    except (TypeError, ValueError):
+        return None
+
+
+def _params(args: TrainingArguments, state: TrainerState, loader: Any) -> dict[str, Any]:
     def text(value: Any) -> str:
         return str(getattr(value, "value", value))
 
+    batches = _batches(loader)  # ``steps``: an epoch's batches, as under the other adapters
+    epochs = int(state.num_train_epochs)  # sys.maxsize: an iterable dataset, max_steps
     return {
-        "epochs": int(state.num_train_epochs), "steps": int(state.max_steps),
+        **({"epochs": epochs} if epochs < sys.maxsize else {}),
+        **({"steps": batches, "steps_per_epoch": batches} if batches is not None else {}),
         "num_train_epochs": float(args.num_train_epochs), "max_steps": int(state.max_steps),
         "train_batch_size": int(state.train_batch_size or args.per_device_train_batch_size),
         "gradient_accumulation_steps": int(args.gradient_accumulation_steps),
@@ -124,6 +158,7 @@ class TransformersCallback(TrainerCallback):
         self._next = False  # a micro-batch of the step follows: its batch_start is due
         self._closing = False  # on_epoch_end came: the epoch's log and evaluation follow
         self._log_due = self._eval_due = False
+        self._evals = 0  # evaluations still due at the epoch's end (one per eval dataset)
         self._logs: dict[str, float] = {}  # the epoch's logs so far
         self._summary: dict[str, float] = {}
         self._lr: float | None = None
@@ -176,9 +211,11 @@ class TransformersCallback(TrainerCallback):
     def on_train_begin(self, args: TrainingArguments, state: TrainerState,
                        control: TrainerControl, **kw: Any) -> None:  # fmt: skip
         trainer = _caller()[0] or self.trainer
+        self._abandoned()
         start = math.floor(state.epoch + 1e-9) if state.epoch else None
         self.run = self.last = Run(
-            self.bus, source=trainer, params=_params(args, state), initial_epoch=start,
+            self.bus, source=trainer, params=_params(args, state, kw.get("train_dataloader")),
+            initial_epoch=start,
             rank=max(int(args.process_index), 0), world_size=max(int(args.world_size), 1),
         )  # fmt: skip
         self._pending = self._closing = self._next = False
@@ -192,10 +229,22 @@ class TransformersCallback(TrainerCallback):
 
         self._guard(control, begin, self.run)
 
+    def _abandoned(self) -> None:
+        """A run whose plain ``trainer.train()`` failed (no ``on_train_end``) ends now."""
+        run, self.run, self.val = self._live(), None, None
+        if run is not None:
+            run.close(TrainNotEnded(
+                "trainer.train() ended without on_train_end (it failed or was interrupted); "
+                "eventhooks.adapters.transformers.train(trainer, bus) tears down with its error"
+            ))  # fmt: skip
+
     def on_epoch_begin(self, args: TrainingArguments, state: TrainerState,
                        control: TrainerControl, **kw: Any) -> None:  # fmt: skip
         if (run := self._live()) is not None:
-            self._guard(control, self._epoch_begin, run, math.floor((state.epoch or 0) + 1e-9))
+            # Counted, not read off ``state.epoch``: with an iterable dataset and ``max_steps``
+            # HF's epochs are fractions that may floor to the same number twice.
+            epoch = math.floor((state.epoch or 0) + 1e-9) if run.epoch is None else run.epoch + 1
+            self._guard(control, self._epoch_begin, run, epoch)
 
     def _epoch_begin(self, run: Run, epoch: int) -> None:
         self._close_epoch(run)
@@ -245,12 +294,15 @@ class TransformersCallback(TrainerCallback):
     def on_step_end(self, args: TrainingArguments, state: TrainerState,
                     control: TrainerControl, **kw: Any) -> None:  # fmt: skip
         if (run := self._live()) is not None:
-            self._guard(control, self._step_end, run, kw.get("optimizer"))
+            # HF's DefaultFlowCallback (first in the list) has decided whether this step logs
+            self._guard(control, self._step_end, run, kw.get("optimizer"), control.should_log)
 
-    def _step_end(self, run: Run, optimizer: Any) -> None:
+    def _step_end(self, run: Run, optimizer: Any, logs_follow: bool) -> None:
         self._start_due(run)
         self._lr_changed(run, optimizer)
         self._pending = True  # batch_end waits for this step's on_log, if one comes
+        if not logs_follow:  # none: ends now, so that a stop asked there stops this step
+            self._flush()
 
     def on_epoch_end(self, args: TrainingArguments, state: TrainerState,
                      control: TrainerControl, **kw: Any) -> None:  # fmt: skip
@@ -260,6 +312,8 @@ class TransformersCallback(TrainerCallback):
         last = getattr(run.context.source, "_globalstep_last_logged", -1)
         self._log_due = state.global_step > last
         self._eval_due = bool(control.should_evaluate)
+        evals = getattr(run.context.source, "eval_dataset", None)  # a dict: one eval each
+        self._evals = len(evals) if isinstance(evals, dict) and evals else 1
         self._guard(control, self._epoch_trained, run)
 
     def _epoch_trained(self, run: Run) -> None:
@@ -286,8 +340,8 @@ class TransformersCallback(TrainerCallback):
         run = self._live()
         if run is None or any(key.startswith("eval_") for key in logs):
             return  # evaluation metrics come with on_evaluate
-        if "train_runtime" in logs:
-            self._summary = _floats(logs)
+        if "train_runtime" in logs and "loss" not in logs:  # the summary (``train_loss``...);
+            self._summary = _floats(logs)  # include_num_input_tokens_seen times every log too
         else:
             self._guard(control, self._train_log, run, _floats(logs))
 
@@ -333,6 +387,9 @@ class TransformersCallback(TrainerCallback):
 
     def _prediction_step(self, loader: Any) -> None:
         run = self._live()
+        if run is not None and self.val is None and not self._closing and not _in_training():
+            self._abandoned()  # evaluate() or predict() after a plain train() that failed
+            run = None
         session: Session | None
         if run is not None:
             self._flush()
@@ -357,6 +414,9 @@ class TransformersCallback(TrainerCallback):
 
     def _evaluated(self, metrics: dict[str, Any] | None) -> None:
         run = self._live()
+        if run is not None and self.val is None and not self._closing and not _in_training():
+            self._abandoned()
+            run = None
         if run is None:
             session = self.session
             if not isinstance(session, Validation):
@@ -370,13 +430,18 @@ class TransformersCallback(TrainerCallback):
             if self.val is None:
                 self.val = run.validation()
                 self.val.open()
-            self.val.logs = logs
+            self.val.logs = {**(self.val.logs or {}), **logs}
+            self._evals -= 1
+            if self._evals > 0:  # another eval dataset follows
+                return
             self._eval_due = False
             if not self._log_due:
                 self._close_epoch(run)
 
     def on_predict(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                    metrics: dict[str, Any] | None = None, **kw: Any) -> None:  # fmt: skip
+        if self._live() is not None and not _in_training():
+            self._abandoned()
         if self._live() is None:
             self._guard(control, self._predicted)
 

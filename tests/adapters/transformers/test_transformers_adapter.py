@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from _hf_support import Boom, Data, Tiny, make_trainer
 from _network import NetworkGuard
 from transformers import Trainer
@@ -390,3 +391,112 @@ def test_stop_after_an_accumulated_micro_batch(tmp_path: Path) -> None:
     assert [p.epoch for p in rec.payloads("on_fit_epoch_end")] == [0]
     assert rec.names[-2:] == ["on_train_end", "teardown"]
     assert_canonical_order(rec.names)
+
+
+# -- found by review (session 6): each failed before its fix --------------------------------------
+
+
+def test_a_stop_asked_at_a_batch_end_stops_that_step(tmp_path: Path) -> None:
+    """A step that does not log ends its batch at once (bug: its ``on_train_batch_end`` was
+    held until the next step's start, so HF ran one more step, and with accumulation one more
+    micro-batch)."""
+    for accumulate in (1, 2):
+        bus = EventBus(check_order=True)
+        rec = Recorder(bus)
+        bus.subscribe("on_train_batch_end", lambda p, bus=bus: bus.request_stop(),
+                      once=accumulate)  # fmt: skip
+        trainer = make_trainer(tmp_path / str(accumulate), bus, epochs=3,
+                               gradient_accumulation_steps=accumulate)  # fmt: skip
+        trainer.train()
+        assert trainer.state.global_step == 1, accumulate
+        assert len(rec.payloads("on_train_batch_start")) == accumulate
+        assert_canonical_order(rec.names)
+
+
+def test_tokens_seen_keep_the_training_logs(tmp_path: Path) -> None:
+    """``include_num_input_tokens_seen`` times every log (``train_runtime``): bug, every
+    training log was taken for HF's end-of-training summary and dropped."""
+    class Counted(Tiny):
+        main_input_name = "x"  # what HF counts as the input's tokens
+
+    bus = EventBus(check_order=True)
+    history = History()
+    bus.attach(history)
+    trainer = make_trainer(tmp_path, bus, model=Counted(), include_num_input_tokens_seen=True)
+    trainer.train()
+    assert len(history.history["loss"]) == 2
+    assert history.history["num_input_tokens_seen"][-1] > 0
+
+
+def test_a_plain_train_that_failed_is_torn_down_when_the_trainer_is_used_again(
+    tmp_path: Path,
+) -> None:
+    """bug: its run stayed open, so ``evaluate()`` and ``predict()`` emitted nothing and the
+    next ``train()`` failed with an ``OrderError`` (or, unchecked, kept an old stop request)."""
+    from eventhooks.adapters.transformers import TrainNotEnded
+
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    model = Tiny(fail_at=3)
+    trainer = make_trainer(tmp_path, bus, model=model)
+    with pytest.raises(Boom):
+        trainer.train()
+    assert "teardown" not in rec.names
+    model.fail_at = None
+    trainer.evaluate()
+    assert rec.names.count("teardown") == 1 and rec.names.index("teardown") < rec.names.index(
+        "on_val_start")  # fmt: skip
+    assert isinstance(rec.payloads("teardown")[0].exception, TrainNotEnded)
+    rec.clear()
+    trainer.train()
+    assert rec.names[0] == "on_pretrain_routine_start" and rec.names[-1] == "teardown"
+    assert rec.payloads("teardown")[0].error is None
+    assert_canonical_order(rec.names)
+
+
+def test_an_iterable_dataset_with_max_steps_counts_its_epochs(tmp_path: Path) -> None:
+    """HF's epochs are fractions here (bug: two epochs numbered 0); ``params`` hold no
+    ``epochs`` of ``sys.maxsize`` nor a ``steps`` they cannot know."""
+
+    class Stream(torch.utils.data.IterableDataset[dict[str, torch.Tensor]]):
+        def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+            data = Data(20)
+            return (data[i] for i in range(len(data)))
+
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    trainer = make_trainer(tmp_path, bus, train_data=False, max_steps=8,
+                           gradient_accumulation_steps=1)  # fmt: skip
+    trainer.train_dataset = Stream()
+    trainer.train()
+    assert [p.epoch for p in rec.payloads("on_train_epoch_start")] == [0, 1]
+    assert [p.epoch for p in rec.payloads("on_fit_epoch_end")] == [0, 1]
+    params = rec.payloads("on_train_start")[0].params or {}
+    assert "epochs" not in params and "steps" not in params and params["max_steps"] == 8
+    assert_canonical_order(rec.names)
+
+
+def test_several_eval_datasets_are_one_validation_of_the_epoch(tmp_path: Path) -> None:
+    """bug: the first dataset's evaluation closed the epoch; the second's metrics were lost."""
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    trainer = make_trainer(tmp_path, bus)
+    trainer.eval_dataset = {"a": Data(8, seed=1), "b": Data(12, seed=2)}
+    trainer.train()
+    assert_canonical_order(rec.names)
+    for name in ("on_val_end", "on_fit_epoch_end"):
+        for payload in rec.payloads(name):
+            assert {"val_a_loss", "val_b_loss"} <= set(payload.logs), name
+    assert len(rec.payloads("on_val_batch_end")) == 2 * (2 + 3)  # 2 epochs, 8 + 12 examples
+
+
+def test_params_steps_are_an_epochs_batches(tmp_path: Path) -> None:
+    """As under the other adapters, so that a progress bar's epoch ends at 100% (bug: HF's
+    ``max_steps``, optimizer steps over the whole run)."""
+    bus = EventBus()
+    rec = Recorder(bus)
+    make_trainer(tmp_path, bus, epochs=3).train()
+    params = rec.payloads("on_train_start")[0].params or {}
+    per_epoch = len(rec.payloads("on_train_batch_end")) // 3
+    assert params["steps"] == per_epoch == 5 and params["epochs"] == 3
+    assert params["max_steps"] == 9  # 5 batches, accumulating 2: 3 steps an epoch
