@@ -18,7 +18,8 @@ Keras                                       lifecycle
 the optimizer's ``learning_rate``           ``on_params_update`` ``{"learning_rate": ...}``
                                             after ``on_train_start``, then when it
                                             changed: checked as the epoch's training
-                                            begins (its first batch) and at its end
+                                            begins (its first batch), after its last
+                                            step, and at its end
 ``on_test_*`` / ``on_predict_*`` otherwise  a :class:`Validation` / :class:`Prediction`
 ==========================================  ==========================================
 
@@ -26,7 +27,8 @@ The learning rate is read (``float(ops.convert_to_numpy(optimizer.learning_rate)
 ``TensorBoard`` callback reads it) only when someone listens to ``on_params_update``. A
 ``LearningRateScheduler`` sets it in ``on_epoch_begin``, before or after this callback: by the
 epoch's first batch it has, and the change is that epoch's. A ``LearningRateSchedule`` changes
-it every step: it is announced once an epoch, not per batch.
+it every step: it is announced once an epoch, after the epoch's last step (when Keras knows the
+epoch's steps), so an epoch's rate is the one at its end, as Keras' ``TensorBoard`` writes it.
 
 Every hook is overridden, on purpose: Keras dispatches the batch-end hooks of callbacks that
 do not override them to a thread pool, where events could arrive out of order and off the
@@ -185,6 +187,8 @@ class KerasCallback(keras.callbacks.Callback):  # type: ignore[misc]
     def on_train_batch_end(self, batch: int, logs: Logs = None) -> None:
         if (run := self._fit()) is not None:
             run.batch = batch  # Keras' last step of the batch (steps_per_execution > 1)
+            if batch + 1 == (self.params or {}).get("steps"):  # the epoch's last step: its rate
+                self._check_rate(run)  # at its end, as Keras' TensorBoard reads it (a schedule)
             self._do(run, run.batch_end, logs)
 
     def on_epoch_end(self, epoch: int, logs: Logs = None) -> None:

@@ -43,7 +43,7 @@ _TRAIN_PREFIXES = ("train_", "train/", "training_", "training/")
 #: A learning rate's name: ``lr`` or ``learning_rate``, then optionally ``_<digits>`` (an
 #: optimizer's index: Lightning's ``lr_0``) or ``-<name>`` (LearningRateMonitor's ``lr-Adam``),
 #: then optionally ``/<anything>`` (a parameter group: ``lr/pg1``, ``lr-Adam/pg1``).
-_LR_NAME = re.compile(r"(lr|learning_rate)(?:_[0-9]+|-[^/]+)?(?:/.*)?", re.DOTALL)
+_LR_NAME = re.compile(r"(lr|learning_rate)(?:_[0-9]+|-[^/-]+)?(?:/.*)?", re.DOTALL)
 _DPI = 100
 _MARKERS = ("o", "s", "^", "D", "v", "P")
 _PANEL_INCHES = (4.6, 3.3)  # one panel's width and height
@@ -55,7 +55,8 @@ def learning_rate_name(key: str) -> str | None:
 
     Learning rates are ``lr`` and ``learning_rate``, followed by nothing, by ``_<digits>``
     (Lightning's ``lr_0``) or by ``-<name>`` (Lightning's LearningRateMonitor: ``lr-Adam``),
-    then optionally by ``/...`` (parameter groups: ``lr/pg1``, ``lr-Adam/pg1``). Their name is
+    then optionally by ``/...`` (parameter groups: ``lr/pg1``, ``lr-Adam/pg1``; not the
+    monitor's ``lr-SGD-momentum`` or ``lr-SGD-weight_decay``). Their name is
     Keras': ``learning_rate`` followed by the same rest (``lr/pg1`` -> ``learning_rate/pg1``,
     ``lr_0`` -> ``learning_rate_0``, ``lr-Adam`` -> ``learning_rate-Adam``). Anything else is
     not a rate: ``lr_decay`` (Adagrad's), ``lrx``, ``slr``, ``LR`` (case counts here).

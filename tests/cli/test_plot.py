@@ -145,7 +145,9 @@ def test_other_keys_lose_a_training_or_validation_prefix_only(key: str, panel: s
      ("lr-Adam/pg1", "learning_rate-Adam/pg1"), ("learning_rate-Adam", "learning_rate-Adam"),
      ("lr_decay", None), ("learning_rate_decay", None), ("lr_", None), ("lr-", None),
      ("lr_0x", None), ("lrx", None), ("slr", None), ("train/lr", None), ("LR", None),
-     ("momentum", None), ("", None)],
+     ("momentum", None), ("", None),
+     # LearningRateMonitor's momentum and weight decay (found by review): not rates
+     ("lr-SGD-momentum", None), ("lr-SGD-weight_decay", None), ("lr-Adam-beta1/pg1", None)],
 )  # fmt: skip
 def test_learning_rate_names_are_one_rule(key: str, name: str | None) -> None:
     """The rule TensorBoard, MLflowLogger and the plots share (#14)."""

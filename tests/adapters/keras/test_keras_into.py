@@ -876,3 +876,20 @@ def test_nobody_listening_to_the_rate_gets_no_announcement() -> None:
                      callbacks=[KerasCallback(bus), scheduler])  # fmt: skip
     assert "on_params_update" not in bus.emitted
     assert bus.emitted.count("on_fit_epoch_end") == 2
+
+
+def test_a_schedule_s_rate_is_the_one_at_each_epoch_s_end() -> None:
+    """As Keras' own TensorBoard writes ``epoch_learning_rate`` (bug: the rate at the epoch's
+    start, one epoch behind)."""
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    model = make_model()
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=3, decay_rate=0.5)
+    model.compile(optimizer=keras.optimizers.SGD(schedule), loss="sparse_categorical_crossentropy")
+    x, y = make_data(12)  # 3 steps an epoch
+    model.fit(x, y, epochs=3, batch_size=4, verbose=0, callbacks=[KerasCallback(bus)])
+    announced = {p.epoch: p.hyperparams["learning_rate"] for p in rec.payloads("on_params_update")}
+    at_end = [float(np.float32(0.1 * 0.5 ** (e + 1))) for e in range(3)]  # after 3, 6, 9 steps
+    assert [announced[e] for e in range(3)] == pytest.approx(at_end, rel=1e-6)
+    assert_canonical_order(rec.names, emitted=KERAS_EMITS)
+
