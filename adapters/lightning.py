@@ -28,8 +28,9 @@ Lightning honours: ``min_epochs`` met)          ``run.validation()`` (``val_*`` 
                                                 is not reported
 ``on_train_epoch_end``                          ``train_epoch_end`` if no validation ran,
                                                 checkpoints written at ``on_validation_end``,
-                                                ``epoch_end`` (training metrics, and ``val_*``
-                                                if this epoch validated)
+                                                ``epoch_end`` (training metrics, and the
+                                                ``val_*`` of its latest validation, a
+                                                mid-epoch one's too, if it validated)
 ``on_train_end``                                last checkpoints, ``train_end``
 ``teardown(stage="fit")``                       ``teardown``
 ``on_exception``                                ``teardown`` carrying the error
@@ -343,13 +344,14 @@ class LightningCallback(pl.Callback):
         if trainer.sanity_checking:
             return
         val, self._val = self._val, None
-        if val is not None:
-            in_fit = self._live() is not None
-            logs = self._val_logs(trainer, fit=in_fit)
+        in_fit = self._live() is not None
+        if val is not None or in_fit:  # one not reported (mid-epoch) still gives the epoch
+            logs = self._val_logs(trainer, fit=in_fit)  # its val_* (the latest validation's)
             if in_fit:
                 self._epoch_val = logs
-            val.end(logs)
-            self._check_stop(trainer)
+            if val is not None:
+                val.end(logs)
+                self._check_stop(trainer)
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._before_val, self._val_keys = dict(trainer.callback_metrics), set()

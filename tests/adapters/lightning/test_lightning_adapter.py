@@ -463,6 +463,31 @@ def test_validation_every_other_epoch(tmp_path: Path) -> None:
     assert all("loss" in epoch for epoch in logs)
 
 
+def test_validations_in_the_middle_of_epochs_give_those_epochs_val_metrics(
+    tmp_path: Path,
+) -> None:
+    """Every 3 steps over epochs of 4 batches: no validation is at an epoch's end, yet every
+    epoch validated (bug: only an epoch whose last batch validated had ``val_*``, so none of
+    these, and a run stopped by Lightning's EarlyStopping at a mid-epoch validation lost it)."""
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    history = History()
+    bus.attach(history)
+    t = trainer(tmp_path, bus, max_epochs=3, val_check_interval=3, check_val_every_n_epoch=None)
+    t.fit(Tiny(), loader(16, 4), loader(8, 4, seed=1))
+    assert_canonical_order(rec.names)
+    assert len(history.history["val_loss"]) == 3  # steps 3 (epoch 0), 6 (1), 9 and 12 (2)
+    assert history.history["val_loss"][-1] == pytest.approx(float(t.callback_metrics["val_loss"]))
+    bus = EventBus(check_order=True)
+    history = History()
+    bus.attach(history)
+    stopper = LightningEarlyStopping(monitor="val_loss", patience=0, min_delta=10.0)
+    t = trainer(tmp_path, bus, stopper, max_epochs=5, val_check_interval=0.5)
+    t.fit(Tiny(), loader(16, 4), loader(8, 4, seed=1))
+    assert t.current_epoch < 5 and history.epoch == list(range(len(history.epoch)))
+    assert len(history.history["val_loss"]) == len(history.epoch)
+
+
 class EpochIndexed(Tiny):
     """Logs ``loss`` = 10 * epoch + batch on step and epoch: the epochs' means are known."""
 
