@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sized
 from typing import Any
 
 import torch
@@ -122,6 +122,17 @@ def to_floats(metrics: Mapping[str, object]) -> dict[str, float]:
         checked = _check(name, value)
         out[name] = float(checked)  # type: ignore[arg-type]
     return out
+
+
+def length(loader: object) -> int | None:
+    """``len(loader)``, or None when it has none: a DataLoader is ``Sized`` even over an
+    ``IterableDataset`` without ``__len__``, and then ``len()`` raises ``TypeError``."""
+    if not isinstance(loader, Sized):
+        return None
+    try:
+        return len(loader)
+    except TypeError:
+        return None
 
 
 def where() -> tuple[int, int]:

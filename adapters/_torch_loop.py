@@ -9,7 +9,7 @@ maps names to ``fn(outputs, targets) -> scalar``.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping, Sized
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,7 +18,7 @@ import torch
 from eventhooks import EventBus
 from eventhooks.lifecycle import Export, Prediction
 
-from ._torch_logs import where
+from ._torch_logs import length, where
 from ._torch_run import Run
 
 Metric = Callable[[Any, Any], Any]
@@ -34,6 +34,8 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 def _to(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a namedtuple
+        return type(batch)(*(_to(item, device) for item in batch))
     if isinstance(batch, (list, tuple)):
         return type(batch)(_to(item, device) for item in batch)
     if isinstance(batch, Mapping):
@@ -95,8 +97,9 @@ def fit(
         raise ValueError(f"fit(): epochs must be an int >= 0, got {epochs!r}")
     run = Run(bus, optimizer, model=model, checkpoint_dir=checkpoint_dir, sync_logs=sync_logs)
     run.params["epochs"] = epochs
-    if isinstance(train_loader, Sized):  # known at on_pretrain_routine_start, for progress bars
-        run.params["steps"] = len(train_loader)
+    steps = length(train_loader)  # known at on_pretrain_routine_start, for progress bars
+    if steps is not None:
+        run.params["steps"] = steps
     target = torch.device(device) if device is not None else _device_of(model)
     with run:
         for epoch in run.epochs(range(initial_epoch, epochs)):

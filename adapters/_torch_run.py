@@ -8,7 +8,7 @@ its hooks (:mod:`._torch_optim`). Usage: :mod:`eventhooks.adapters.torch` and th
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence, Sized
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,7 +18,7 @@ from eventhooks import EventBus, events
 from eventhooks import lifecycle as lc
 
 from ._torch_io import Checkpoints
-from ._torch_logs import PEER_STOP, Means, agree_to_stop, average, to_floats, where
+from ._torch_logs import PEER_STOP, Means, agree_to_stop, average, length, to_floats, where
 from ._torch_optim import OptimizerWatch, as_optimizers, hyperparams
 
 __all__ = ["PEER_STOP", "Run", "instrument"]
@@ -195,8 +195,12 @@ class Run(Checkpoints):
             raise RuntimeError("run.batches() must be inside `for epoch in run.epochs(...)`")
         if self._pending is None and not life.allows(events.on_train_batch_start):
             raise RuntimeError("run.batches(): this epoch's training part has already ended")
-        if isinstance(loader, Sized):
-            self._set_params(steps=len(loader))
+        steps = length(loader)
+        if steps is not None:
+            self._set_params(steps=steps)
+        elif "steps" in self.params:  # a loader of unknown length: no stale total
+            del self.params["steps"]
+            life.update(params=dict(self.params))
         self._announce()
         return self._batch_loop(life, loader)
 
