@@ -58,7 +58,12 @@ class Run(Checkpoints):
         self.params: dict[str, Any] = {}  #: totals for progress bars (``epochs``, ``steps``)
         self.rank, self.world_size = 0, 1
         self._life: lc.Run | None = None  # the lifecycle of the current (or last) use
-        self._val: lc.Validation | None = None  # the validation in progress
+        self._val: lc.Validation | None = None  # the validation in progress, if reported
+        self._validating = False  # a validation began (reported or not) and has not ended
+        self._val_running = False  # its loop is running (not left by a `break`)
+        self._val_into: dict[str, float] | None = None  # where its val_ metrics go
+        self._batches_open = False  # the batch loop is running (not left by a `break`)
+        self._epochs_open = False  # the epoch loop is running (not left by a `break`)
         self._watch: OptimizerWatch | None = None
         self._fresh_run()
 
@@ -76,6 +81,8 @@ class Run(Checkpoints):
         self.train_logs: dict[str, float] = {}
         self.val_logs: dict[str, float] = {}
         self._epoch_extra: dict[str, float] = {}
+        self._epoch_val: dict[str, float] = {}  # every validation's of the epoch, ``val_``
+        self._batches_ran = self._validated = False  # this epoch's run.batches(), validation
 
     def __getstate__(self) -> dict[str, Any]:
         if self.active:
@@ -128,7 +135,8 @@ class Run(Checkpoints):
         """Remove the hooks, then ``teardown`` (a failing subscriber never masks ``exc``)."""
         if self._watch is not None:
             self._watch.remove()
-        self._watch = self._val = None
+        self._watch = self._val = self._val_into = None
+        self._validating = False
         if self._life is not None:
             self._life.finish(exc)
 
@@ -155,15 +163,19 @@ class Run(Checkpoints):
         return self._epoch_loop(epochs)
 
     def _epoch_loop(self, epochs: Iterable[int]) -> Iterator[int]:
-        for epoch in epochs:
-            if agree_to_stop(self.bus, self.world_size):
-                return
-            if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-                raise ValueError(f"run.epochs(): epochs must be ints >= 0, got {epoch!r}")
-            self._pending = epoch
-            self._fresh_epoch()
-            yield epoch
-            self._end_epoch()  # when the loop asks for the next epoch
+        self._epochs_open = True
+        try:  # a `break` closes this generator: the epoch ends at the next moment
+            for epoch in epochs:
+                if agree_to_stop(self.bus, self.world_size):
+                    return
+                if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+                    raise ValueError(f"run.epochs(): epochs must be ints >= 0, got {epoch!r}")
+                self._pending = epoch
+                self._fresh_epoch()
+                yield epoch
+                self._end_epoch()  # when the loop asks for the next epoch
+        finally:
+            self._epochs_open = False
 
     def _announce(self) -> None:
         """``on_train_epoch_start``, deferred to the epoch's first loop (or its end) so that
@@ -177,9 +189,8 @@ class Run(Checkpoints):
     def _end_epoch(self) -> None:
         self._close_train()
         self._close_val()
-        val = {k if k.startswith("val_") else f"val_{k}": v for k, v in self.val_logs.items()}
         extra = self._synced(self._epoch_extra, "on_fit_epoch_end")
-        self.logs = logs = {**self.train_logs, **val, **extra}
+        self.logs = logs = {**self.train_logs, **self._epoch_val, **extra}
         for name, value in logs.items():
             self.history.setdefault(name, []).append(value)
         if self.checkpoint_dir is not None:
@@ -195,6 +206,7 @@ class Run(Checkpoints):
             raise RuntimeError("run.batches() must be inside `for epoch in run.epochs(...)`")
         if self._pending is None and not life.allows(events.on_train_batch_start):
             raise RuntimeError("run.batches(): this epoch's training part has already ended")
+        self._batches_ran = True
         steps = length(loader)
         if steps is not None:
             self._set_params(steps=steps)
@@ -207,12 +219,16 @@ class Run(Checkpoints):
     def _batch_loop(self, life: lc.Run, loader: Iterable[T]) -> Iterator[T]:
         local_stop = self.world_size == 1  # under DDP the ranks agree at the epoch's end
         if not (local_stop and self.bus.stop_requested):
-            for item in loader:
-                life.batch_start()
-                yield item
-                self._end_batch(life)
-                if local_stop and self.bus.stop_requested:
-                    break
+            self._batches_open = True
+            try:  # a `break` closes this generator: the batch ends at the next moment
+                for item in loader:
+                    life.batch_start()
+                    yield item
+                    self._end_batch(life)
+                    if local_stop and self.bus.stop_requested:
+                        break
+            finally:
+                self._batches_open = False
         self._close_train()
 
     def _end_batch(self, life: lc.Run) -> None:
@@ -232,52 +248,86 @@ class Run(Checkpoints):
         """Wrap a validation loop: ``for x, y in run.validation(val_loader)``; outside a run,
         an evaluation of its own."""
         life = self._life
-        if life is not None and not life.closed:
-            if self._in_epoch:
-                self._close_train()
-                self._close_val()
-            else:
-                self._check_params(life)
-            session = life.validation()
-        else:
+        if life is None or life.closed:
             self.rank, self.world_size = where()
             session = lc.Validation(self.bus, source=self, params=self.params, rank=self.rank,
                                     world_size=self.world_size)  # fmt: skip
-        return self._val_loop(session, loader)
+            return self._val_loop(session, loader, None)
+        self._catch_up()
+        if self._in_epoch:  # the epoch's validation: the first after its training part
+            if self._batches_ran and not self._batches_open and not self._validated:
+                self._close_train()
+                self._validated = True
+                return self._val_loop(life.validation(), loader, self._epoch_val)
+            return self._val_loop(None, loader, self._epoch_val)
+        if life.epoch is None:  # a sanity check before the epochs: not reported
+            return self._val_loop(None, loader, None)
+        self._check_params(life)
+        if life.allows(events.on_val_start):  # the run's own, after its epochs
+            return self._val_loop(life.validation(), loader, None)
+        return self._val_loop(None, loader, self._run_extra)
 
-    def _val_loop(self, session: lc.Validation, loader: Iterable[T]) -> Iterator[T]:
-        self._val_means = Means()
-        self._val = session.open()
-        for item in loader:
-            session.batch_start()
-            yield item
-            session.batch_end(self._val_means.floats)
+    def _val_loop(
+        self, session: lc.Validation | None, loader: Iterable[T], into: dict[str, float] | None
+    ) -> Iterator[T]:
+        """A validation; one that is not reported (``session`` None) emits nothing, its
+        metrics go ``into`` the epoch's (or the run's) logs, with ``val_`` names."""
+        self._close_val()
+        self._val_means, self._val_into = Means(), into
+        self._val = None if session is None else session.open()
+        self._validating = self._val_running = True
+        try:  # a `break` closes this generator: the validation ends at the next moment
+            for item in loader:
+                if session is not None:
+                    session.batch_start()
+                yield item
+                if session is not None:
+                    session.batch_end(self._val_means.floats)
+        finally:
+            self._val_running = False
         self._close_val()
 
     def _close_val(self) -> None:
-        session, self._val = self._val, None
-        if session is None:
+        if not self._validating:
             return
-        if session.allows(events.on_val_batch_end):  # the user broke out of the validation loop
+        session, into, self._val, self._val_into = self._val, self._val_into, None, None
+        self._validating = False
+        if session is not None and session.allows(events.on_val_batch_end):  # a `break`
             session.batch_end(self._val_means.floats)
         self.val_logs = self._synced(self._val_means.floats(), "on_val_end")
-        session.end(self.val_logs)
+        if session is not None:
+            session.end(self.val_logs)
+        if into is not None:  # the latest values win
+            into.update({k if k.startswith("val_") else f"val_{k}": v
+                         for k, v in self.val_logs.items()})  # fmt: skip
 
     # -- metrics and hyper-parameters -------------------------------------------------------------
 
     def log(self, **metrics: object) -> None:
         """Hand over metrics: ``run.log(loss=loss, accuracy=acc)``; scalar tensors are fine."""
         life = self._life
-        if self._val is not None:
+        if self.active:
+            self._catch_up()
+        if self._validating:
             self._val_means.add(metrics)
         elif life is None or life.closed:
             raise RuntimeError("run.log() outside the run: use it inside `with run:`")
-        elif life.in_batch:
+        elif life.in_batch and self._batches_open:
             self._train_means.add(metrics)
         elif self._in_epoch:
+            if life.in_batch:  # after a `break` out of the batch loop: its training part ends
+                self._close_train()
             self._epoch_extra.update(to_floats(metrics))
         else:
             self._run_extra.update(to_floats(metrics))
+
+    def _catch_up(self) -> None:
+        """End the loops the user broke out of (a `break` closes the wrapper's generator;
+        nothing is emitted then, as the loop may be unwinding an error): at the next moment."""
+        if self._validating and not self._val_running:
+            self._close_val()
+        if self._in_epoch and not self._epochs_open:
+            self._end_epoch()
 
     def _check_params(self, life: lc.Run) -> None:
         """Announce the hyper-parameters changed since last announced, if the order has room."""

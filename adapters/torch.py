@@ -22,6 +22,13 @@ after ``on_fit_epoch_end`` (``scheduler.step()`` above, the last epoch's include
 accumulation (a batch without a step), several optimizers (several steps in a batch) and a
 ``run.validation(...)`` after the epoch loop are in the canonical order.
 
+One validation an epoch is reported (``on_val_start`` ... ``on_val_end``): the epoch's, the
+first after its batch loop. Others emit nothing: a validation every N batches, one before the
+batch loop, a second loader's; their metrics join the epoch's logs as ``val_`` names (the
+latest values win). A sanity validation before ``run.epochs()`` is not reported at all. A
+``break`` out of ``run.epochs()``, ``run.batches()`` or ``run.validation()`` ends that loop
+at the next ``run.log()`` or wrapper (a later ``run.log()`` is not credited to it).
+
 No loop: :func:`fit`, :func:`evaluate`, :func:`predict`, :func:`export`.
 """
 

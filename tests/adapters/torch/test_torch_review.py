@@ -93,3 +93,130 @@ def test_namedtuple_batches_work_in_fit_evaluate_and_predict() -> None:
     assert set(history) == {"loss", "val_loss"}
     assert set(evaluate(model, ce, loader, bus=EventBus(check_order=True))) == {"loss"}
     assert predict(model, loader, bus=EventBus(check_order=True)).shape == (16, 2)
+
+
+def data(n_batches: int, size: int = 4, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n_batches * size, 4, generator=g)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    return [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
+
+
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: Any) -> torch.Tensor:
+    opt.zero_grad()
+    loss = torch.nn.functional.cross_entropy(model(batch[0]), batch[1])
+    loss.backward()  # type: ignore[no-untyped-call]
+    opt.step()
+    return loss.detach()
+
+
+def setup() -> tuple[EventBus, Recorder, torch.nn.Module, torch.optim.Optimizer]:
+    bus = EventBus(check_order=True)
+    model = mlp()
+    return bus, Recorder(bus), model, torch.optim.SGD(model.parameters(), lr=0.1)
+
+
+def test_only_the_epochs_validation_is_reported_the_others_join_its_logs() -> None:
+    """A sanity check before the epochs, a validation before the batches, one every 2
+    batches, the epoch's, a second loader's: one on_val_start/_end an epoch (the first after
+    the training part), no OrderError; the others' val_ metrics join the epoch's logs, the
+    latest values winning; the sanity check's are not reported at all."""
+    bus, rec, model, opt = setup()
+    with instrument(bus, opt) as run:
+        for _ in run.validation(data(1)):
+            run.log(loss=9.0, sanity=1.0)
+        for _ in run.epochs(2):
+            for _ in run.validation(data(1)):
+                run.log(loss=5.0, before=1.0)
+            for i, batch in enumerate(run.batches(data(4))):
+                run.log(loss=train_step(model, opt, batch))
+                if i % 2 == 1:
+                    for _ in run.validation(data(1)):
+                        run.log(loss=4.0, mid=float(i))
+            for _ in run.validation(data(2)):
+                run.log(loss=2.0)
+            for _ in run.validation(data(1)):
+                run.log(acc=0.5)
+    assert_canonical_order(rec.names)
+    assert rec.names.count("on_val_start") == rec.names.count("on_val_end") == 2
+    assert rec.names.count("on_val_batch_end") == 4  # the epochs' own: 2 batches each
+    assert [p.logs for p in rec.payloads("on_val_end")] == [{"loss": 2.0}] * 2
+    assert rec.names.count("on_train_batch_end") == 8
+    for logs in (p.logs for p in rec.payloads("on_fit_epoch_end")):
+        assert {k: v for k, v in logs.items() if k.startswith("val_")} == {
+            "val_loss": 2.0, "val_before": 1.0, "val_mid": 3.0, "val_acc": 0.5
+        }  # fmt: skip
+        assert "loss" in logs and "sanity" not in logs and "val_sanity" not in logs
+    assert set(run.history["val_loss"]) == {2.0}
+
+
+def test_a_validation_every_n_batches_only_then_the_epochs_logs_have_it() -> None:
+    bus, rec, model, opt = setup()
+    with instrument(bus, opt) as run:
+        for _ in run.epochs(1):
+            for i, batch in enumerate(run.batches(data(3))):
+                run.log(loss=train_step(model, opt, batch))
+                if i == 0:
+                    for _ in run.validation(data(1)):
+                        run.log(loss=1.0)
+    assert_canonical_order(rec.names)
+    assert "on_val_start" not in rec.names
+    assert rec.payloads("on_fit_epoch_end")[0].logs["val_loss"] == 1.0
+    assert rec.names.count("on_train_batch_end") == 3
+
+
+def test_a_log_after_a_break_out_of_a_validation_is_the_epochs() -> None:
+    bus, rec, model, opt = setup()
+    with instrument(bus, opt) as run:
+        for _ in run.epochs(1):
+            for batch in run.batches(data(2)):
+                run.log(loss=train_step(model, opt, batch))
+            for i, _ in enumerate(run.validation(data(3))):
+                run.log(loss=float(i))
+                if i == 1:
+                    break
+            run.log(lr_epoch=0.5)
+    assert_canonical_order(rec.names)
+    assert rec.payloads("on_val_end")[0].logs == {"loss": 0.5}
+    logs = rec.payloads("on_fit_epoch_end")[0].logs
+    assert logs["lr_epoch"] == 0.5 and "val_lr_epoch" not in logs
+
+
+def test_a_log_after_a_break_out_of_the_batches_is_the_epochs() -> None:
+    bus, rec, model, opt = setup()
+    with instrument(bus, opt) as run:
+        for _ in run.epochs(1):
+            for batch in run.batches(data(3)):
+                run.log(loss=train_step(model, opt, batch))
+                break
+            run.log(extra=1.0)
+            for _ in run.validation(data(1)):
+                run.log(loss=1.0)
+    assert_canonical_order(rec.names)
+    assert set(rec.payloads("on_train_epoch_end")[0].logs) == {"loss"}
+    assert rec.names.count("on_train_batch_end") == 1
+    assert rec.names.index("on_train_batch_end") < rec.names.index("on_train_epoch_end")
+    logs = rec.payloads("on_fit_epoch_end")[0].logs
+    assert logs["extra"] == 1.0 and logs["val_loss"] == 1.0
+
+
+def test_a_validation_after_a_break_out_of_the_epochs_is_the_runs_own() -> None:
+    bus, rec, model, opt = setup()
+    with instrument(bus, opt) as run:
+        for epoch in run.epochs(3):
+            for batch in run.batches(data(1)):
+                run.log(loss=train_step(model, opt, batch))
+            if epoch == 1:
+                break
+        for i, _ in enumerate(run.validation(data(3))):
+            run.log(loss=2.0)
+            if i == 0:
+                break
+        run.log(test_acc=0.9)
+    assert_canonical_order(rec.names)
+    last_epoch_end = max(i for i, n in enumerate(rec.names) if n == "on_fit_epoch_end")
+    assert rec.names.index("on_val_start") > last_epoch_end
+    assert rec.names.count("on_fit_epoch_end") == 2
+    assert "val_loss" not in rec.payloads("on_fit_epoch_end")[1].logs
+    assert rec.payloads("on_val_end")[0].logs == {"loss": 2.0}
+    assert rec.payloads("on_train_end")[0].logs["test_acc"] == 0.9
