@@ -166,6 +166,10 @@ class Run(Checkpoints):
         self._epochs_open = True
         try:  # a `break` closes this generator: the epoch ends at the next moment
             for epoch in epochs:
+                # An epoch follows: a change made between the epochs (scheduler.step()) is
+                # announced now, so that a stop asked at its on_params_update starts no other
+                # epoch (after the last epoch it waits: a final checkpoint may come first).
+                self._check_params(self._require_active("epochs"))
                 if agree_to_stop(self.bus, self.world_size):
                     return
                 if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:

@@ -18,9 +18,10 @@ Your loop, five lines added or changed::
 The run opens with the pretrain routine (``on_pretrain_routine_start``/``_end``) when the
 ``with`` block is entered. A change of the optimizer's hyper-parameters is announced where it
 happens: at the end of the batch that made it (a per-batch scheduler), or between epochs,
-after ``on_fit_epoch_end`` (``scheduler.step()`` above, the last epoch's included). Gradient
-accumulation (a batch without a step), several optimizers (several steps in a batch) and a
-``run.validation(...)`` after the epoch loop are in the canonical order.
+after ``on_fit_epoch_end`` (``scheduler.step()`` above, the last epoch's included; a stop
+asked there starts no other epoch). Gradient accumulation (a batch without a step), several
+optimizers (several steps in a batch) and a ``run.validation(...)`` after the epoch loop are
+in the canonical order.
 
 One validation an epoch is reported (``on_val_start`` ... ``on_val_end``): the epoch's, the
 first after its batch loop. Others emit nothing: a validation every N batches, one before the

@@ -220,3 +220,37 @@ def test_a_validation_after_a_break_out_of_the_epochs_is_the_runs_own() -> None:
     assert "val_loss" not in rec.payloads("on_fit_epoch_end")[1].logs
     assert rec.payloads("on_val_end")[0].logs == {"loss": 2.0}
     assert rec.payloads("on_train_end")[0].logs["test_acc"] == 0.9
+
+
+def test_a_stop_asked_at_the_between_epochs_rate_change_starts_no_other_epoch() -> None:
+    """Asked at the on_params_update after on_fit_epoch_end, a stop acts as one asked at
+    on_fit_epoch_end: no further (empty) epoch; under fit with ReduceLROnPlateau too."""
+    bus, rec, model, opt = setup()
+    bus.subscribe(
+        "on_params_update",
+        lambda p: bus.request_stop("low") if p.hyperparams.get("lr", 1.0) < 0.07 else None,
+    )
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    with instrument(bus, opt) as run:
+        for _ in run.epochs(3):
+            for batch in run.batches(data(2)):
+                run.log(loss=train_step(model, opt, batch))
+            sched.step()
+    assert_canonical_order(rec.names)
+    assert rec.names.count("on_train_epoch_start") == 1
+    assert rec.payloads("on_train_end")[0].epoch == 0
+    assert [p.hyperparams["lr"] for p in rec.payloads("on_params_update")] == [0.1, 0.05]
+
+    bus, rec, model, opt = setup()
+    bus.subscribe(
+        "on_params_update",
+        lambda p: bus.request_stop("low") if p.hyperparams.get("lr", 1.0) < 0.05 else None,
+    )
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, patience=0, factor=0.1, threshold=10.0
+    )  # never an improvement: the rate drops every epoch
+    history = fit(model, opt, torch.nn.functional.cross_entropy, data(3), epochs=5, bus=bus,
+                  val_loader=data(1, seed=2), scheduler=plateau)  # fmt: skip
+    assert_canonical_order(rec.names)
+    assert rec.names.count("on_train_epoch_start") == 1
+    assert len(history["val_loss"]) == len(history["loss"]) == 1
