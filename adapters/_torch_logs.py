@@ -75,14 +75,21 @@ class Means:
         self._means: dict[str, list[Any]] = {}
 
     def add(self, metrics: Mapping[str, object]) -> None:
+        # All checked before any is kept: a call that raises logs nothing (no NaN left behind).
+        checked = [
+            (name, value.detach())
+            if type(value) is torch.Tensor and value.numel() == 1
+            else (name, _check(name, value))
+            for name, value in metrics.items()
+        ]
         means = self._means
-        for name, value in metrics.items():
+        for name, value in checked:
             mean = means.get(name)
             if mean is None:
                 mean = means[name] = [0.0, 0, [], None]
-            if type(value) is torch.Tensor and value.numel() == 1:
+            if isinstance(value, torch.Tensor):
                 pending = mean[2]
-                pending.append(value.detach())
+                pending.append(value)
                 if len(pending) >= FOLD_EVERY:
                     # Summed apart from the float32 pending ones: a mixed-dtype stack would
                     # convert each tensor separately, and cost more than it saves.
@@ -90,11 +97,7 @@ class Means:
                     pending.clear()
                     mean[3] = folded if mean[3] is None else mean[3] + folded
             else:
-                value = _check(name, value)
-                if isinstance(value, torch.Tensor):
-                    mean[2].append(value)
-                else:
-                    mean[0] += value
+                mean[0] += value
             mean[1] += 1
 
     def floats(self) -> dict[str, float]:

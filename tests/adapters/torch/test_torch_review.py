@@ -6,6 +6,7 @@ from collections import namedtuple
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
@@ -254,3 +255,20 @@ def test_a_stop_asked_at_the_between_epochs_rate_change_starts_no_other_epoch() 
     assert_canonical_order(rec.names)
     assert rec.names.count("on_train_epoch_start") == 1
     assert len(history["val_loss"]) == len(history["loss"]) == 1
+
+
+def test_a_rejected_metric_is_not_left_behind_as_nan() -> None:
+    """run.log(acc=None) raises; nothing of that call is kept (not acc as NaN, not loss)."""
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    with instrument(bus) as run:
+        for _ in run.epochs(1):
+            for _ in run.batches([0, 1]):
+                run.log(loss=1.0)
+                with pytest.raises(TypeError, match="'acc'"):
+                    run.log(loss=5.0, acc=None)
+            for _ in run.validation([0]):
+                with pytest.raises(TypeError, match="'f1'"):
+                    run.log(f1="n/a")
+    assert [p.logs for p in rec.payloads("on_train_batch_end")] == [{"loss": 1.0}] * 2
+    assert rec.payloads("on_fit_epoch_end")[0].logs == {"loss": 1.0}
