@@ -46,7 +46,9 @@ training fails: :func:`train` closes the run with ``teardown`` carrying the erro
 it unchanged; a plain ``trainer.train()`` that failed gets its ``teardown``, carrying
 :class:`TrainNotEnded`, when the trainer is next used. A subscriber failing under
 ``errors="raise"`` aborts training with a :class:`~eventhooks.SubscriberError`; the callback
-emits ``teardown`` with it first. Evaluations HF runs inside an epoch
+emits ``teardown`` with it first. A callback listed after this one that makes a step log
+(``control.should_log`` in its ``on_step_end``) gives that step's batch no logs (they join the
+epoch's). Evaluations HF runs inside an epoch
 (``eval_strategy="steps"``) or before the first epoch (``eval_on_start``) have no place in the
 canonical order: they emit nothing; a mid-epoch one's metrics (as ``val_*``) join that
 epoch's logs, ``eval_on_start``'s are not reported. ``params``: ``epochs``, ``steps`` (an
@@ -127,6 +129,8 @@ def _params(args: TrainingArguments, state: TrainerState, loader: Any) -> dict[s
         return str(getattr(value, "value", value))
 
     batches = _batches(loader)  # ``steps``: an epoch's batches, as under the other adapters
+    if batches is not None and state.max_steps > 0:  # max_steps shorter than an epoch
+        batches = min(batches, int(state.max_steps) * max(int(args.gradient_accumulation_steps), 1))
     epochs = int(state.num_train_epochs)  # sys.maxsize: an iterable dataset, max_steps
     return {
         **({"epochs": epochs} if epochs < sys.maxsize else {}),
@@ -154,6 +158,7 @@ class TransformersCallback(TrainerCallback):
         self.session: Session | None = None  # a standalone evaluate() or predict()
         self.val: Validation | None = None  # the epoch's validation in progress
         self._loader: Any = None  # the standalone session's data loader
+        self._val_loader: Any = None  # the epoch validation's current data loader
         self._pending = False  # a step's last micro-batch awaits its batch_end
         self._next = False  # a micro-batch of the step follows: its batch_start is due
         self._closing = False  # on_epoch_end came: the epoch's log and evaluation follow
@@ -387,9 +392,11 @@ class TransformersCallback(TrainerCallback):
 
     def _prediction_step(self, loader: Any) -> None:
         run = self._live()
-        if run is not None and self.val is None and not self._closing and not _in_training():
-            self._abandoned()  # evaluate() or predict() after a plain train() that failed
-            run = None
+        if run is not None and (self.val is None or loader is not self._val_loader):
+            if not _in_training():  # evaluate() or predict() after a plain train() that failed
+                self._abandoned()  # (in an epoch's evaluation too)
+                run = None
+            self._val_loader = loader
         session: Session | None
         if run is not None:
             self._flush()
@@ -414,7 +421,7 @@ class TransformersCallback(TrainerCallback):
 
     def _evaluated(self, metrics: dict[str, Any] | None) -> None:
         run = self._live()
-        if run is not None and self.val is None and not self._closing and not _in_training():
+        if run is not None and not _in_training():
             self._abandoned()
             run = None
         if run is None:

@@ -500,3 +500,36 @@ def test_params_steps_are_an_epochs_batches(tmp_path: Path) -> None:
     per_epoch = len(rec.payloads("on_train_batch_end")) // 3
     assert params["steps"] == per_epoch == 5 and params["epochs"] == 3
     assert params["max_steps"] == 9  # 5 batches, accumulating 2: 3 steps an epoch
+
+
+def test_a_plain_train_that_failed_in_its_epoch_evaluation_is_torn_down_too(
+    tmp_path: Path,
+) -> None:
+    """bug (second review): failing in the epoch's evaluation, the run stayed open and the
+    next ``evaluate()`` was reported as that dead run's validation, ``predict()``'s batches as
+    its validation batches."""
+    from eventhooks.adapters.transformers import TrainNotEnded
+
+    for then in ("evaluate", "predict"):
+        bus = EventBus(check_order=True)
+        rec = Recorder(bus)
+        model = Tiny(fail_at=6)  # 5 training batches, then the epoch's first evaluation batch
+        trainer = make_trainer(tmp_path / then, bus, model=model)
+        with pytest.raises(Boom):
+            trainer.train()
+        model.fail_at = None
+        rec.clear()
+        getattr(trainer, then)(Data(8, seed=1))
+        assert rec.names[0] == "teardown", then
+        assert isinstance(rec.payloads("teardown")[0].exception, TrainNotEnded)
+        kind = "val" if then == "evaluate" else "predict"
+        assert rec.names[1:] == [f"on_{kind}_start", *[f"on_{kind}_batch_start",
+                                 f"on_{kind}_batch_end"] * 2, f"on_{kind}_end"]  # fmt: skip
+
+
+def test_params_steps_are_no_more_than_max_steps_runs(tmp_path: Path) -> None:
+    bus = EventBus()
+    rec = Recorder(bus)
+    make_trainer(tmp_path, bus, max_steps=2).train()  # 2 steps of 2 micro-batches
+    params = rec.payloads("on_train_start")[0].params or {}
+    assert params["steps"] == len(rec.payloads("on_train_batch_end")) == 4
