@@ -345,13 +345,11 @@ class LightningCallback(pl.Callback):
             return
         val, self._val = self._val, None
         in_fit = self._live() is not None
-        if val is not None or in_fit:  # one not reported (mid-epoch) still gives the epoch
-            logs = self._val_logs(trainer, fit=in_fit)  # its val_* (the latest validation's)
-            if in_fit:
-                self._epoch_val = logs
-            if val is not None:
-                val.end(logs)
-                self._check_stop(trainer)
+        if in_fit:  # one not reported (mid-epoch) still gives the epoch its val_* (the latest)
+            self._epoch_val = self._val_logs(trainer, fit=True)
+        if val is not None:  # its own names, as Keras' on_test_end has them (``val_loss`` as
+            val.end(self._val_logs(trainer, fit=False))  # logged stays, ``acc`` is ``acc``)
+            self._check_stop(trainer)
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._before_val, self._val_keys = dict(trainer.callback_metrics), set()

@@ -30,10 +30,11 @@ Hugging Face                             lifecycle (:mod:`eventhooks.lifecycle`)
 ``on_epoch_end``                         the training part ended: ``train_epoch_end`` once
                                          its ``on_log`` came (``control.should_log`` is set,
                                          so every epoch has its loss)
-``on_prediction_step`` / ``on_evaluate``  the epoch's validation (``val_*`` logs; a dict of
-                                         eval datasets: one validation, ``val_a_loss``,
-                                         ``val_b_loss``...), then ``epoch_end``; outside
-                                         ``train()`` a :class:`Validation` (``eval_`` dropped)
+``on_prediction_step`` / ``on_evaluate``  the epoch's validation (``eval_`` dropped: ``loss``;
+                                         a dict of eval datasets: one validation, ``a_loss``,
+                                         ``b_loss``), then ``epoch_end`` (``val_loss``,
+                                         ``val_a_loss``...); outside ``train()`` a
+                                         :class:`Validation` (``eval_`` dropped)
 ``on_prediction_step`` / ``on_predict``  outside ``train()``: a :class:`Prediction`
 ``on_save``                              ``model_save(<output_dir>/checkpoint-<global_step>)``
 ``on_train_end``                         ``train_end`` (logs: the last epoch's and HF's
@@ -431,13 +432,14 @@ class TransformersCallback(TrainerCallback):
             self.session = None
             session.end(_floats(metrics, ""))
             return
-        logs = _floats(metrics, "val_")
-        self._logs.update(logs)
+        self._logs.update(_floats(metrics, "val_"))  # the epoch's logs: val_loss...
         if self._epoch_validation(run):
             if self.val is None:
                 self.val = run.validation()
                 self.val.open()
-            self.val.logs = {**(self.val.logs or {}), **logs}
+            # on_val_end: the evaluation's own names (``loss``), as outside train() and as
+            # Keras' on_test_end
+            self.val.logs = {**(self.val.logs or {}), **_floats(metrics, "")}
             self._evals -= 1
             if self._evals > 0:  # another eval dataset follows
                 return

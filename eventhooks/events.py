@@ -111,7 +111,8 @@ on_val_batch_start = _event("on_val_batch_start", BatchPayload,
 on_val_batch_end = _event("on_val_batch_end", BatchPayload,
     "A validation batch ended.", "on_test_batch_end", "batch")
 on_val_end = _event("on_val_end", RunPayload,
-    "Validation ended (logs: validation metrics).", "on_test_end")
+    "Validation ended (logs: its metrics by their own names, `loss` as Keras' `on_test_end`).",
+    "on_test_end")
 on_model_save = _event("on_model_save", CheckpointPayload,
     "A checkpoint was written (path).")
 on_fit_epoch_end = _event("on_fit_epoch_end", EpochPayload,

@@ -496,7 +496,8 @@ class Validation(_Session):
                           logs=_called(logs), context=self.context)  # fmt: skip
 
     def end(self, logs: Logs | None = None) -> None:
-        """Validation ended, with its metrics (``val_`` keys inside a fit)."""
+        """Validation ended, with its metrics under their own names (``loss``, as Keras'
+        ``on_test_end`` has them, inside a fit too: the epoch's logs carry them as ``val_*``)."""
         self.logs, self._ended = dict(logs or {}), True
         self._emit(ev.on_val_end, epoch=self.epoch, logs=self.logs)
         self._drain()

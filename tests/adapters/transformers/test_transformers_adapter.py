@@ -74,7 +74,8 @@ def test_trace_is_canonical_with_accumulation_evaluation_and_saving(tmp_path: Pa
         assert {"learning_rate", "grad_norm"} <= set(p.logs)
         assert not any(k.startswith("eval_") or k == "epoch" for k in p.logs)
         assert p.source is trainer
-    assert [p.logs["val_loss"] for p in rec.payloads("on_val_end")] == [
+    # on_val_end: the evaluation's own names (``loss``), as Keras' on_test_end
+    assert [p.logs["loss"] for p in rec.payloads("on_val_end")] == [
         p.logs["val_loss"] for p in ends
     ]
     out = tmp_path / "out"
@@ -484,9 +485,10 @@ def test_several_eval_datasets_are_one_validation_of_the_epoch(tmp_path: Path) -
     trainer.eval_dataset = {"a": Data(8, seed=1), "b": Data(12, seed=2)}
     trainer.train()
     assert_canonical_order(rec.names)
-    for name in ("on_val_end", "on_fit_epoch_end"):
-        for payload in rec.payloads(name):
-            assert {"val_a_loss", "val_b_loss"} <= set(payload.logs), name
+    for payload in rec.payloads("on_fit_epoch_end"):
+        assert {"val_a_loss", "val_b_loss"} <= set(payload.logs)
+    for payload in rec.payloads("on_val_end"):
+        assert {"a_loss", "b_loss"} <= set(payload.logs)
     assert len(rec.payloads("on_val_batch_end")) == 2 * (2 + 3)  # 2 epochs, 8 + 12 examples
 
 
