@@ -347,8 +347,11 @@ class LightningCallback(pl.Callback):
         in_fit = self._live() is not None
         if in_fit:  # one not reported (mid-epoch) still gives the epoch its val_* (the latest)
             self._epoch_val = self._val_logs(trainer, fit=True)
-        if val is not None:  # its own names, as Keras' on_test_end has them (``val_loss`` as
-            val.end(self._val_logs(trainer, fit=False))  # logged stays, ``acc`` is ``acc``)
+        if val is not None:  # in a fit, the epoch's names without ``val_``, as Keras'
+            val.end(  # on_test_end has them (``val_loss`` -> ``loss``); alone, as logged
+                {k.removeprefix("val_"): v for k, v in self._epoch_val.items()}
+                if in_fit and self._epoch_val is not None else self._val_logs(trainer, False)
+            )  # fmt: skip
             self._check_stop(trainer)
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

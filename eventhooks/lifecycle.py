@@ -241,14 +241,16 @@ class Run(_Session):
 
     def finish(self, error: BaseException | None = None) -> None:
         """End the run: ``on_train_end`` unless it failed (or that was emitted already), then
-        ``teardown``. What leaving the ``with`` does; a failure at ``on_train_end`` is raised
-        after the teardown that carries it."""
+        ``teardown``. What leaving the ``with`` does; a failure at ``on_train_end``, or of a
+        background subscriber still catching up (drained first), is raised after the teardown
+        that carries it."""
         if error is None and not self._closed:
             try:
                 if self._epoch_open and not self._in_batch:  # a `break` out of epochs()
                     self.epoch_end(dict(self._last_batch_logs()))
                 if not self._trained:
                     self.train_end()
+                self.bus.flush()  # background subscribers catch up: a failure is the run's
             except BaseException as failure:
                 self.close(failure)
                 raise

@@ -172,6 +172,26 @@ def test_a_background_failure_fails_the_run_and_teardown_carries_it() -> None:
     assert len(ends) == 1
 
 
+def test_a_background_failure_met_only_at_the_end_is_carried_by_teardown() -> None:
+    """The last batch's background failure, found while the run ends (bug: ``teardown`` went
+    out with no error and the failure was raised after it)."""
+    bus = EventBus()
+    ends: list[TeardownPayload] = []
+    bus.subscribe("teardown", ends.append)
+
+    def broken_at_the_end(p: BatchPayload) -> None:
+        if p.batch == 4:
+            time.sleep(0.2)  # still busy when the run's last events go out
+            raise ValueError("tracker down")
+
+    bus.subscribe("on_train_batch_end", broken_at_the_end, background=True)
+    with pytest.raises(SubscriberError, match="tracker down") as info:
+        _train(bus, batches=5)
+    (end,) = ends
+    assert end.error is not None and "tracker down" in end.error
+    assert end.exception is info.value
+
+
 def test_warn_and_disable_policies_apply_in_the_background(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

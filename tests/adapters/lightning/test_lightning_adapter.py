@@ -152,8 +152,8 @@ def test_fit_trace_is_canonical(tmp_path: Path) -> None:
     # the training part ends before validation, with training metrics only
     train = rec.payloads("on_train_epoch_end")[0].logs
     assert "loss" in train and not any(k.startswith("val_") for k in train)
-    val = rec.payloads("on_val_end")[1].logs
-    assert set(val) == {"val_loss"}
+    val = rec.payloads("on_val_end")[1].logs  # Keras' on_test_end names: loss, not val_loss
+    assert set(val) == {"loss"}
     epoch = rec.payloads("on_fit_epoch_end")[1].logs
     assert {"loss", "val_loss"} <= set(epoch)
     assert epoch["val_loss"] == pytest.approx(float(t.callback_metrics["val_loss"]))
@@ -543,7 +543,7 @@ def test_several_validation_loaders_give_each_ones_metrics(tmp_path: Path) -> No
     t.fit(TwoLoaders(), loader(), [loader(8, 4, seed=1), loader(12, 4, seed=2)])
     names = {"val_loss/dataloader_idx_0", "val_loss/dataloader_idx_1"}
     (end,) = rec.payloads("on_val_end")
-    assert set(end.logs) == names
+    assert set(end.logs) == {"loss/dataloader_idx_0", "loss/dataloader_idx_1"}
     assert names <= set(rec.payloads("on_fit_epoch_end")[0].logs)
     rec.clear()
     (result,) = [t.test(TwoLoaders(), [loader(8, 4, seed=1), loader(12, 4, seed=2)],
