@@ -27,11 +27,14 @@ class Checkpoints:
     rank: int
     world_size: int
     _life: lc.Run | None
+    _saves: list[dict[str, Any]]  # saves of their own waiting for a place in the order
 
     if TYPE_CHECKING:
 
         @property
         def epoch(self) -> int | None: ...
+
+        def _catch_up(self) -> None: ...
 
     def checkpoint(self, path: str | os.PathLike[str]) -> Path | None:
         """Save ``{"model", "optimizer", "epoch", "logs"}`` state dicts and emit on_model_save.
@@ -40,6 +43,8 @@ class Checkpoints:
         ``on_fit_epoch_end`` is the run's ``on_model_save``; one elsewhere is a save of its own.
         """
         life = self._life if self._life is not None and not self._life.closed else None
+        if life is not None:
+            self._catch_up()  # a loop broken out of ends first
         runs = life is not None and life.allows(events.on_model_save) and not (
             life.allows(events.on_val_start) and life.allows(events.on_fit_epoch_end)
         )  # a save between training and validation would leave the validation no room
@@ -54,9 +59,21 @@ class Checkpoints:
         if the_runs and self._life is not None:
             self._life.model_save(target, self.logs)
         elif self.bus.listening(events.on_model_save):  # a save of its own
-            self.bus.emit(events.on_model_save, path=target, epoch=self.epoch, logs=self.logs,
-                          source=self, rank=self.rank, world_size=self.world_size)  # fmt: skip
+            self._saves.append({"path": target, "epoch": self.epoch, "logs": dict(self.logs)})
+            self._saved()
         return target
+
+    def _saved(self, anyway: bool = False) -> None:
+        """Emit the saves of their own once the order has room (a save inside a batch after
+        its end, one inside a validation after it, one before an epoch's start after that);
+        ``anyway``: the run ends, emit what is left."""
+        life = self._life if self._life is not None and not self._life.closed else None
+        if life is not None and not anyway and not life.allows(events.on_model_save):
+            return
+        saves, self._saves = self._saves, []
+        for save in saves:
+            self.bus.emit(events.on_model_save, **save, source=self, rank=self.rank,
+                          world_size=self.world_size)  # fmt: skip
 
     def save(self, path: str | os.PathLike[str]) -> Path | None:
         """Same as :meth:`checkpoint`: what ``ModelCheckpoint`` calls on ``payload.source``."""

@@ -69,6 +69,7 @@ class Run(Checkpoints):
 
     def _fresh_run(self) -> None:
         self._pending: int | None = None  # an epoch the loop began, not announced yet
+        self._saves = []
         #: The last finished epoch's logs (train, ``val_`` and epoch-level), and every epoch's.
         self.logs: dict[str, float] = {}
         self.history: dict[str, list[float]] = {}
@@ -125,6 +126,7 @@ class Run(Checkpoints):
                     self._end_epoch()
                 self._close_val()  # a `break` out of a validation after the epochs
                 self._check_params(life)
+                self._saved(anyway=True)
                 life.train_end({**self.logs, **self._run_extra})
         except BaseException as error:
             self._end(error)
@@ -189,6 +191,7 @@ class Run(Checkpoints):
             life = self._require_active("epochs")
             self._check_params(life)
             life.epoch_start(epoch)
+            self._saved()
 
     def _end_epoch(self) -> None:
         self._close_train()
@@ -200,6 +203,7 @@ class Run(Checkpoints):
         if self.checkpoint_dir is not None:
             self._save(self.checkpoint_dir / "last.pt", the_runs=True)
         self._require_active("epochs").epoch_end(logs)
+        self._saved()
 
     # -- batches --------------------------------------------------------------------------------
 
@@ -238,6 +242,8 @@ class Run(Checkpoints):
     def _end_batch(self, life: lc.Run) -> None:
         self._check_params(life)  # a change made in the batch is announced at its end
         life.batch_end(self._train_means.floats)  # the .item()s: only for a listener
+        if self._saves:
+            self._saved()
 
     def _close_train(self) -> None:
         life = self._require_active("batches")
@@ -301,6 +307,7 @@ class Run(Checkpoints):
         self.val_logs = self._synced(self._val_means.floats(), "on_val_end")
         if session is not None:
             session.end(self.val_logs)
+            self._saved()
         if into is not None:  # the latest values win
             into.update({k if k.startswith("val_") else f"val_{k}": v
                          for k, v in self.val_logs.items()})  # fmt: skip

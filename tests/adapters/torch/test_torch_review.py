@@ -272,3 +272,45 @@ def test_a_rejected_metric_is_not_left_behind_as_nan() -> None:
                     run.log(f1="n/a")
     assert [p.logs for p in rec.payloads("on_train_batch_end")] == [{"loss": 1.0}] * 2
     assert rec.payloads("on_fit_epoch_end")[0].logs == {"loss": 1.0}
+
+
+def _batches(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(4 * n, 4, generator=g)
+    return [(x[i : i + 4], (x[i : i + 4, 0] > 0).long()) for i in range(0, 4 * n, 4)]
+
+
+def test_saves_of_their_own_wait_for_their_place_in_the_order(tmp_path: Any) -> None:
+    """``run.checkpoint()`` inside a batch (every N batches), inside the epoch's validation,
+    before the epoch's batch loop, and after a ``break`` out of the validation (second
+    review: each failed ``check_order`` with an ``OrderError``)."""
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ce = torch.nn.functional.cross_entropy
+    with instrument(bus, opt, model=model) as run:
+        for epoch in run.epochs(2):
+            run.checkpoint(tmp_path / f"top-{epoch}.pt")  # before the batch loop
+            for i, (x, y) in enumerate(run.batches(_batches(4))):
+                opt.zero_grad()
+                loss = ce(model(x), y)
+                loss.backward()  # type: ignore[no-untyped-call]
+                opt.step()
+                run.log(loss=loss)
+                if i == 1:
+                    run.checkpoint(tmp_path / f"batch-{epoch}.pt")  # every N batches
+            for j, (x, y) in enumerate(run.validation(_batches(3))):
+                run.log(loss=ce(model(x), y))
+                if j == 0:
+                    run.checkpoint(tmp_path / f"val-{epoch}.pt")  # inside the validation
+                if j == 1:
+                    break  # limit the validation batches, then save
+            run.checkpoint(tmp_path / f"after-{epoch}.pt")
+    assert_canonical_order(rec.names)
+    saved = [p.path.rsplit("/", 1)[-1] for p in rec.payloads("on_model_save")]
+    assert saved == [f"{what}-{e}.pt" for e in (0, 1) for what in ("top", "batch", "val", "after")]
+    names = rec.names
+    first_batch_save = names.index("on_model_save", names.index("on_train_batch_end"))
+    assert names[first_batch_save - 1] == "on_train_batch_end"  # right after that batch
+    assert all((tmp_path / name).exists() for name in saved)
