@@ -170,8 +170,9 @@ class TensorBoard(Callback):
       unless the epoch's logs have that tag already (their value is History's). The PyTorch,
       Lightning, NumPy and HF adapters announce the run's first rates right after
       ``on_train_start``, so the curve starts at epoch 0; Keras' adapter announces the
-      optimizer's ``learning_rate`` then and when it changes (checked at each epoch's start
-      and end). Other hyper-parameters only with ``all_hyperparams=True``, under their names.
+      optimizer's ``learning_rate`` then and when it changes (checked at each epoch's start,
+      after its last step and at its end). Other hyper-parameters only with
+      ``all_hyperparams=True``, under their names.
       With ``update_freq`` each written batch step also gets ``batch_learning_rate...``.
     * the run's ``params`` at ``on_train_start``, as a markdown table in the text plugin: tag
       ``params`` of the train run, step 0 (nothing when the trainer gives no params).
