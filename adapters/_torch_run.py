@@ -80,7 +80,7 @@ class Run(Checkpoints):
         self._train_means, self._val_means = Means(), Means()
         #: The epoch's training logs and the last validation's (names as logged, no ``val_``).
         self.train_logs: dict[str, float] = {}
-        self.val_logs: dict[str, float] = {}
+        self._val_logs: dict[str, float] = {}
         self._epoch_extra: dict[str, float] = {}
         self._epoch_val: dict[str, float] = {}  # every validation's of the epoch, ``val_``
         self._batches_ran = self._validated = False  # this epoch's run.batches(), validation
@@ -304,13 +304,13 @@ class Run(Checkpoints):
         self._validating = False
         if session is not None and session.allows(events.on_val_batch_end):  # a `break`
             session.batch_end(self._val_means.floats)
-        self.val_logs = self._synced(self._val_means.floats(), "on_val_end")
+        self._val_logs = logs = self._synced(self._val_means.floats(), "on_val_end")
         if session is not None:
-            session.end(self.val_logs)
+            session.end(logs)
             self._saved()
         if into is not None:  # the latest values win
             into.update({k if k.startswith("val_") else f"val_{k}": v
-                         for k, v in self.val_logs.items()})  # fmt: skip
+                         for k, v in logs.items()})  # fmt: skip
 
     # -- metrics and hyper-parameters -------------------------------------------------------------
 
@@ -349,6 +349,14 @@ class Run(Checkpoints):
     @property
     def active(self) -> bool:
         return self._life is not None and not self._life.closed
+
+    @property
+    def val_logs(self) -> dict[str, float]:
+        """The last validation's logs (names as logged, no ``val_``); read after a ``break``
+        out of it (``scheduler.step(run.val_logs["loss"])``), they are that validation's."""
+        if self.active:
+            self._catch_up()
+        return self._val_logs
 
     @property
     def _in_epoch(self) -> bool:  # an epoch began (announced or not) and has not ended

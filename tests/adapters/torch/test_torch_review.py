@@ -314,3 +314,27 @@ def test_saves_of_their_own_wait_for_their_place_in_the_order(tmp_path: Any) -> 
     first_batch_save = names.index("on_model_save", names.index("on_train_batch_end"))
     assert names[first_batch_save - 1] == "on_train_batch_end"  # right after that batch
     assert all((tmp_path / name).exists() for name in saved)
+
+
+def test_val_logs_read_after_a_break_out_of_the_validation_are_its() -> None:
+    """Limit the validation batches, then step ReduceLROnPlateau on them (second review:
+    ``run.val_logs`` was ``{}`` until the next ``run.log()``)."""
+    bus = EventBus(check_order=True)
+    rec = Recorder(bus)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt)
+    seen = []
+    with instrument(bus, opt) as run:
+        for _ in run.epochs(2):
+            for _x, _y in run.batches(_batches(2)):
+                run.log(loss=1.0)
+            for j, _ in enumerate(run.validation(_batches(5))):
+                run.log(loss=float(j))
+                if j == 1:
+                    break
+            seen.append(run.val_logs["loss"])
+            plateau.step(run.val_logs["loss"])
+    assert seen == [0.5, 0.5]  # the mean of the two batches validated
+    assert [p.logs for p in rec.payloads("on_val_end")] == [{"loss": 0.5}] * 2
+    assert_canonical_order(rec.names)
